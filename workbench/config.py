@@ -1,0 +1,129 @@
+"""What a run is asked to do (``RunConfig``) and what it measured (``RunResult``).
+
+One dataclass each, so that the engine, the run store, the CLI, the plots and the
+notebook panel all speak about runs in the same words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+import pandas as pd
+
+Method = Literal["lora", "full", "head"]
+METHODS: tuple[str, ...] = ("lora", "full", "head")
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a run; the same config and seed give the same loss curve.
+
+    ``method``: "lora" (frozen base, low-rank updates on ``targets``, trained head),
+    "full" (every weight trains) or "head" (frozen base, only the classifier head trains).
+    """
+
+    method: Method = "lora"
+    # LoRA settings (ignored for "full" and "head").
+    rank: int = 8
+    alpha: float = 16.0
+    targets: list[str] | str = field(default_factory=lambda: ["query", "value"])
+    layers: list[int] | None = None  # only these block indices; None = all blocks
+    dropout: float = 0.0  # LoRA dropout
+    rslora: bool = False
+    init: str = "kaiming"
+    # Model and data.
+    model: str = "minilm"  # "minilm" (bundled), a tiny preset, a Hub name or a local folder
+    task: Literal["classification", "causal-lm"] = "classification"
+    data: str = "default"  # the bundled task, a CSV/TSV/JSONL path, or a `datasets` name
+    eval_data: str | None = None  # None: a held-out split of `data` (or the bundled validation set)
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = 64
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = 500
+    # Optimisation.
+    steps: int = 100
+    lr: float = 5e-4
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    eval_every: int = 50  # 0: evaluate only at the end
+    seed: int = 0
+    # Hardware.
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+    bf16: bool | str = "auto"  # "auto": on CUDA with bf16 support and on CPUs with AMX/AVX512-bf16
+    threads: int | None = None  # torch CPU threads; None leaves torch's default
+    name: str | None = None  # a label for tables and legends; default built from the settings
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, tuple):
+            self.targets = list(self.targets)
+
+    def label(self) -> str:
+        """A short human label: 'LoRA r=8 (query,value)', 'full fine-tuning', 'head only'."""
+        if self.name:
+            return self.name
+        if self.method == "full":
+            return "full fine-tuning"
+        if self.method == "head":
+            return "head only"
+        tg = self.targets if isinstance(self.targets, str) else ",".join(self.targets)
+        rs = " rsLoRA" if self.rslora else ""
+        return f"LoRA r={self.rank}{rs} ({tg})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """Build from a dict, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class ParamCounts:
+    trainable: int
+    total: int
+
+    @property
+    def share(self) -> float:
+        """Trainable share of all parameters (0..1)."""
+        return self.trainable / self.total if self.total else 0.0
+
+
+@dataclass
+class Timing:
+    seconds_per_step: float  # median over training steps (excluding the first)
+    tokens_per_second: float  # non-padding tokens per second of training
+    total_seconds: float  # wall time of the run, loading and evaluation included
+
+
+@dataclass
+class RunResult:
+    """A finished (or stopped, or diverged) run: its config, curve and measurements."""
+
+    config: RunConfig
+    status: Literal["running", "completed", "stopped", "diverged", "failed"]
+    history: pd.DataFrame  # step, train_loss, lr, eval_loss, eval_accuracy (NaN between evals)
+    params: ParamCounts
+    memory: Any  # workbench.memory.MemoryBreakdown
+    timing: Timing
+    message: str = ""
+    run_id: str = ""
+    path: str | None = None  # where the run store put it
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float:
+        losses = self.history["train_loss"].dropna() if len(self.history) else []
+        return float(losses.iloc[-1]) if len(losses) else float("nan")
+
+    @property
+    def eval_accuracy(self) -> float:
+        if not len(self.history) or "eval_accuracy" not in self.history:
+            return float("nan")
+        acc = self.history["eval_accuracy"].dropna()
+        return float(acc.iloc[-1]) if len(acc) else float("nan")
