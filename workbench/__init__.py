@@ -1,0 +1,25 @@
+"""LoRA Workbench: learn, teach and compare Low-Rank Adaptation (Hu et al. 2021).
+
+    import workbench as wb
+    model, tokenizer = wb.load_base("minilm", num_labels=2)
+    wb.add_lora(model, rank=8, alpha=16, targets=["query", "value"])
+    wb.count_parameters(model)
+"""
+
+from workbench.adapters import AdapterError, load_adapter, read_adapter, save_adapter
+from workbench.config import METHODS, ParamCounts, RunConfig, RunResult, Timing
+from workbench.inject import (
+    LoRASettings,
+    add_lora,
+    describe_layers,
+    find_targets,
+    lora_layers,
+    merge_lora,
+    remove_lora,
+    unmerge_lora,
+)
+from workbench.lora import LoRALayer, lora_scaling
+from workbench.models import load_base, load_tokenizer
+from workbench.params import ParameterReport, count_parameters, lora_parameter_count
+
+__version__ = "0.1.0"

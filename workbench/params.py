@@ -1,0 +1,79 @@
+"""Counting parameters: what trains, what is frozen, and where it sits.
+
+For a LoRA layer wrapping a weight of shape out x in, the trainable count is the
+closed form ``r * (in + out)`` (A is r x in, B is out x r), against ``in * out`` (+ bias)
+for training the layer in full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from torch import nn
+
+from workbench.config import ParamCounts
+from workbench.inject import head_names
+from workbench.lora import LoRALayer, layer_shape
+
+
+def lora_parameter_count(in_features: int, out_features: int, rank: int) -> int:
+    """Closed form for one LoRA layer: r * (in + out)."""
+    return rank * (in_features + out_features)
+
+
+@dataclass
+class ParameterReport(ParamCounts):
+    """Trainable and total counts plus a per-module table (one row per parameter owner)."""
+
+    table: pd.DataFrame | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ParameterReport(trainable={self.trainable:,}, total={self.total:,}, "
+            f"share={100 * self.share:.3f}%)"
+        )
+
+
+def count_parameters(model: nn.Module) -> ParameterReport:
+    """Count trainable and total parameters (each shared tensor once) and tabulate them.
+
+    Each row is a module that owns parameters: a whole LoRA layer (its frozen base plus
+    A and B) or an ordinary module with parameters of its own.  ``kind`` says what role
+    the module plays: "lora", "head", or "base".
+    """
+    seen: set[int] = set()
+    heads = tuple(head_names(model))
+    rows = []
+    skip_prefixes: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(p) for p in skip_prefixes):
+            continue
+        if isinstance(module, LoRALayer):
+            params = list(module.parameters())
+            skip_prefixes.append(name + ".")
+            fan_in, fan_out = layer_shape(module.base_layer)
+            kind, detail = "lora", f"{type(module.base_layer).__name__} {fan_in}->{fan_out}, r={module.rank}"
+        else:
+            params = list(module.parameters(recurse=False))
+            if not params:
+                continue
+            is_head = any(name == h or name.startswith(h + ".") for h in heads)
+            kind, detail = ("head" if is_head else "base"), type(module).__name__
+        fresh = [p for p in params if id(p) not in seen]
+        seen.update(id(p) for p in fresh)
+        if not fresh:
+            continue
+        rows.append(
+            {
+                "module": name or "(model)",
+                "kind": kind,
+                "type": detail,
+                "trainable": sum(p.numel() for p in fresh if p.requires_grad),
+                "total": sum(p.numel() for p in fresh),
+            }
+        )
+    table = pd.DataFrame(rows, columns=["module", "kind", "type", "trainable", "total"])
+    return ParameterReport(
+        trainable=int(table["trainable"].sum()), total=int(table["total"].sum()), table=table
+    )
