@@ -1,0 +1,651 @@
+"""Report-ready figures that compare runs: loss curves, parameter counts, memory, accuracy.
+
+Every function returns a ``matplotlib.figure.Figure`` built directly, never through
+``pyplot``: pyplot keeps a global list of open figures (a notebook that redraws a live
+curve every few steps would leak them) and its style lives in the global ``rcParams``,
+which a library must not change behind its caller's back.  The house style is
+therefore applied by hand to each figure and axes from the module constants below.
+
+Colours carry meaning and stay the same in every figure:
+
+* a LoRA run is coloured by its rank along a sequential colormap (``viridis``), with
+  the colour fixed by ``log2(rank)`` on a 1..256 scale, so "r=8" has the same colour
+  whichever other runs share the figure;
+* full fine-tuning and head-only training are fixed reference colours (red, grey);
+* several runs with the same colour (say two r=8 runs with different targets) are told
+  apart by line style or marker shape.
+
+Empty input never crashes: a function with nothing to draw returns a small figure that
+says so ("no runs to show ...").  ``is_message_figure(fig)`` tells such a figure apart,
+so the notebook panel can show the text or skip the picture as it prefers.  Input of
+the wrong kind (not a list of ``RunResult``) raises ``TypeError``.
+
+Units: steps are optimiser steps; losses are mean cross-entropy in nats; memory is in
+decimal megabytes (1 MB = 10^6 bytes); parameters are counts of numbers.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, PercentFormatter
+
+from workbench.config import RunConfig, RunResult
+from workbench.fileio import atomic_write
+
+# --------------------------------------------------------------------------- style
+
+#: Figure size in inches: 7 x 4.2 in is 1050 x 630 px at 150 dpi, a page-width figure.
+FIGSIZE: tuple[float, float] = (7.0, 4.2)
+#: The live curve in the notebook panel is smaller and redrawn often.
+LIVE_FIGSIZE: tuple[float, float] = (6.0, 3.2)
+#: Resolution for PNG files written by ``save_figure``.
+SAVE_DPI = 150
+
+#: The house style, applied per figure and per axes (never through rcParams).
+STYLE: dict[str, Any] = {
+    "title_size": 12.5,
+    "label_size": 10.5,
+    "tick_size": 9.0,
+    "legend_size": 9.0,
+    "annotation_size": 8.5,
+    "line_width": 1.8,
+    "marker_size": 6.5,
+    "grid_color": "#d9d9d9",
+    "grid_width": 0.6,
+    "spine_color": "#555555",
+    "text_color": "#222222",
+    "face_color": "white",
+}
+
+#: LoRA ranks are placed on this colormap by log2(rank) between these two ranks.
+LORA_CMAP = "viridis"
+LORA_RANK_RANGE: tuple[int, int] = (1, 256)
+#: The part of the colormap used: its bright yellow end is too pale on white.
+LORA_CMAP_SPAN: tuple[float, float] = (0.05, 0.82)
+#: Reference colours for the two non-LoRA methods.
+FULL_COLOR = "#c0392b"  # red: the expensive baseline
+HEAD_COLOR = "#7f7f7f"  # grey: the cheapest baseline
+
+#: Memory components, in stacking order from the bottom, with their colours.
+MEMORY_COMPONENTS: tuple[tuple[str, str, str], ...] = (
+    # (attribute on MemoryBreakdown, legend label, colour)
+    ("weights", "weights", "#4c72b0"),
+    ("gradients", "gradients", "#dd8452"),
+    ("optimizer", "optimizer state", "#55a868"),
+    ("activations", "activations", "#8172b3"),
+)
+MB = 1e6  # decimal megabyte, as memory is reported in this project
+#: A measured peak above this multiple of the tallest stack is drawn off the scale.
+PEAK_OFF_SCALE = 2.0
+
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+_MESSAGE_LABEL = "workbench:message"
+# Fixed margins of the live curve (fractions of the figure), sized for its title and labels.
+_LIVE_MARGINS = {"left": 0.115, "right": 0.975, "bottom": 0.165, "top": 0.885}
+
+# --------------------------------------------------------------------------- colours
+
+
+def rank_color(rank: int) -> str:
+    """The colour of a LoRA run of this rank (hex), the same in every figure.
+
+    position = span_lo + (span_hi - span_lo) * (log2 r - log2 r_min) / (log2 r_max - log2 r_min),
+    clipped to the span, so doubling the rank always moves the colour by the same step.
+    """
+    if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or rank < 1:
+        raise ValueError(f"a LoRA rank is a positive integer, got {rank!r}")
+    lo, hi = (math.log2(r) for r in LORA_RANK_RANGE)
+    t = (min(max(math.log2(rank), lo), hi) - lo) / (hi - lo)
+    span_lo, span_hi = LORA_CMAP_SPAN
+    rgba = matplotlib.colormaps[LORA_CMAP](span_lo + (span_hi - span_lo) * t)
+    return to_hex(rgba)
+
+
+def run_color(config: RunConfig) -> str:
+    """The colour of a run in every figure: by rank for LoRA, fixed for full and head."""
+    if config.method == "lora":
+        return rank_color(config.rank)
+    if config.method == "full":
+        return FULL_COLOR
+    if config.method == "head":
+        return HEAD_COLOR
+    raise ValueError(f"unknown method {config.method!r}; expected 'lora', 'full' or 'head'")
+
+
+def _color_key(config: RunConfig) -> tuple[str, int]:
+    """Runs with the same key share a colour and need another visual cue."""
+    return (config.method, config.rank if config.method == "lora" else 0)
+
+
+def _cues(results: Sequence[RunResult], cues: Sequence[str]) -> list[str]:
+    """A line style (or marker) per run: the n-th run with a given colour gets cues[n]."""
+    seen: dict[tuple[str, int], int] = {}
+    out = []
+    for r in results:
+        key = _color_key(r.config)
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        out.append(cues[n % len(cues)])
+    return out
+
+
+def run_label(result: RunResult) -> str:
+    """Legend label: ``config.label()``, plus the status when the run did not complete."""
+    label = result.config.label()
+    if result.status in ("diverged", "failed", "stopped"):
+        label += f" [{result.status}]"
+    return label
+
+
+def _short_label(config: RunConfig) -> str:
+    """A label short enough to sit next to a point: 'r=8', 'full', 'head' (or the name)."""
+    if config.name:
+        return config.name
+    return {"full": "full", "head": "head"}.get(config.method, f"r={config.rank}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_results(results: Iterable[RunResult] | None) -> list[RunResult]:
+    """Turn the argument into a list of RunResult, or say clearly what was wrong."""
+    if results is None:
+        return []
+    if isinstance(results, RunResult):
+        raise TypeError("pass a list of RunResult, not a single RunResult (wrap it: [result])")
+    if isinstance(results, (str, bytes, pd.DataFrame, Mapping)):
+        raise TypeError(f"expected a list of RunResult, got {type(results).__name__}")
+    out = list(results)
+    for i, r in enumerate(out):
+        if not isinstance(r, RunResult):
+            raise TypeError(f"results[{i}] is a {type(r).__name__}; every item must be a RunResult")
+    return out
+
+
+def _new_figure(figsize: tuple[float, float] = FIGSIZE, margins: dict[str, float] | None = None
+                ) -> tuple[Figure, Axes]:
+    """A figure with one axes in the house style.
+
+    Constrained layout keeps long labels and outside legends inside the picture; a figure
+    redrawn often (the live curve) passes fixed ``margins`` instead, which is cheaper.
+    """
+    fig = Figure(figsize=figsize, layout=None if margins else "constrained",
+                 facecolor=STYLE["face_color"])
+    if margins:
+        fig.subplots_adjust(**margins)
+    ax = fig.add_subplot()
+    _style_axes(ax)
+    return fig, ax
+
+
+def _style_axes(ax: Axes) -> None:
+    ax.set_facecolor(STYLE["face_color"])
+    ax.grid(True, which="major", color=STYLE["grid_color"], linewidth=STYLE["grid_width"])
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    for side in ("left", "bottom"):
+        ax.spines[side].set_color(STYLE["spine_color"])
+    ax.tick_params(labelsize=STYLE["tick_size"], colors=STYLE["text_color"])
+
+
+def _labels(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=STYLE["title_size"], color=STYLE["text_color"], loc="left")
+    ax.set_xlabel(xlabel, fontsize=STYLE["label_size"], color=STYLE["text_color"])
+    ax.set_ylabel(ylabel, fontsize=STYLE["label_size"], color=STYLE["text_color"])
+
+
+def _legend(ax: Axes, **kwargs: Any) -> None:
+    """Legend inside the axes for a few entries, outside on the right for many."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    opts: dict[str, Any] = {"fontsize": STYLE["legend_size"], "framealpha": 0.9,
+                            "edgecolor": STYLE["grid_color"]}
+    if len(handles) > 7:  # too many to sit inside: outside on the right, whatever was asked
+        _legend_outside(ax, labels, opts)
+    else:
+        opts.update(kwargs)
+    ax.legend(**opts)
+
+
+def _legend_outside(ax: Axes, labels: Sequence[str], opts: dict[str, Any]) -> None:
+    """Place the legend right of the axes and widen the figure by about its width,
+    so the plot keeps its size (about 0.075 in per character at the legend font size)."""
+    opts.update(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig = ax.get_figure()
+    w, h = fig.get_size_inches()
+    extra = 0.8 + 0.075 * STYLE["legend_size"] / 9.0 * max(len(s) for s in labels)
+    fig.set_size_inches(w + extra, h)
+
+
+def _message_figure(text: str, title: str, width: float = FIGSIZE[0]) -> Figure:
+    """A short figure that only says why there is nothing to draw (the panel shows it as is)."""
+    fig = Figure(figsize=(width, 1.8), layout="constrained", facecolor=STYLE["face_color"])
+    fig.set_label(_MESSAGE_LABEL)
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=STYLE["title_size"], color=STYLE["text_color"], loc="left")
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes,
+            fontsize=STYLE["label_size"] + 1, color="#666666", wrap=True)
+    return fig
+
+
+def is_message_figure(fig: Figure) -> bool:
+    """True for the placeholder a plot function returns when it had nothing to draw."""
+    return fig.get_label() == _MESSAGE_LABEL
+
+
+def human_count(x: float, _pos: Any = None) -> str:
+    """A parameter count for people: 950, 12k, 1.5M, 22.7M, 1.1B."""
+    x = float(x)
+    if not math.isfinite(x):
+        return ""
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            v = x / div
+            return f"{v:.0f}{suffix}" if v >= 100 or v == round(v) else f"{v:.3g}{suffix}"
+    return f"{x:.0f}"
+
+
+def _log_count_axis(axis: Any) -> None:
+    """Decade ticks written as 10k, 100k, 1M instead of 10^4 ..., minor ticks unlabelled."""
+    axis.set_major_formatter(FuncFormatter(human_count))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _fmt_mb(mb: float) -> str:
+    return f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.1f} MB" if mb >= 0.1 else f"{mb:.2f} MB"
+
+
+def _history_xy(history: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(step, column) where the column is finite: train rows, or only the eval rows."""
+    if history is None or not len(history) or column not in history or "step" not in history:
+        return np.empty(0), np.empty(0)
+    x = pd.to_numeric(history["step"], errors="coerce").to_numpy(dtype=float)
+    y = pd.to_numeric(history[column], errors="coerce").to_numpy(dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def loss_curves(results: Iterable[RunResult], eval: bool = False) -> Figure:  # noqa: A002
+    """Training loss against step, one line per run, labelled with ``config.label()``.
+
+    ``eval=True`` adds the evaluation loss at the evaluation steps as markers in the run's
+    colour, which shows over-fitting as train and eval losses parting ways.
+    Non-finite losses (a diverged run's inf/NaN) are left out of the line.
+    """
+    runs = _check_results(results)
+    title = "Training loss"
+    if not runs:
+        return _message_figure("no runs to show yet: train a run first", title)
+    fig, ax = _new_figure()
+    styles = _cues(runs, _LINESTYLES)
+    drawn = eval_drawn = 0
+    for r, ls in zip(runs, styles):
+        color = run_color(r.config)
+        x, y = _history_xy(r.history, "train_loss")
+        if len(x):
+            ax.plot(x, y, color=color, linestyle=ls, linewidth=STYLE["line_width"],
+                    label=run_label(r))
+            drawn += 1
+        if eval:
+            ex, ey = _history_xy(r.history, "eval_loss")
+            if len(ex):
+                ax.plot(ex, ey, linestyle="none", marker="o", markersize=STYLE["marker_size"],
+                        markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.6,
+                        label="_eval")  # '_' keeps it out of the legend; one entry is added below
+                eval_drawn += 1
+    if not drawn and not eval_drawn:
+        return _message_figure("the runs have no recorded losses yet", title)
+    if eval_drawn:
+        ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white",
+                markeredgecolor=STYLE["spine_color"], markersize=STYLE["marker_size"],
+                label="eval loss (markers)")
+    _labels(ax, title + (" (lines) and evaluation loss (markers)" if eval_drawn else ""),
+            "training step", "loss (cross-entropy, nats)")
+    ax.set_xlim(left=0)
+    _legend(ax, loc="upper right")
+    return fig
+
+
+def _as_rank_table(data: Any) -> pd.DataFrame:
+    """Predicted counts as a (rank, trainable) table from a DataFrame or a {rank: count} map."""
+    if isinstance(data, pd.DataFrame):
+        missing = {"rank", "trainable"} - set(data.columns)
+        if missing:
+            raise ValueError(f"predicted needs columns 'rank' and 'trainable'; missing {sorted(missing)}")
+        table = data[["rank", "trainable"]].copy()
+    elif isinstance(data, Mapping):
+        table = pd.DataFrame({"rank": list(data.keys()), "trainable": list(data.values())})
+    else:
+        raise TypeError("predicted must be a DataFrame with columns rank, trainable "
+                        f"or a mapping {{rank: trainable}}, not {type(data).__name__}")
+    table = table.astype({"rank": float, "trainable": float})
+    if (table["rank"] < 1).any() or (table["rank"] != table["rank"].round()).any():
+        raise ValueError("predicted ranks must be positive integers")
+    if (table["trainable"] <= 0).any():
+        raise ValueError("predicted trainable counts must be positive (the y axis is logarithmic)")
+    return table.sort_values("rank").reset_index(drop=True)
+
+
+def _lora_group(config: RunConfig) -> str:
+    """Runs that differ only in rank share a line: same targets, layers."""
+    tg = config.targets if isinstance(config.targets, str) else ",".join(config.targets)
+    layers = "" if config.layers is None else f", layers {','.join(map(str, config.layers))}"
+    return f"LoRA ({tg}{layers})"
+
+
+def params_vs_rank(
+    results: Iterable[RunResult] | None = (),
+    *,
+    predicted: pd.DataFrame | Mapping[int, int] | None = None,
+    full_total: int | None = None,
+    head_total: int | None = None,
+    predicted_label: str = "predicted: r · Σ(in + out) + head",
+) -> Figure:
+    """Trainable parameters (log y) against LoRA rank (log2 x), with the baselines as lines.
+
+    A LoRA layer trains ``r * (in + out)`` numbers, so the LoRA count grows linearly in r
+    (a straight line of slope 1 on log-log axes, above the fixed head) while full
+    fine-tuning trains everything: the gap between the two is LoRA's saving.
+
+    * ``results``: LoRA runs become measured points, one line per target set; a "full"
+      run and a "head" run give the two horizontal reference lines.
+    * ``predicted``: counts computed before any run, as a DataFrame with columns
+      ``rank, trainable`` or a ``{rank: trainable}`` mapping; drawn dashed.  With
+      ``results=()`` this is the picture the panel shows before training.
+    * ``full_total`` / ``head_total``: the reference lines' values; when given they are
+      used instead of a full/head run's ``params.trainable`` (what you pass is what you see).
+    """
+    runs = _check_results(results)
+    title = "Trainable parameters against LoRA rank"
+    pred = _as_rank_table(predicted) if predicted is not None else None
+    for name, value in (("full_total", full_total), ("head_total", head_total)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value <= 0):
+            raise ValueError(f"{name} must be a positive integer count, got {value!r}")
+
+    lora = [r for r in runs if r.config.method == "lora" and r.params is not None]
+    full = next((r for r in runs if r.config.method == "full" and r.params is not None), None)
+    head = next((r for r in runs if r.config.method == "head" and r.params is not None), None)
+    full_value = full_total if full_total is not None else (full.params.trainable if full else None)
+    head_value = head_total if head_total is not None else (head.params.trainable if head else None)
+
+    if not lora and (pred is None or not len(pred)):
+        return _message_figure("no LoRA runs to show: train a LoRA run, "
+                               "or pass predicted counts", title)
+
+    fig, ax = _new_figure((FIGSIZE[0], FIGSIZE[1] + 0.6))
+    ranks_shown: set[int] = set()
+    if pred is not None and len(pred):
+        ax.plot(pred["rank"], pred["trainable"], color=STYLE["spine_color"], linestyle="--",
+                linewidth=1.3, marker="o", markersize=4, markerfacecolor="white",
+                label=predicted_label)
+        ranks_shown.update(int(v) for v in pred["rank"])
+
+    groups: dict[str, list[RunResult]] = {}
+    for r in lora:
+        groups.setdefault(_lora_group(r.config), []).append(r)
+    markers = iter(_MARKERS * 4)
+    for name, members in groups.items():
+        members = sorted(members, key=lambda r: r.config.rank)
+        ranks = [r.config.rank for r in members]
+        counts = [r.params.trainable for r in members]
+        marker = next(markers)
+        # The line joins the group; each point keeps its rank colour.
+        ax.plot(ranks, counts, color="#333333", linewidth=1.2, marker=marker,
+                markersize=STYLE["marker_size"], markerfacecolor=rank_color(8),
+                markeredgecolor="#333333", zorder=2, label=f"{name}, measured")
+        ax.scatter(ranks, counts, c=[rank_color(k) for k in ranks], marker=marker,
+                   s=STYLE["marker_size"] ** 2, edgecolors="#333333", linewidths=0.8, zorder=3)
+        ranks_shown.update(ranks)
+
+    if full_value is not None:
+        ax.axhline(full_value, color=FULL_COLOR, linewidth=STYLE["line_width"],
+                   label=f"full fine-tuning ({human_count(full_value)})")
+    if head_value is not None:
+        ax.axhline(head_value, color=HEAD_COLOR, linewidth=STYLE["line_width"], linestyle="-.",
+                   label=f"head only ({human_count(head_value)})")
+
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    lo, hi = min(ranks_shown), max(ranks_shown)
+    powers = {2**k for k in range(int(math.log2(lo)), int(math.log2(hi)) + 1) if lo <= 2**k <= hi}
+    ticks = sorted(ranks_shown | powers)  # every power of two, plus odd ranks that were run
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
+    _log_count_axis(ax.yaxis)
+    _labels(ax, title, "LoRA rank r (log₂ scale)", "trainable parameters (count, log scale)")
+    # Below the axes: the reference lines span the whole width, so no corner inside is free.
+    _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, frameon=False)
+    return fig
+
+
+def memory_breakdown(results: Iterable[RunResult]) -> Figure:
+    """Stacked bars per run: weights, gradients, optimizer state, activations, in MB.
+
+    Training memory is roughly  weights + gradients + optimizer state + activations;
+    LoRA's saving is in the middle two, which scale with the *trainable* parameters
+    (AdamW keeps two numbers per trainable parameter).  A measured peak, when the run
+    has one, is drawn as a dashed black line across its bar; a peak more than
+    ``PEAK_OFF_SCALE`` times the tallest stack (a CPU process's resident memory) is a
+    triangle on the top edge instead, its value in the bar's note.  Runs without a
+    memory breakdown are left out.  1 MB = 10^6 bytes.
+    """
+    runs = [r for r in _check_results(results) if r.memory is not None]
+    title = "Training memory by component"
+    if not runs:
+        return _message_figure("no runs with a memory breakdown to show", title)
+    # About 1.1 in per bar so two-line labels fit, within page-friendly bounds.
+    fig, ax = _new_figure((min(10.5, max(5.0, 1.1 * len(runs) + 0.8)), FIGSIZE[1]))
+    x = np.arange(len(runs), dtype=float)
+    width = 0.62
+    bottoms = np.zeros(len(runs))
+    for attr, label, color in MEMORY_COMPONENTS:
+        heights = np.array([float(getattr(r.memory, attr)) / MB for r in runs])
+        ax.bar(x, heights, width, bottom=bottoms, color=color, label=label,
+               edgecolor="white", linewidth=0.6)
+        bottoms = bottoms + heights
+    stack_max = max(float(bottoms.max()), 1e-9)
+    tops = bottoms.copy()  # where each bar's note goes: above its stack or its drawn peak
+
+    # A peak far above the stacks (on CPU it is the whole process's resident memory,
+    # Python and libraries included) would squash the bars; such peaks are shown as a
+    # triangle on the top edge and written in the note instead of setting the scale.
+    on_scale: dict[str, list[tuple[float, float]]] = {}
+    off_scale: dict[str, list[float]] = {}
+    peaks_mb: list[float | None] = []
+    for i, r in enumerate(runs):
+        peak = getattr(r.memory, "peak", None)
+        peaks_mb.append(None if peak is None else float(peak) / MB)
+        if peak is None:
+            continue
+        kind = getattr(r.memory, "peak_kind", "") or ""
+        if peaks_mb[i] <= PEAK_OFF_SCALE * stack_max:
+            on_scale.setdefault(kind, []).append((x[i], peaks_mb[i]))
+            tops[i] = max(tops[i], peaks_mb[i])
+        else:
+            off_scale.setdefault(kind, []).append(x[i])
+    ymax = max(float(tops.max()), 1e-9) * (1.32 if off_scale else 1.22)  # room for the notes
+    for kind, points in on_scale.items():
+        px = np.array([p[0] for p in points])
+        py = np.array([p[1] for p in points])
+        ax.hlines(py, px - width / 2 - 0.06, px + width / 2 + 0.06, colors="black",
+                  linestyles="--", linewidth=1.8, zorder=4,
+                  label=f"measured peak ({kind})" if kind else "measured peak")
+    for kind, px_list in off_scale.items():
+        ax.plot(px_list, [0.965 * ymax] * len(px_list), linestyle="none", marker="^",
+                color="black", markersize=STYLE["marker_size"] + 1, zorder=5,
+                label=f"measured peak ({kind}), above the axis" if kind
+                else "measured peak, above the axis")
+
+    for i in range(len(runs)):
+        note = _fmt_mb(bottoms[i])
+        if peaks_mb[i] is not None:
+            note += f"\n(peak {_fmt_mb(peaks_mb[i])})"
+        ax.annotate(note, (x[i], tops[i]), xytext=(0, 3),
+                    textcoords="offset points", ha="center", va="bottom",
+                    fontsize=STYLE["annotation_size"], color=STYLE["text_color"])
+    ax.set_xticks(x, [run_label(r).replace(" (", "\n(") for r in runs])
+    ax.set_ylim(0, ymax)
+    ax.grid(False, axis="x")
+    _labels(ax, title, "run", "memory (MB, 1 MB = 10⁶ bytes)")
+    # Legend entries top to bottom in the order the components stack, peak last.
+    handles, labels = ax.get_legend_handles_labels()
+    opts: dict[str, Any] = {"fontsize": STYLE["legend_size"], "framealpha": 0.9,
+                            "edgecolor": STYLE["grid_color"]}
+    _legend_outside(ax, labels, opts)
+    stack_pos = {label: k for k, (_, label, _) in enumerate(MEMORY_COMPONENTS)}
+    order = sorted(range(len(labels)), key=lambda i: -stack_pos.get(labels[i], -1))
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], **opts)
+    return fig
+
+
+def accuracy_vs_params(results: Iterable[RunResult]) -> Figure:
+    """Final validation accuracy against trainable parameters (log x), one labelled point per run.
+
+    The question this answers: how much accuracy does each order of magnitude of trainable
+    parameters buy?  A run's accuracy is its last recorded ``eval_accuracy``; runs never
+    evaluated are left out.
+    """
+    runs = _check_results(results)
+    title = "Validation accuracy against trainable parameters"
+    runs = [r for r in runs if r.params is not None and math.isfinite(r.eval_accuracy)]
+    if not runs:
+        return _message_figure("no evaluated runs to show: a run needs an evaluation "
+                               "to have an accuracy", title)
+    fig, ax = _new_figure()
+    for r, marker in zip(runs, _cues(runs, _MARKERS)):
+        xv, yv = r.params.trainable, r.eval_accuracy
+        ax.scatter([xv], [yv], color=run_color(r.config), marker=marker,
+                   s=(STYLE["marker_size"] + 1.5) ** 2, edgecolors="#333333", linewidths=0.8,
+                   zorder=3, label=run_label(r))
+        # Up and to the left: accuracy usually rises with parameters, so that corner is free.
+        ax.annotate(_short_label(r.config), (xv, yv), xytext=(-6, 6), textcoords="offset points",
+                    ha="right", va="bottom", fontsize=STYLE["annotation_size"],
+                    color=STYLE["text_color"])
+    ax.set_xscale("log")
+    _log_count_axis(ax.xaxis)
+    xs = [r.params.trainable for r in runs]
+    ax.set_xlim(min(xs) / 4.0, max(xs) * 2.0)  # room for the labels beside the points
+    ys = [r.eval_accuracy for r in runs]
+    pad = max(0.02, 0.15 * (max(ys) - min(ys)))
+    ax.set_ylim(max(0.0, min(ys) - pad), min(1.0, max(ys) + pad) + 0.01)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    _labels(ax, title, "trainable parameters (count, log scale)", "validation accuracy (%)")
+    _legend(ax, loc="lower right")
+    return fig
+
+
+def live_loss(
+    history: pd.DataFrame,
+    title: str = "Training loss",
+    *,
+    total_steps: int | None = None,
+    color: str | None = None,
+) -> Figure:
+    """The small curve the notebook panel redraws while a run trains (cheap: one axes).
+
+    ``total_steps`` fixes the x axis to the whole run so the curve grows from left to
+    right instead of the axis rescaling at every redraw.  Evaluation losses, once there
+    are any, appear as hollow markers.  An empty history gives a "waiting" placeholder.
+    """
+    if not isinstance(history, pd.DataFrame):
+        raise TypeError(f"history must be a pandas DataFrame, got {type(history).__name__}")
+    x, y = _history_xy(history, "train_loss")
+    ex, ey = _history_xy(history, "eval_loss")
+    if not len(x) and not len(ex):
+        return _message_figure("waiting for the first training step …", title, LIVE_FIGSIZE[0])
+    color = color or rank_color(8)
+    fig, ax = _new_figure(LIVE_FIGSIZE, _LIVE_MARGINS)
+    if len(x):
+        ax.plot(x, y, color=color, linewidth=STYLE["line_width"], label="train loss")
+    if len(ex):
+        ax.plot(ex, ey, linestyle="none", marker="o", markersize=STYLE["marker_size"],
+                markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.6,
+                label="eval loss")
+    if total_steps is not None:
+        if not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
+            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        ax.set_xlim(0, total_steps)
+    else:
+        ax.set_xlim(left=0)
+    _labels(ax, title, "training step", "loss (nats)")
+    _legend(ax, loc="upper right")
+    return fig
+
+
+def comparison_figures(results: Iterable[RunResult]) -> dict[str, Figure]:
+    """The four comparison figures, by name, for the report and the panel's compare tab."""
+    runs = _check_results(results)
+    return {
+        "loss_curves": loss_curves(runs, eval=True),
+        "params_vs_rank": params_vs_rank(runs),
+        "memory_breakdown": memory_breakdown(runs),
+        "accuracy_vs_params": accuracy_vs_params(runs),
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+SAVE_FORMATS: tuple[str, ...] = ("png", "svg", "pdf")
+
+
+def save_figure(
+    fig: Figure,
+    path_without_ext: str | Path,
+    formats: Sequence[str] = ("png", "svg"),
+    dpi: int = SAVE_DPI,
+) -> list[Path]:
+    """Write the figure once per format as ``<path>.<fmt>``, each file atomically.
+
+    The format is passed to ``savefig`` explicitly because the temporary file's name
+    ends in ``.tmp``.  SVG and PDF are written without a creation date so that the same
+    figure gives the same file.  Returns the written paths in the order of ``formats``.
+    """
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    if isinstance(formats, str):
+        formats = (formats,)
+    fmts = [f.lower().lstrip(".") for f in formats]
+    bad = [f for f in fmts if f not in SAVE_FORMATS]
+    if bad or not fmts:
+        raise ValueError(f"unsupported format(s) {bad or formats!r}; allowed: {', '.join(SAVE_FORMATS)}")
+    base = Path(path_without_ext)
+    written = []
+    for fmt in fmts:
+        target = base.with_name(f"{base.name}.{fmt}")
+        metadata = {"Date": None} if fmt in ("svg", "pdf") else None
+
+        def write(tmp: str, fmt: str = fmt, metadata: dict | None = metadata) -> None:
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata,
+                        facecolor=fig.get_facecolor())
+
+        written.append(atomic_write(target, write))
+    return written
+
+
+def figure_to_png_bytes(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes, for an ipywidgets Output or Image widget."""
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor=fig.get_facecolor())
+    return buf.getvalue()
