@@ -1,0 +1,299 @@
+"""The planner: parameter counts against the LoRA paper and published sizes, memory
+against closed forms and against measured training steps, and its errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, GPT2Config
+
+from workbench.memory import estimate_memory
+from workbench.planner import (
+    GB,
+    PRECISION_RECIPES,
+    Plan,
+    architecture,
+    build_meta_model,
+    load_config,
+    measure,
+    plan,
+    plan_table,
+    precision_table,
+    shipped_architectures,
+)
+
+SHIPPED = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-175b", "gpt3-175b-gpt2", "llama-8b",
+           "roberta-base", "roberta-large", "minilm"]
+
+
+@pytest.fixture(scope="module")
+def gpt3() -> Plan:
+    """GPT-3 175B (OPT-style, separate q/v), LoRA r=8 on query and value, fp16."""
+    return plan("gpt3-175b", rank=8, targets=("query", "value"), dtype="fp16", batch_size=1, seq_len=2048)
+
+
+def test_shipped_architectures_are_found_as_package_data():
+    assert sorted(shipped_architectures()) == sorted(SHIPPED)
+    for name in SHIPPED:
+        arch = architecture(name)
+        assert arch.name == name and arch.source and arch.published_parameters
+
+
+# ----------------------------------------------------------- the LoRA paper's counts
+
+
+def test_roberta_base_query_value_r8_is_the_papers_294912():
+    p = plan("roberta-base", rank=8, targets=("query", "value"))
+    # 12 layers x 2 matrices x r (in + out), in = out = 768 (Hu et al. 2021, Table 2: 0.3M)
+    assert 12 * 2 * 8 * (768 + 768) == 294_912
+    assert p.lora.adapter_params == 294_912
+    # The trained classifier head (dense 768x768 + out_proj 768x2, with biases) comes on top.
+    assert p.lora.head_params == 768 * 768 + 768 + 768 * 2 + 2
+    assert p.lora.trainable == 294_912 + p.lora.head_params
+    assert len(p.lora.wrapped) == 24
+
+
+def test_roberta_large_query_value_r8_is_786432():
+    p = plan("roberta-large", rank=8, targets=("query", "value"))
+    assert p.lora.adapter_params == 24 * 2 * 8 * (1024 + 1024) == 786_432
+
+
+def test_gpt3_query_value_r8_is_the_papers_37748736(gpt3):
+    # 96 layers x 2 matrices (W_q, W_v: 12288 x 12288) x r (in + out); Table 4: 37.7M
+    assert gpt3.lora.adapter_params == 96 * 2 * 8 * (12288 + 12288) == 37_748_736
+    assert gpt3.lora.trainable == 37_748_736  # a language model: no new head
+    assert gpt3.settings.targets == ["q_proj", "v_proj"]
+    assert all(w.endswith(("self_attn.q_proj", "self_attn.v_proj")) for w in gpt3.lora.wrapped)
+
+
+def test_llama_grouped_query_value_projection_counts_its_own_shape():
+    p = plan("llama-8b", rank=8, targets=("query", "value"))
+    # q_proj 4096 -> 4096, v_proj 4096 -> 1024 (8 key/value heads of 128)
+    assert p.lora.adapter_params == 32 * 8 * ((4096 + 4096) + (4096 + 1024))
+
+
+def test_gpt2_query_value_map_to_the_fused_c_attn_and_say_so():
+    p = plan("gpt2", rank=4, targets=("query", "value"))
+    assert p.settings.targets == ["c_attn"]
+    assert p.lora.adapter_params == 12 * 4 * (768 + 3 * 768)
+    assert any("fuses" in n for n in p.notes)
+
+
+# ----------------------------------------------------------- published sizes
+
+# Sizes as their authors publish them; the planner's totals must lie within 1 %.
+PUBLISHED = {
+    "gpt2": (124e6, "causal-lm"),  # OpenAI's released checkpoints: 124M, 355M, 774M, 1558M
+    "gpt2-medium": (355e6, "causal-lm"),
+    "gpt2-large": (774e6, "causal-lm"),
+    "gpt2-xl": (1558e6, "causal-lm"),
+    "roberta-base": (125e6, "base"),  # Liu et al. 2019: 125M, 355M
+    "roberta-large": (355e6, "base"),
+    "llama-8b": (8.03e9, "causal-lm"),  # Llama 3 8B
+    "gpt3-175b": (175.0e9, "causal-lm"),  # Brown et al. 2020, Table 2.1
+    "gpt3-175b-gpt2": (175.0e9, "causal-lm"),
+    "minilm": (22.7e6, "base"),  # the bundled all-MiniLM-L6-v2
+}
+TOLERANCE = 0.01
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_totals_match_published_sizes(name):
+    published, task = PUBLISHED[name]
+    p = plan(name, task=task, method="full")
+    assert p.total == p.full.total == p.full.trainable
+    assert abs(p.total - published) / published < TOLERANCE, f"{name}: {p.total:,} vs {published:,.0f}"
+
+
+def test_totals_equal_hand_counts():
+    # GPT-2: tied embeddings V x H, positions 1024 x H, per block 12 H^2 + 13 H, final LayerNorm 2 H.
+    V, P, H, L = 50257, 1024, 768, 12
+    assert plan("gpt2", method="full").total == V * H + P * H + L * (12 * H * H + 13 * H) + 2 * H
+    # Llama: untied embeddings and head, q/o H x H, k/v H x 1024, SwiGLU 3 H I, two RMSNorms per block.
+    V, H, I, L, KV = 128256, 4096, 14336, 32, 1024
+    block = H * H + 2 * H * KV + H * H + 3 * H * I + 2 * H
+    assert plan("llama-8b", method="full").total == 2 * V * H + L * block + H
+    # MiniLM as bundled: its classification model has 22,713,986 parameters (ml-stack guide).
+    assert plan("minilm", task="classification").full.total == 22_713_986
+
+
+# ----------------------------------------------------------- the meta device
+
+
+def test_a_175b_model_is_built_on_meta_without_memory(gpt3):
+    cfg, _, _ = load_config("gpt3-175b")
+    model = build_meta_model(cfg, task="causal-lm", dtype=torch.float16)
+    params = list(model.parameters())
+    assert all(p.is_meta for p in params)
+    assert sum(p.numel() for p in params) > 1.7e11
+    # storage on meta is no allocation at all: no data pointer behind any parameter
+    assert all(p.untyped_storage().data_ptr() == 0 for p in params[:10])
+    # the plan ran add_lora on such a model: the adapters were made on meta too
+    assert gpt3.lora.memory.weights == 2 * gpt3.lora.total
+
+
+# ----------------------------------------------------------- memory closed forms
+
+
+@pytest.mark.parametrize("optimizer,k", [("adamw", 2), ("adam", 2), ("sgd-momentum", 1), ("sgd", 0)])
+def test_weights_gradients_optimizer_are_the_closed_forms(optimizer, k):
+    p = plan("roberta-base", rank=8, targets=("query", "value"), dtype="bf16", optimizer=optimizer,
+             batch_size=2, seq_len=32)
+    s = 2  # bytes per bf16 number
+    step = 4 if optimizer.startswith("adam") else 0  # float32 step counter per trainable tensor
+    lora_tensors = 2 * 24 + 4  # A and B in 24 layers, head dense/out_proj weight and bias
+    full_tensors = len(list(build_meta_model(p.config, "classification").parameters()))
+    for side, tensors in ((p.lora, lora_tensors), (p.full, full_tensors)):
+        assert side.memory.weights == side.total * s
+        assert side.memory.gradients == side.trainable * s
+        assert side.memory.optimizer == k * side.trainable * s + step * tensors
+    assert p.full.trainable == p.full.total
+    assert p.lora.total == p.full.total + p.lora.adapter_params
+    assert p.lora.checkpoint_bytes == p.lora.trainable * s
+
+
+def test_plan_agrees_with_estimate_memory_on_the_same_meta_model():
+    from workbench.inject import add_lora
+
+    p = plan("minilm", rank=8, targets=("query", "value"), batch_size=16, seq_len=64)
+    model = build_meta_model(p.config, "classification")
+    assert estimate_memory(model, 16, 64) == p.full.memory
+    add_lora(model, rank=8, targets=["query", "value"])
+    assert estimate_memory(model, 16, 64) == p.lora.memory
+
+
+def test_unknown_activations_are_none_with_a_note(gpt3):
+    assert gpt3.lora.activations is None and gpt3.full.activations is None
+    assert gpt3.full.total_bytes is None
+    assert any("activations not estimated" in n and "opt" in n.lower() for n in gpt3.notes)
+    t = gpt3.table()
+    assert math.isnan(t.loc["activations", "LoRA (GB)"])
+    assert t.loc["total without activations", "full (GB)"] == pytest.approx(gpt3.full.static_bytes / GB)
+
+
+def test_precision_table_is_bytes_per_parameter(gpt3):
+    t = precision_table(gpt3).set_index("recipe")
+    for r in PRECISION_RECIPES:
+        full = gpt3.full.total * (r.weight + r.gradient + r.optimizer)
+        lora = gpt3.lora.total * r.weight + gpt3.lora.trainable * (r.gradient + r.optimizer)
+        assert t.loc[r.name, "full (GB)"] == pytest.approx(full / GB)
+        assert t.loc[r.name, "LoRA (GB)"] == pytest.approx(lora / GB)
+    # 16-bit throughout: what plan(dtype="fp16") assumes, step counters aside
+    assert t.loc["16-bit", "full (GB)"] == pytest.approx(gpt3.full.static_bytes / GB, rel=1e-6)
+
+
+# ----------------------------------------------------------- against measurement
+
+TINY_BERT = dict(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64, max_position_embeddings=64)
+
+
+def _check_close(p: Plan, measured, tol: float = 0.10) -> None:
+    for method in ("lora", "full"):
+        est, got = getattr(p, method).memory, measured[method]
+        assert est.weights == got.weights and est.gradients == got.gradients
+        assert est.optimizer == got.optimizer
+        assert got.activations > 0
+        assert abs(est.activations - got.activations) <= tol * got.activations, (method, est, got)
+        assert abs(est.total - got.total) <= tol * got.total
+
+
+@pytest.mark.parametrize("dropout", [True, False])
+def test_tiny_bert_plan_matches_a_measured_step(dropout):
+    p = plan(BertConfig(**TINY_BERT), rank=4, targets=("query", "value"), batch_size=4, seq_len=16,
+             dropout=dropout)
+    assert p.settings.task == "classification"
+    _check_close(p, measure(p))
+
+
+def test_tiny_gpt2_causal_lm_plan_matches_a_measured_step():
+    cfg = GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=1,
+                     eos_token_id=2)
+    p = plan(cfg, rank=4, targets=("c_attn",), batch_size=3, seq_len=12, task="causal-lm")
+    _check_close(p, measure(p))
+
+
+@pytest.mark.slow
+def test_minilm_plan_is_within_10_percent_of_the_measured_step(minilm):
+    """The real bundled MiniLM at batch 16 x 64 (about one to a few seconds per step)."""
+    model, _ = minilm
+    p = plan("minilm", rank=8, targets=("query", "value"), batch_size=16, seq_len=64)
+    _check_close(p, measure(p, model=model))
+
+
+# ----------------------------------------------------------- inputs and outputs
+
+
+def test_a_config_object_is_copied_not_changed(tmp_path):
+    cfg = BertConfig(**TINY_BERT)
+    p = plan(cfg, num_labels=5)
+    assert cfg.num_labels == 2 and p.config.num_labels == 5
+    cfg.save_pretrained(tmp_path)
+    assert plan(str(tmp_path), num_labels=5).full.total == p.full.total
+
+
+def test_table_and_figure():
+    p = plan("minilm", batch_size=2, seq_len=16)
+    t = p.table()
+    assert list(t.columns) == ["LoRA (GB)", "full (GB)", "full / LoRA"]
+    assert t.loc["gradients", "full (GB)"] == p.full.memory.gradients / GB
+    assert t.loc["total", "LoRA (GB)"] == pytest.approx(p.lora.memory.total / GB)
+    fig = p.figure()
+    ax = fig.axes[0]
+    assert len(ax.get_xticks()) == 2
+    stacked = sum(bar.get_height() for bar in ax.patches[1::2])  # the full fine-tuning bar
+    assert stacked == pytest.approx(p.full.memory.total / GB)
+    rows = plan_table([p, plan("gpt2", batch_size=1, seq_len=8)])
+    assert list(rows["architecture"]) == ["minilm", "gpt2"]
+    assert rows.loc[0, "LoRA adapter params"] == 6 * 2 * 8 * (384 + 384)
+
+
+def test_method_picks_the_reported_side():
+    lora = plan("minilm")
+    full = plan("minilm", method="full")
+    assert lora.trainable == lora.lora.trainable < full.trainable == full.full.total
+    assert full.memory == full.full.memory
+
+
+@pytest.mark.parametrize("name", ["robera-base", "no-such/model-anywhere"])
+def test_unknown_names_list_the_shipped_ones(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError) as e:
+        plan(name)
+    msg = str(e.value)
+    assert repr(name) in msg and all(n in msg for n in SHIPPED)
+    if name == "robera-base":
+        assert "Did you mean 'roberta-base'" in msg
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"method": "qlora"}, "method must be"),
+        ({"dtype": "int8"}, "dtype must be"),
+        ({"batch_size": 0}, "batch_size must be"),
+        ({"seq_len": 1.5}, "seq_len must be"),
+        ({"optimizer": "lion"}, "optimizer must be"),
+        ({"task": "seq2seq"}, "task must be"),
+        ({"rank": 0}, "rank must be"),
+        ({"targets": ("nonexistent",)}, "matches no module"),
+        ({"device": "tpu"}, "device must be"),
+    ],
+)
+def test_bad_inputs_say_what_is_allowed(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        plan("minilm", **kwargs)
+
+
+def test_measure_refuses_a_model_too_big_to_build(gpt3):
+    with pytest.raises(ValueError, match="too big"):
+        measure(gpt3)
+
+
+def test_long_sequences_are_noted():
+    p = plan("gpt2", seq_len=4096, batch_size=1, method="full")
+    assert any("positions" in n for n in p.notes)
+    assert np.isfinite(p.table().loc["total", "full (GB)"])

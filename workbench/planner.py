@@ -1,0 +1,883 @@
+"""Plan a fine-tuning run of a model too big to load: parameters and memory, LoRA beside full.
+
+``plan("gpt3-175b", rank=8, targets=("query", "value"))`` answers, in seconds and without
+a single weight in memory, the two questions the LoRA paper (Hu et al. 2021,
+arXiv:2106.09685) is about: how many numbers train, and how much memory training takes.
+
+How: the model is built from its ``transformers`` config under ``with torch.device("meta")``.
+A meta tensor has a shape and a dtype but no data, so a 175-billion-parameter model costs
+nothing to build, and everything that depends only on shapes can be read off it:
+
+* parameters: ``total`` = sum of numel over the parameters (a tied weight once); LoRA is
+  injected with ``add_lora`` on the meta model itself (the adapters are created on the
+  base weight's device: meta), so the trainable count is exactly what ``add_lora`` would
+  train on the real model: r * (in + out) per adapted layer, plus the classifier head;
+* memory, per training step, with s bytes per element of ``dtype``:
+
+    weights     = total * s
+    gradients   = trainable * s                       (a frozen weight has no .grad)
+    optimizer   = k * trainable * s + 4 * (trainable tensors)
+                  k = 2 for Adam/AdamW (two moments), 1 for SGD with momentum, 0 for SGD;
+                  the 4 bytes are PyTorch's float32 ``step`` counter per parameter tensor
+    activations = ``workbench.memory.estimate_activation_bytes``: the forward pass
+                  replayed on paper (BERT-style encoders and GPT-2-style decoders; for
+                  other architectures it is ``None`` and the plan says so).
+
+Where a config comes from: a shipped architecture (JSON files in ``architectures/`` next
+to this module, written from the published sizes: ``shipped_architectures()``), the
+bundled MiniLM (``"minilm"``), any ``transformers.PretrainedConfig``, a local folder or
+config file, or a Hugging Face Hub name when a network is there.
+
+``measure(plan)`` runs one real training step of the same configuration (small models
+only) and ``Plan.compare`` sets the estimate beside the measurement.
+
+Units: the tables write GB = 10**9 bytes and MB = 10**6 bytes (decimal, as the LoRA paper's
+"350GB" = 175e9 parameters x 2 bytes).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from workbench.inject import add_lora, check_settings, head_names
+from workbench.lora import LoRALayer
+from workbench.memory import (
+    OPTIMIZER_STATES,
+    MemoryBreakdown,
+    estimate_activation_bytes,
+    measure_train_step,
+)
+from workbench.plots import FULL_COLOR, MEMORY_COMPONENTS, STYLE, rank_color
+
+__all__ = [
+    "GB",
+    "MB",
+    "TASKS",
+    "DTYPES",
+    "Architecture",
+    "shipped_architectures",
+    "architecture",
+    "load_config",
+    "build_meta_model",
+    "resolve_targets",
+    "MethodPlan",
+    "PlanSettings",
+    "Plan",
+    "plan",
+    "plan_table",
+    "Recipe",
+    "PRECISION_RECIPES",
+    "precision_table",
+    "LORA_PAPER_GPT3",
+    "measure",
+]
+
+GB = 1e9  # decimal gigabyte: the LoRA paper's "350GB" is 175e9 x 2 bytes
+MB = 1e6  # decimal megabyte, as the project's figures report memory
+TASKS = ("classification", "causal-lm", "base")
+BUNDLED = "minilm"
+_STEP_COUNTER_BYTES = 4  # torch.optim.Adam/AdamW keep `step` as a float32 0-dim tensor
+_ADAM = ("adam", "adamw")
+
+#: Names accepted for ``dtype``.
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+}
+_DTYPE_LABEL = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+# Model types that are encoders: their natural fine-tuning task is classification.
+_ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra",
+                  "deberta", "deberta-v2", "mpnet", "camembert", "modernbert")
+
+# The paper's W_q, W_k, W_v by their names in the common architectures.  A target that
+# matches nothing in a model is looked up here and replaced by the name that model uses.
+# GPT-2 fuses all three into one Conv1D, c_attn: LoRA on it adapts query, key and value
+# with one A (r x H) and one B (3H x r).
+_ROLE_NAMES: dict[str, tuple[str, ...]] = {
+    "query": ("query", "q_proj", "c_attn"),
+    "key": ("key", "k_proj", "c_attn"),
+    "value": ("value", "v_proj", "c_attn"),
+}
+
+#: The LoRA paper's GPT-3 175B numbers (Hu et al. 2021, section 4.2 "Practical benefits").
+LORA_PAPER_GPT3: dict[str, Any] = {
+    "full_training_vram": 1.2e12,  # "we reduce the VRAM consumption during training from 1.2TB
+    "lora_training_vram": 350e9,   #  to 350GB"
+    "full_checkpoint": 350e9,      # "the checkpoint size is reduced by roughly 10,000x
+    "lora_checkpoint": 35e6,       #  (from 350GB to 35MB)"
+    "rank": 4,                     # "with r = 4 and only the query and value projection
+    "targets": ("query", "value"),  #  matrices being adapted"
+    "trainable_r8_qv": 37_748_736,  # Table 4: 37.7M (r = 8 on W_q, W_v)
+}
+
+
+# ------------------------------------------------------------------ architectures
+
+
+@dataclass
+class Architecture:
+    """A shipped architecture: a ``transformers`` config written from published sizes."""
+
+    name: str
+    description: str
+    source: str
+    published_parameters: int | None
+    published_as: str
+    default_task: str
+    config: dict[str, Any]
+    lora_paper: str = ""
+
+    def to_config(self):
+        """The ``transformers`` config object (``AutoConfig.for_model(model_type, **rest)``)."""
+        from transformers import AutoConfig
+
+        rest = dict(self.config)
+        model_type = rest.pop("model_type")
+        return AutoConfig.for_model(model_type, **rest)
+
+
+def _architectures_dir():
+    """The folder of shipped JSON configs, found as package data (works from a wheel too)."""
+    return resources.files("workbench").joinpath("architectures")
+
+
+def shipped_architectures() -> list[str]:
+    """Names ``plan`` accepts without a network: the shipped JSON configs and ``"minilm"``."""
+    names = sorted(p.name[: -len(".json")] for p in _architectures_dir().iterdir()
+                   if p.name.endswith(".json"))
+    return names + [BUNDLED]
+
+
+def architecture(name: str) -> Architecture:
+    """The shipped architecture ``name`` (raises ``ValueError`` listing the shipped names)."""
+    if name == BUNDLED:
+        from workbench.models import bundled_model_path
+
+        path = Path(bundled_model_path())
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        return Architecture(
+            name=BUNDLED,
+            description="all-MiniLM-L6-v2, the project's bundled offline model (BERT, 6 layers, hidden 384, 12 heads, FFN 1536).",
+            source=f"the bundled checkpoint's own config.json ({path})",
+            published_parameters=22_700_000, published_as="22.7M", default_task="classification",
+            config=cfg,
+        )
+    file = _architectures_dir().joinpath(f"{name}.json")
+    if not file.is_file():
+        raise ValueError(_unknown_message(name, "not a shipped architecture"))
+    d = json.loads(file.read_text(encoding="utf-8"))
+    return Architecture(
+        name=d["name"], description=d.get("description", ""), source=d.get("source", ""),
+        published_parameters=d.get("published_parameters"), published_as=d.get("published_as", ""),
+        default_task=d.get("default_task", "classification"), config=d["config"],
+        lora_paper=d.get("lora_paper", ""),
+    )
+
+
+def _unknown_message(name: str, why: str) -> str:
+    names = shipped_architectures()
+    close = difflib.get_close_matches(name, names, n=2)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (f"unknown architecture {name!r}: {why}.{hint} Shipped (offline) names: "
+            f"{', '.join(names)}; or pass a transformers config, a local folder or config.json, "
+            "or a Hugging Face Hub name (needs a network).")
+
+
+def load_config(config: Any) -> tuple[Any, str, str | None]:
+    """(a private copy of the ``transformers`` config, a label, its natural task or None).
+
+    ``config``: a ``PretrainedConfig`` (copied: ``plan`` sets ``num_labels`` on it), a
+    shipped name, ``"minilm"``, a local folder or ``.json`` file, or a Hub name.
+    """
+    from transformers import AutoConfig, PretrainedConfig
+
+    if isinstance(config, PretrainedConfig):
+        return copy.deepcopy(config), _config_label(config), None
+    if not isinstance(config, (str, os.PathLike)):
+        raise TypeError(f"config must be a transformers PretrainedConfig or a name/path string, "
+                        f"not {type(config).__name__}")
+    name = os.fspath(config)
+    if not name:
+        raise ValueError(_unknown_message(name, "an empty name"))
+    if name in shipped_architectures():
+        arch = architecture(name)
+        if name == BUNDLED:
+            from workbench.models import bundled_model_path
+
+            return AutoConfig.from_pretrained(bundled_model_path()), name, arch.default_task
+        return arch.to_config(), name, arch.default_task
+    path = Path(name).expanduser()
+    if path.is_file():
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not a JSON config file: {e}") from None
+        if isinstance(d, dict) and isinstance(d.get("config"), dict):  # our shipped format
+            arch = Architecture(name=d.get("name", path.stem), description=d.get("description", ""),
+                                source=str(path), published_parameters=d.get("published_parameters"),
+                                published_as=d.get("published_as", ""),
+                                default_task=d.get("default_task", "classification"), config=d["config"])
+            return arch.to_config(), arch.name, arch.default_task
+        if not isinstance(d, dict) or "model_type" not in d:
+            raise ValueError(f"{path} is not a transformers config: it needs a 'model_type' key")
+        rest = dict(d)
+        return AutoConfig.for_model(rest.pop("model_type"), **rest), path.stem, None
+    try:
+        return AutoConfig.from_pretrained(name), (path.name if path.is_dir() else name), None
+    except (OSError, ValueError, KeyError) as e:
+        why = ("a local folder without a loadable config.json" if path.is_dir() else
+               "not a local folder, and the Hugging Face Hub could not provide it (offline?)")
+        raise ValueError(_unknown_message(name, why) + f" ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _config_label(config: Any) -> str:
+    """A short name for a config object: its Hub name, "minilm" for the bundled folder, or the model type."""
+    source = str(getattr(config, "name_or_path", "") or "")
+    if source:
+        from workbench.models import bundled_model_path
+
+        try:
+            if Path(source).resolve() == Path(bundled_model_path()).resolve():
+                return BUNDLED
+        except ImportError:  # pragma: no cover - the bundled model is a requirement
+            pass
+        if not Path(source).exists():
+            return source  # a Hub name
+    return f"{getattr(config, 'model_type', 'model')} config"
+
+
+def _natural_task(config: Any) -> str:
+    """classification for encoders, causal-lm for decoders (by ``architectures`` or model type)."""
+    for arch in getattr(config, "architectures", None) or []:
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return "causal-lm"
+        if arch.endswith("ForSequenceClassification"):
+            return "classification"
+    return "classification" if getattr(config, "model_type", "") in _ENCODER_TYPES else "causal-lm"
+
+
+def _parse_dtype(dtype: Any) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPE_LABEL:
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype}")
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise ValueError(f"dtype must be a torch dtype or one of {sorted(DTYPES)}, not {dtype!r}")
+
+
+def build_meta_model(config: Any, task: str = "classification", num_labels: int = 2,
+                     dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The model of ``config`` on PyTorch's meta device: every shape, no data.
+
+    ``task``: "classification" (``AutoModelForSequenceClassification`` with ``num_labels``),
+    "causal-lm" (``AutoModelForCausalLM``) or "base" (``AutoModel``, no head).  Building
+    allocates nothing, so a 175B model takes seconds.  ``config`` is not modified.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+    auto = {"classification": AutoModelForSequenceClassification,
+            "causal-lm": AutoModelForCausalLM, "base": AutoModel}[task]
+    cfg = copy.deepcopy(config)
+    if task == "classification":
+        cfg.num_labels = num_labels
+    _quiet()
+    try:
+        with torch.device("meta"):
+            model = auto.from_config(cfg)
+    except ValueError as e:
+        raise ValueError(f"task {task!r} has no model class for model_type "
+                         f"{getattr(cfg, 'model_type', '?')!r}; choose another task from {TASKS} ({e})") from None
+    return model.to(dtype=dtype)
+
+
+def _quiet() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def _matches(names: Sequence[str], target: str) -> bool:
+    return any(n == target or n.endswith("." + target) for n in names)
+
+
+def resolve_targets(model: nn.Module, targets: Sequence[str] | str) -> tuple[list[str] | str, list[str]]:
+    """The targets with the paper's role names mapped onto this model's layer names.
+
+    A name that matches a module is kept.  One that matches nothing and is a role
+    ("query", "key", "value") becomes the name this architecture uses for it: ``q_proj``
+    (OPT, Llama), ``query`` (BERT, RoBERTa) or GPT-2's fused ``c_attn``.  A regex string
+    or "all-linear" is passed through.  Returns (targets, notes about what was mapped).
+    """
+    if isinstance(targets, str):
+        return targets, []
+    names = [n for n, _ in model.named_modules()]
+    out: list[str] = []
+    notes: list[str] = []
+    for t in targets:
+        new = t
+        if isinstance(t, str) and not _matches(names, t):
+            for role, aliases in _ROLE_NAMES.items():
+                if t in aliases:
+                    found = next((a for a in aliases if _matches(names, a)), None)
+                    if found is not None:
+                        new = found
+                        notes.append(f"target {t!r} is called {found!r} in {type(model).__name__}")
+                    break
+        if new not in out:
+            out.append(new)
+    if "c_attn" in out and any(t in ("query", "key", "value") for t in targets):
+        notes.append("GPT-2 fuses query, key and value into one Conv1D (c_attn): LoRA on it adapts all "
+                     "three with one A (r x H) and one B (3H x r), r * (H + 3H) per layer - the same count "
+                     "as separate query and value adapters, 2 * r * (H + H), but not the same update")
+    return out, notes
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass
+class MethodPlan:
+    """One side of a plan: what trains and the memory of a training step.
+
+    ``trainable`` counts every trained number (for LoRA: the adapters *and* a
+    classification head, which must learn its task); ``adapter_params`` counts the LoRA
+    matrices alone (the LoRA paper's "trainable parameters"); ``head_params`` the trained
+    head.  ``memory.activations`` is 0 when ``activations_known`` is False (no formula for
+    this architecture): read ``activations``, which is None then.
+    """
+
+    method: str
+    trainable: int
+    total: int
+    memory: MemoryBreakdown
+    activations_known: bool = True
+    adapter_params: int = 0
+    head_params: int = 0
+    trainable_tensors: int = 0
+    bytes_per_element: int = 4
+    wrapped: list[str] = field(default_factory=list)
+    activation_items: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def activations(self) -> int | None:
+        """Estimated saved-activation bytes, or None when the architecture has no formula."""
+        return self.memory.activations if self.activations_known else None
+
+    @property
+    def static_bytes(self) -> int:
+        """weights + gradients + optimizer state: exact closed forms, any architecture."""
+        return self.memory.weights + self.memory.gradients + self.memory.optimizer
+
+    @property
+    def total_bytes(self) -> int | None:
+        """All four parts, or None when the activations are unknown."""
+        return self.memory.total if self.activations_known else None
+
+    @property
+    def checkpoint_bytes(self) -> int:
+        """What must be saved after training: the trained numbers (LoRA: adapters + head)."""
+        return self.trainable * self.bytes_per_element
+
+
+@dataclass
+class PlanSettings:
+    """The question a plan answers (what ``plan`` was called with, targets resolved)."""
+
+    architecture: str
+    model_class: str
+    task: str
+    method: str
+    rank: int
+    alpha: float
+    targets: list[str] | str
+    layers: list[int] | None
+    batch_size: int
+    seq_len: int
+    dtype: str
+    optimizer: str
+    num_labels: int
+    device: str
+    dropout: bool
+    padded: bool
+    lora_dropout: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    """LoRA and full fine-tuning of one model, side by side.
+
+    ``.trainable``, ``.total`` and ``.memory`` are those of the method asked for
+    (``settings.method``); ``.lora`` and ``.full`` hold both.  ``notes`` says what was
+    assumed or could not be estimated.
+    """
+
+    settings: PlanSettings
+    lora: MethodPlan
+    full: MethodPlan
+    config: Any = field(repr=False, default=None)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def chosen(self) -> MethodPlan:
+        return self.lora if self.settings.method == "lora" else self.full
+
+    @property
+    def trainable(self) -> int:
+        return self.chosen.trainable
+
+    @property
+    def total(self) -> int:
+        return self.chosen.total
+
+    @property
+    def memory(self) -> MemoryBreakdown:
+        return self.chosen.memory
+
+    @property
+    def lora_label(self) -> str:
+        s = self.settings
+        where = ",".join(s.targets) if isinstance(s.targets, list) else s.targets
+        return f"LoRA r={s.rank} ({where})"
+
+    def table(self) -> pd.DataFrame:
+        """Memory in GB (10**9 bytes), one row per component, LoRA and full side by side.
+
+        Unknown activations are NaN, and the last row is then the total of the other three
+        (named so).  ``full / LoRA`` is how many times more memory full fine-tuning takes.
+        """
+        rows = []
+        for attr, label, _ in MEMORY_COMPONENTS:
+            vals = [getattr(m.memory, attr) if (attr != "activations" or m.activations_known) else np.nan
+                    for m in (self.lora, self.full)]
+            rows.append((label, *vals))
+        known = self.lora.activations_known and self.full.activations_known
+        rows.append(("total" if known else "total without activations",
+                     self.lora.memory.total if known else self.lora.static_bytes,
+                     self.full.memory.total if known else self.full.static_bytes))
+        df = pd.DataFrame(rows, columns=["component", "LoRA", "full"]).set_index("component")
+        df = df.astype(float) / GB
+        with np.errstate(divide="ignore", invalid="ignore"):
+            df["full / LoRA"] = df["full"] / df["LoRA"]
+        df.columns = ["LoRA (GB)", "full (GB)", "full / LoRA"]
+        return df
+
+    def summary(self) -> str:
+        """A few lines for people: counts, then memory."""
+        s = self.settings
+        lines = [
+            f"{s.architecture} ({s.model_class}, {s.task}), batch {s.batch_size} x {s.seq_len} tokens, "
+            f"{s.dtype}, {s.optimizer}, {s.device}",
+            f"  total parameters      {self.full.total:>18,}",
+            f"  {self.lora_label}: trainable {self.lora.trainable:,} "
+            f"(adapters {self.lora.adapter_params:,} + head {self.lora.head_params:,}), "
+            f"{100 * self.lora.trainable / max(self.lora.total, 1):.4f}% of {self.lora.total:,}",
+            f"  full fine-tuning: trainable {self.full.trainable:,}",
+        ]
+        for side, m in (("LoRA", self.lora), ("full", self.full)):
+            act = "n/a" if m.activations is None else f"{m.memory.activations / GB:.3f}"
+            total = f"{m.total_bytes / GB:.3f} GB" if m.total_bytes is not None else \
+                f"{m.static_bytes / GB:.3f} GB without activations"
+            lines.append(f"  {side:>4}: weights {m.memory.weights / GB:.3f} + gradients {m.memory.gradients / GB:.3f}"
+                         f" + optimizer {m.memory.optimizer / GB:.3f} + activations {act} = {total}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def compare(self, measured: Mapping[str, MemoryBreakdown]) -> pd.DataFrame:
+        """Estimate against a measurement (``measure(plan)``): MB (10**6 bytes) and error in %.
+
+        One row per method and component; ``error %`` = 100 * (estimate - measured) / measured.
+        """
+        rows = []
+        for method in ("lora", "full"):
+            if method not in measured:
+                continue
+            est, got = getattr(self, method), measured[method]
+            for attr, label, _ in MEMORY_COMPONENTS + (("total", "total", ""),):
+                e = getattr(est.memory, attr) if (attr not in ("activations", "total") or est.activations_known) else None
+                m = getattr(got, attr)
+                rows.append({
+                    "method": method, "component": label,
+                    "estimated MB": np.nan if e is None else e / MB,
+                    "measured MB": m / MB,
+                    "error %": np.nan if (e is None or m == 0) else 100 * (e - m) / m,
+                })
+        return pd.DataFrame(rows)
+
+    def figure(self) -> Figure:
+        """Stacked bars, LoRA beside full fine-tuning: weights, gradients, optimizer, activations (GB).
+
+        When the architecture has no activation formula, the bars hold the three exact
+        parts and say "activations: no estimate".
+        """
+        s = self.settings
+        fig = Figure(figsize=(6.4, 4.4), layout="constrained", facecolor=STYLE["face_color"])
+        ax = fig.add_subplot()
+        ax.set_facecolor(STYLE["face_color"])
+        ax.grid(True, axis="y", color=STYLE["grid_color"], linewidth=STYLE["grid_width"])
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        for side in ("left", "bottom"):
+            ax.spines[side].set_color(STYLE["spine_color"])
+        ax.tick_params(labelsize=STYLE["tick_size"], colors=STYLE["text_color"])
+        sides = (self.lora, self.full)
+        x = np.arange(2, dtype=float)
+        bottoms = np.zeros(2)
+        for attr, label, color in MEMORY_COMPONENTS:
+            h = np.array([getattr(m.memory, attr) / GB for m in sides], dtype=float)
+            ax.bar(x, h, 0.55, bottom=bottoms, color=color, label=label, edgecolor="white", linewidth=0.6)
+            bottoms += h
+        for i, m in enumerate(sides):
+            note = _fmt_gb(bottoms[i]) + ("" if m.activations_known else "\n+ activations: no estimate")
+            ax.annotate(note, (x[i], bottoms[i]), xytext=(0, 3), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=STYLE["annotation_size"], color=STYLE["text_color"])
+        edge = [rank_color(s.rank), FULL_COLOR]
+        ticks = [f"{self.lora_label}\n{_count(self.lora.trainable)} trainable",
+                 f"full fine-tuning\n{_count(self.full.trainable)} trainable"]
+        ax.set_xticks(x, ticks)
+        for tick, c in zip(ax.get_xticklabels(), edge):
+            tick.set_color(c)
+        ax.set_xlim(-0.7, 1.7)
+        ax.set_ylim(0, max(float(bottoms.max()), 1e-12) * 1.25)
+        ax.set_title(f"{s.architecture}: memory of one training step\nbatch {s.batch_size} x {s.seq_len} tokens, "
+                     f"{s.dtype}, {s.optimizer} (estimate)", fontsize=STYLE["title_size"],
+                     color=STYLE["text_color"], loc="left")
+        ax.set_ylabel("memory (GB, 1 GB = 10⁹ bytes)", fontsize=STYLE["label_size"], color=STYLE["text_color"])
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles[::-1], labels[::-1], fontsize=STYLE["legend_size"], framealpha=0.9,
+                  edgecolor=STYLE["grid_color"], loc="upper left")
+        return fig
+
+
+def _fmt_gb(gb: float) -> str:
+    return f"{gb:,.0f} GB" if gb >= 100 else f"{gb:.3g} GB"
+
+
+def _count(n: int) -> str:
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{suffix}"
+    return str(n)
+
+
+# ------------------------------------------------------------------ planning
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _side(model: nn.Module, method: str, s: torch.dtype, optimizer: str, batch_size: int, seq_len: int,
+          *, dropout: bool, device: str, padded: bool) -> tuple[MethodPlan, str | None]:
+    """Count and estimate the model as it stands (its requires_grad flags say what trains)."""
+    params = list(model.parameters())  # a tied weight appears once
+    train = [p for p in params if p.requires_grad]
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in train)
+    weights = sum(p.numel() * p.element_size() for p in params)
+    grads = sum(p.numel() * p.element_size() for p in train)
+    opt = OPTIMIZER_STATES[optimizer] * grads + (_STEP_COUNTER_BYTES * len(train) if optimizer in _ADAM else 0)
+    adapters = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and
+                   (".lora_A." in name or ".lora_B." in name))
+    heads = head_names(model)
+    head = sum(p.numel() for h in heads for p in model.get_submodule(h).parameters() if p.requires_grad)
+    note = None
+    try:
+        items = estimate_activation_bytes(model, batch_size, seq_len, dropout=dropout, device=device,
+                                          dtype=s, padded=padded)
+        known = True
+    except ValueError as e:  # no formula for this architecture (inputs were checked before)
+        items, known, note = {}, False, str(e)
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, LoRALayer)]
+    mem = MemoryBreakdown(weights=weights, gradients=grads, optimizer=opt,
+                          activations=sum(items.values()), peak=None, peak_kind="estimate")
+    return MethodPlan(method=method, trainable=trainable, total=total, memory=mem, activations_known=known,
+                      adapter_params=adapters, head_params=head if method == "lora" else 0,
+                      trainable_tensors=len(train), bytes_per_element=s.itemsize, wrapped=wrapped, activation_items=items), note
+
+
+def plan(
+    config: Any,
+    method: str = "lora",
+    rank: int = 8,
+    alpha: float = 16,
+    targets: Sequence[str] | str = ("query", "value"),
+    layers: Iterable[int] | None = None,
+    batch_size: int = 1,
+    seq_len: int = 512,
+    dtype: torch.dtype | str = torch.float32,
+    optimizer: str = "adamw",
+    task: str | None = None,
+    num_labels: int = 2,
+    *,
+    device: str = "cpu",
+    dropout: bool = True,
+    padded: bool = True,
+    lora_dropout: float = 0.0,
+    name: str | None = None,
+) -> Plan:
+    """Parameters and training memory of LoRA and of full fine-tuning, from a config alone.
+
+    ``config``: a ``transformers`` config, a shipped name (``shipped_architectures()``), a
+    local folder or config file, or a Hub name (needs a network).  ``method`` picks which
+    side ``.trainable``/``.total``/``.memory`` report; both are always computed.
+    ``targets`` as ``add_lora`` takes them; the roles "query", "key", "value" are mapped
+    to this architecture's names (``q_proj``, GPT-2's fused ``c_attn``).  ``task``: None
+    for the architecture's natural one (classification for encoders, causal-lm for
+    decoders), or one of ``TASKS``.  ``dtype``: training wholly in that dtype (weights,
+    gradients, optimizer state and activations); see ``precision_table`` for mixed
+    precision.  ``device``, ``dropout``, ``padded``: the activation estimate's assumptions
+    (``workbench.memory.estimate_memory``).  ``name`` labels the plan (default: the
+    shipped name, the Hub name, or the config's model type).
+    """
+    if method not in ("lora", "full"):
+        raise ValueError(f"method must be 'lora' or 'full', not {method!r}")
+    check_settings(rank, alpha, lora_dropout)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("seq_len", seq_len)
+    _check_positive_int("num_labels", num_labels)
+    if optimizer not in OPTIMIZER_STATES:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATES)}, not {optimizer!r}")
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS} (or None for the architecture's own), not {task!r}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
+    s = _parse_dtype(dtype)
+    cfg, label, natural = load_config(config)
+    label = name or label
+    task = task or natural or _natural_task(cfg)
+    if task == "classification":
+        cfg.num_labels = num_labels  # cfg is the plan's own copy
+    model = build_meta_model(cfg, task, num_labels, s)
+    notes: list[str] = []
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if isinstance(limit, int) and seq_len > limit:
+        notes.append(f"seq_len {seq_len} is longer than the model's {limit} positions: the shapes are "
+                     "planned as asked, but the real model cannot take such sequences")
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+    kw = dict(dropout=dropout, device=device, padded=padded)
+    full, full_note = _side(model, "full", s, optimizer, batch_size, seq_len, **kw)
+
+    resolved, target_notes = resolve_targets(model, targets)
+    notes += target_notes
+    add_lora(model, rank=rank, alpha=alpha, targets=resolved, layers=layers, dropout=lora_dropout)
+    lora, lora_note = _side(model, "lora", s, optimizer, batch_size, seq_len, **kw)
+    for note in dict.fromkeys(n for n in (full_note, lora_note) if n):  # each message once
+        notes.append(f"activations not estimated: {note}")
+    if not (lora.activations_known and full.activations_known):
+        notes.append("weights, gradients and optimizer state are exact closed forms for any architecture; "
+                     "workbench.memory has activation formulas for BERT-style encoders and GPT-2-style decoders")
+    settings = PlanSettings(
+        architecture=label, model_class=type(model).__name__, task=task, method=method, rank=rank,
+        alpha=float(alpha), targets=resolved if isinstance(resolved, str) else list(resolved),
+        layers=sorted(set(int(i) for i in layers)) if layers is not None else None,
+        batch_size=batch_size, seq_len=seq_len, dtype=_DTYPE_LABEL[s], optimizer=optimizer,
+        num_labels=num_labels, device=device, dropout=dropout, padded=padded, lora_dropout=float(lora_dropout),
+    )
+    return Plan(settings=settings, lora=lora, full=full, config=cfg, notes=notes)
+
+
+def plan_table(plans: Iterable[Plan]) -> pd.DataFrame:
+    """One row per plan: parameter counts and LoRA vs full memory in GB (10**9 bytes).
+
+    ``published`` is the size the architecture's authors give (shipped architectures);
+    memory totals leave out activations where they are unknown (``activations`` says so).
+    """
+    rows = []
+    for p in plans:
+        if not isinstance(p, Plan):
+            raise TypeError(f"plan_table takes Plan objects, got {type(p).__name__}")
+        s = p.settings
+        try:
+            published = architecture(s.architecture).published_as
+        except ValueError:
+            published = ""
+        known = p.lora.activations_known and p.full.activations_known
+        lora_gb = (p.lora.memory.total if known else p.lora.static_bytes) / GB
+        full_gb = (p.full.memory.total if known else p.full.static_bytes) / GB
+        rows.append({
+            "architecture": s.architecture,
+            "model class": s.model_class,
+            "total params": p.full.total,
+            "published": published,
+            "LoRA targets": ",".join(s.targets) if isinstance(s.targets, list) else s.targets,
+            "LoRA adapter params": p.lora.adapter_params,
+            "LoRA trainable": p.lora.trainable,
+            "LoRA (GB)": lora_gb,
+            "full (GB)": full_gb,
+            "full / LoRA": full_gb / lora_gb if lora_gb else np.nan,
+            "activations": "estimated" if known else "not estimated",
+        })
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ precision recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Bytes per parameter under a training precision recipe.
+
+    weights: every parameter (frozen ones too) in the compute dtype; gradients and
+    ``optimizer`` (which includes an fp32 master copy where the recipe keeps one) for the
+    trained parameters only:  memory = total * weight + trainable * (gradient + optimizer).
+    """
+
+    name: str
+    weight: int
+    gradient: int
+    optimizer: int
+    description: str
+
+    def bytes(self, total: int, trainable: int) -> int:
+        return total * self.weight + trainable * (self.gradient + self.optimizer)
+
+
+PRECISION_RECIPES: tuple[Recipe, ...] = (
+    Recipe("fp32", 4, 4, 8, "everything in float32; Adam's two moments 4 + 4 bytes"),
+    Recipe("16-bit", 2, 2, 4, "weights, gradients and both Adam moments in fp16/bf16 (what plan(dtype='fp16') assumes)"),
+    Recipe("mixed", 2, 2, 12, "fp16 weights and gradients; fp32 master copy and fp32 Adam moments of the "
+                              "trained weights (4 + 4 + 4 bytes): the usual mixed-precision recipe"),
+)
+
+
+def precision_table(p: Plan, recipes: Sequence[Recipe] = PRECISION_RECIPES) -> pd.DataFrame:
+    """Weights + gradients + optimizer state (no activations) under each recipe, in GB.
+
+    Uses the plan's counts: full = total * (w + g + o); LoRA = total * w + trainable * (g + o).
+    The Adam step counters (a few bytes per tensor) are left out.
+    """
+    rows = []
+    for r in recipes:
+        full = r.bytes(p.full.total, p.full.trainable)
+        lora = r.bytes(p.lora.total, p.lora.trainable)
+        rows.append({"recipe": r.name, "bytes per weight / gradient / optimizer": f"{r.weight} / {r.gradient} / {r.optimizer}",
+                     "full (GB)": full / GB, "LoRA (GB)": lora / GB, "full / LoRA": full / lora,
+                     "what it assumes": r.description})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ measuring
+
+
+_MAX_MEASURE_BYTES = 2 * 10**9  # a real model above this is not built here
+
+
+def _optimizer(name: str, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=1e-4)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=1e-4)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=1e-4)
+    return torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+
+
+def _batch(p: Plan, vocab: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random token ids; when ``padded``, the last sequence is half padding (mask 0)."""
+    s = p.settings
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, max(vocab, 6), (s.batch_size, s.seq_len), generator=g)
+    mask = torch.ones_like(ids)
+    if s.padded:
+        mask[-1, max(1, s.seq_len // 2):] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if s.task == "classification":
+        batch["labels"] = torch.randint(0, s.num_labels, (s.batch_size,), generator=g)
+    elif s.task == "causal-lm":
+        batch["labels"] = ids.masked_fill(mask == 0, -100)
+    return batch
+
+
+def measure(p: Plan, model: nn.Module | None = None, seed: int = 0) -> dict[str, MemoryBreakdown]:
+    """One real training step for each side of a plan, accounted exactly: {"lora", "full"}.
+
+    ``model``: a real model of the plan's config (e.g. the bundled MiniLM, loaded with its
+    weights); it is copied, not changed.  Without it the model is built from the plan's
+    config with random weights: memory depends on shapes, not values.  Small models
+    only (weights up to 2 GB).  Uses ``workbench.memory.measure_train_step``: forward
+    with the model in train mode (dropout on when ``settings.dropout``), backward,
+    one optimizer step.
+    """
+    if not isinstance(p, Plan):
+        raise TypeError(f"measure takes a Plan, got {type(p).__name__}")
+    s = p.settings
+    if p.full.memory.weights > _MAX_MEASURE_BYTES:
+        raise ValueError(f"{s.architecture} has {p.full.memory.weights / GB:.1f} GB of weights: too big to "
+                         f"measure here (limit {_MAX_MEASURE_BYTES / GB:.0f} GB); the plan is the estimate")
+    if s.task == "base":
+        raise ValueError("a 'base' plan has no head and no loss to train: plan with task='classification' "
+                         "or 'causal-lm' to measure")
+    if s.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("the plan is for device='cuda' but no CUDA device is available")
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    dtype = DTYPES[s.dtype]
+    if model is None:
+        auto = AutoModelForSequenceClassification if s.task == "classification" else AutoModelForCausalLM
+        cfg = copy.deepcopy(p.config)
+        if s.task == "classification":
+            cfg.num_labels = s.num_labels
+        _quiet()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = auto.from_config(cfg)
+    if getattr(model.config, "pad_token_id", None) is None and s.task == "classification":
+        model.config.pad_token_id = 0  # GPT-2 classifiers need one to find the last token
+    vocab = int(getattr(model.config, "vocab_size", 1000))
+    batch = _batch(p, vocab, seed)
+    out: dict[str, MemoryBreakdown] = {}
+    for method in ("lora", "full"):
+        m = copy.deepcopy(model).to(device=s.device, dtype=dtype)
+        # Train mode runs dropout; eval mode is training with every dropout p = 0 (the
+        # functional attention dropout of transformers reads self.training too).
+        if s.dropout:
+            m.train()
+        else:
+            m.eval()
+        if method == "lora":
+            add_lora(m, rank=s.rank, alpha=s.alpha, targets=s.targets, layers=s.layers, dropout=s.lora_dropout)
+        else:
+            for q in m.parameters():
+                q.requires_grad_(True)
+        opt = _optimizer(s.optimizer, [q for q in m.parameters() if q.requires_grad])
+        b = {k: v.to(s.device) for k, v in batch.items()}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out[method] = measure_train_step(m, opt, b, device=s.device)
+        del m, opt
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover - a quick look: python -m workbench.planner NAME
+    import sys
+
+    for name in sys.argv[1:] or shipped_architectures():
+        print(plan(name), end="\n\n")
