@@ -115,6 +115,7 @@ class RunResult:
     run_id: str = ""
     path: str | None = None  # where the run store put it
     environment: dict[str, Any] = field(default_factory=dict)
+    memory_estimate: Any = None  # workbench.memory.MemoryBreakdown predicted from shapes alone
 
     @property
     def final_loss(self) -> float:
@@ -127,3 +128,19 @@ class RunResult:
             return float("nan")
         acc = self.history["eval_accuracy"].dropna()
         return float(acc.iloc[-1]) if len(acc) else float("nan")
+
+
+# Ready-made sizes.  "default": about a minute per run on 2 CPU cores with the bundled
+# model; "tiny": a few seconds, a 2-layer model built from a config (tests, smoke checks).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": dict(model="minilm", steps=100, batch_size=16, max_length=64, eval_every=50),
+    "tiny": dict(model="tiny-bert", steps=6, batch_size=8, max_length=32, eval_every=3,
+                 max_train_examples=96, max_eval_examples=32, lr=1e-3),
+}
+
+
+def preset(name: str, **overrides: Any) -> RunConfig:
+    """A RunConfig from a named preset, with any field overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return RunConfig(**(PRESETS[name] | overrides))

@@ -285,6 +285,7 @@ def _record(result: RunResult) -> dict[str, Any]:
             "config": result.config.to_dict(),
             "params": {"trainable": int(result.params.trainable), "total": int(result.params.total)},
             "memory": _memory_to_dict(result.memory),
+            "memory_estimate": _memory_to_dict(result.memory_estimate),
             "timing": dataclasses.asdict(result.timing) if result.timing is not None else None,
             "summary": {
                 "steps_done": _steps_done(result.history),
@@ -492,6 +493,7 @@ def load_run(path: str | os.PathLike) -> RunResult:
         history=history,
         params=counts,
         memory=_parse_memory(file, data.get("memory")),
+        memory_estimate=_parse_memory(file, data.get("memory_estimate")),
         timing=_parse_timing(file, data.get("timing")),  # type: ignore[arg-type]
         message=str(data.get("message") or ""),
         run_id=str(data.get("run_id") or folder.name),
