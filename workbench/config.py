@@ -31,7 +31,9 @@ class RunConfig:
     layers: list[int] | None = None  # only these block indices; None = all blocks
     dropout: float = 0.0  # LoRA dropout
     rslora: bool = False
-    init: str = "kaiming"
+    init: str = "kaiming"  # "kaiming" (PEFT's default), "gaussian", or "pissa" (top-r SVD of W)
+    dora: bool = False  # DoRA: a learned magnitude per output, LoRA updates the direction
+    loraplus_ratio: float | None = None  # LoRA+: B learns this many times faster than A
     # Model and data.
     model: str = "minilm"  # "minilm" (bundled), a tiny preset, a Hub name or a local folder
     task: Literal["classification", "causal-lm"] = "classification"
@@ -70,8 +72,13 @@ class RunConfig:
         if self.method == "head":
             return "head only"
         tg = self.targets if isinstance(self.targets, str) else ",".join(self.targets)
-        rs = " rsLoRA" if self.rslora else ""
-        return f"LoRA r={self.rank}{rs} ({tg})"
+        kind = "DoRA" if self.dora else "LoRA"
+        extras = "".join([
+            " rsLoRA" if self.rslora else "",
+            " PiSSA" if self.init == "pissa" else "",
+            f" LoRA+x{self.loraplus_ratio:g}" if self.loraplus_ratio else "",
+        ])
+        return f"{kind} r={self.rank}{extras} ({tg})"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
