@@ -23,3 +23,25 @@ from workbench.models import load_base, load_tokenizer
 from workbench.params import ParameterReport, count_parameters, lora_parameter_count
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Heavier parts load on first use, so ``import workbench`` stays quick."""
+    lazy = {
+        "train": ("workbench.train", "train"),
+        "StepInfo": ("workbench.train", "StepInfo"),
+        "runs": ("workbench.store", "runs"),
+        "load_runs": ("workbench.store", "load_runs"),
+        "preset": ("workbench.config", "preset"),
+        "sweep_configs": ("workbench.sweep", "sweep_configs"),
+        "run_sweep": ("workbench.sweep", "run_sweep"),
+        "export_report": ("workbench.report", "export_report"),
+        "plan": ("workbench.planner", "plan"),
+        "Workbench": ("workbench.panel", "Workbench"),
+    }
+    if name in lazy:
+        import importlib
+
+        module, attr = lazy[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")

@@ -1,0 +1,64 @@
+"""A sweep: the same run at several ranks, beside full fine-tuning and head-only training.
+
+By default alpha stays fixed across ranks, as in the LoRA paper (Hu et al. 2021, sec. 4.1:
+"we simply set alpha to the first r we try and do not tune it"), so the update's scale
+alpha / r shrinks as r grows; ``alpha_per_rank`` (alpha = k * r) and rsLoRA
+(alpha / sqrt(r)) are the other common choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Sequence
+
+from workbench.config import RunConfig, RunResult
+
+DEFAULT_RANKS = (1, 2, 4, 8, 16, 32)
+FULL_LR = 5e-5  # full fine-tuning of BERT-sized models wants a far smaller step than LoRA
+HEAD_LR = 1e-3
+
+
+def sweep_configs(
+    base: RunConfig,
+    ranks: Sequence[int] = DEFAULT_RANKS,
+    with_full: bool = True,
+    with_head: bool = True,
+    alpha_per_rank: float | None = None,
+    full_lr: float = FULL_LR,
+    head_lr: float = HEAD_LR,
+) -> list[RunConfig]:
+    """The configs of a sweep: one LoRA run per rank, then the references."""
+    if not ranks and not with_full and not with_head:
+        raise ValueError("an empty sweep: give at least one rank, or with_full / with_head")
+    configs = [
+        replace(base, method="lora", rank=int(r), alpha=alpha_per_rank * r if alpha_per_rank else base.alpha, name=None)
+        for r in ranks
+    ]
+    if with_full:
+        configs.append(replace(base, method="full", lr=full_lr, name=None))
+    if with_head:
+        configs.append(replace(base, method="head", lr=head_lr, name=None))
+    return configs
+
+
+def run_sweep(
+    configs: Sequence[RunConfig],
+    runs_dir: str | None = "runs",
+    progress: bool = True,
+    on_run: Callable[[int, RunResult], None] | None = None,
+    **train_kwargs,
+) -> list[RunResult]:
+    """Train each config in turn (a progress bar over runs); stop early if a run is stopped."""
+    from tqdm.auto import tqdm
+
+    from workbench.train import train
+
+    results = []
+    for i, cfg in enumerate(tqdm(configs, desc="sweep", disable=not progress)):
+        result = train(cfg, runs_dir=runs_dir, progress=progress, **train_kwargs)
+        results.append(result)
+        if on_run is not None:
+            on_run(i, result)
+        if result.status == "stopped":
+            break
+    return results
