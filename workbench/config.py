@@ -123,6 +123,7 @@ class RunResult:
     path: str | None = None  # where the run store put it
     environment: dict[str, Any] = field(default_factory=dict)
     memory_estimate: Any = None  # workbench.memory.MemoryBreakdown predicted from shapes alone
+    model: Any = field(default=None, repr=False)  # the trained model, when train(keep_model=True)
 
     @property
     def final_loss(self) -> float:

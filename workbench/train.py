@@ -20,6 +20,7 @@ is written to the run store as it goes, so nothing recorded is lost.
 from __future__ import annotations
 
 import math
+import os
 import random
 import statistics
 import threading
@@ -174,12 +175,15 @@ def train(
     stop: threading.Event | None = None,
     runs_dir: str | None = "runs",
     progress: bool = True,
+    keep_model: bool = False,
 ) -> RunResult:
     """Run one fine-tuning as ``cfg`` says; return (and store under ``runs_dir``) its result.
 
     ``on_step`` is called after each step with a ``StepInfo``.  Setting ``stop`` (a
     ``threading.Event``) or pressing Ctrl-C ends the run early as "stopped".
-    ``runs_dir=None`` keeps the run out of the store.
+    ``runs_dir=None`` keeps the run out of the store.  A LoRA run's adapter is saved in
+    PEFT's format beside its record (``<run folder>/adapter``).  ``keep_model=True``
+    returns the trained model too, as ``result.model`` (for looking inside ΔW).
     """
     from tqdm.auto import tqdm
 
@@ -238,6 +242,12 @@ def train(
         memory.peak, memory.peak_kind = mem.peak_memory(device)
         if runs_dir is not None:
             store.save_run(result, runs_dir)
+            if cfg.method == "lora" and step > 0:
+                from workbench.adapters import save_adapter
+
+                save_adapter(model, os.path.join(result.path, "adapter"))
+        if keep_model:
+            result.model = model.eval()
         return result
 
     step_times: list[float] = []
