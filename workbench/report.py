@@ -23,11 +23,11 @@ REPORT_COLUMNS = {
     "alpha": "alpha",
     "targets": "targets",
     "trainable": "trainable params",
-    "trainable_share": "trainable share",
+    "trainable_share": "trainable share (%)",
     "final_loss": "final train loss",
     "eval_accuracy": "val. accuracy",
     "seconds_per_step": "s / step",
-    "peak_bytes": "peak memory (bytes)",
+    "peak_bytes": "peak memory (MB)",
     "status": "status",
 }
 
@@ -38,7 +38,10 @@ def report_table(results: Sequence[RunResult]) -> pd.DataFrame:
 
     table = runs_table(list(results))
     cols = [c for c in REPORT_COLUMNS if c in table.columns]
-    return table[cols].rename(columns=REPORT_COLUMNS)
+    table = table[cols].copy()
+    table["trainable_share"] = table["trainable_share"] * 100
+    table["peak_bytes"] = table["peak_bytes"].astype("Float64") / 1e6  # decimal MB, as the plots
+    return table.rename(columns=REPORT_COLUMNS)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
