@@ -167,3 +167,31 @@ def test_cli_reports_bad_input_clearly(tmp_path):
                          timeout=300)
     assert out.returncode == 2
     assert "error: target 'qurey' matches no module" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("overrides", [dict(dora=True), dict(init="pissa"), dict(loraplus_ratio=8.0), dict(rslora=True)],
+                         ids=["dora", "pissa", "loraplus", "rslora"])
+def test_variants_run_through_the_engine(overrides):
+    result = train(tiny(method="lora", rank=2, alpha=4, steps=3, eval_every=0, **overrides), runs_dir=None,
+                   progress=False, keep_model=True)
+    assert result.status == "completed"
+    layers = wb.lora_layers(result.model)
+    if overrides.get("dora"):
+        assert all(l.dora for l in layers.values())
+        # DoRA's closed form: r * (in + out) + out per layer, plus the head
+        assert result.params.trainable == 2 * 2 * (2 * (32 + 32) + 32) + 66
+
+
+def test_variant_sweep_configs():
+    from workbench.sweep import sweep_configs
+
+    configs = sweep_configs(tiny(), [2, 4], with_full=False, with_head=False, variants=["lora", "dora", "pissa"])
+    assert [(c.rank, c.dora, c.init) for c in configs] == [
+        (2, False, "kaiming"), (4, False, "kaiming"), (2, True, "kaiming"), (4, True, "kaiming"),
+        (2, False, "pissa"), (4, False, "pissa")]
+    with pytest.raises(ValueError, match="unknown LoRA variant 'vera'"):
+        sweep_configs(tiny(), [2], variants=["vera"])
+    with pytest.raises(ValueError, match="loraplus_ratio must be a positive number"):
+        train(tiny(loraplus_ratio=-1.0), runs_dir=None, progress=False)
+    with pytest.raises(ValueError, match="init must be one of"):
+        train(tiny(init="zeros"), runs_dir=None, progress=False)

@@ -4,13 +4,21 @@ A folder holds ``adapter_config.json`` (PEFT's ``LoraConfig`` fields: rank, alph
 targets, rsLoRA, dropout, the base model's name or path, ...) and
 ``adapter_model.safetensors`` with PEFT's key names::
 
-    base_model.model.<module path>.lora_A.weight   (r x in)
-    base_model.model.<module path>.lora_B.weight   (out x r)
-    base_model.model.<head path>.weight            (a trained head, "modules_to_save")
+    base_model.model.<module path>.lora_A.weight          (r x in)
+    base_model.model.<module path>.lora_B.weight          (out x r)
+    base_model.model.<module path>.lora_magnitude_vector  (out; DoRA only, "use_dora": true)
+    base_model.model.<head path>.weight                   (a trained head, "modules_to_save")
 
 so ``peft.PeftModel.from_pretrained(base, folder)`` loads what ``save_adapter`` writes,
 and ``load_adapter`` loads what PEFT saved.  Loading checks every key and shape before
 it touches the model: a file that does not fit changes nothing.
+
+PiSSA adapters are saved as PEFT saves them by default: ``"init_lora_weights": "pissa"``
+and the trained A, B, meant for the ORIGINAL base model.  Loading (ours and PEFT's)
+builds the layers with PiSSA init first, which turns the base weight into the residual
+``W - s B0 A0`` again by the same SVD, and then puts the trained A and B in place.  So
+the base you load into must be the original model, not an already-residual one, and the
+SVD must give the same top-r subspace (true unless singular values r and r+1 tie).
 """
 
 from __future__ import annotations
@@ -24,13 +32,24 @@ from torch import nn
 
 from workbench.fileio import atomic_write, atomic_write_json, atomic_write_text
 from workbench.inject import add_lora, find_targets, head_names, check_settings, remove_lora
-from workbench.lora import Conv1D, layer_shape
+from workbench.lora import INITS, Conv1D, layer_shape
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 _TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM",
                "ForTokenClassification": "TOKEN_CLS"}
+
+
+PISSA_NOTE = (
+    "\nPiSSA: this adapter was initialised with PiSSA (`init_lora_weights: \"pissa\"`).  Load it into\n"
+    "the ORIGINAL base model: loading recomputes the SVD of each target weight, replaces the weight\n"
+    "by the residual W - s B0 A0, then loads the trained A and B (PEFT does the same).  Do not load it\n"
+    "into a model whose weights already are the residual.\n"
+)
+# Inits that rewrite the base weight in a way this loader cannot redo: a file made with
+# one of them is refused rather than loaded onto the wrong base weights.
+_BASE_CHANGING_INITS = ("olora", "corda", "loftq", "lora_ga")
 
 
 class AdapterError(ValueError):
@@ -64,6 +83,7 @@ def adapter_config(model: nn.Module) -> dict:
         "bias": "none",
         "fan_in_fan_out": fan_in_fan_out,
         "use_rslora": s.rslora,
+        "use_dora": s.dora,
         "init_lora_weights": True if s.init == "kaiming" else s.init,
         "modules_to_save": list(s.modules_to_save) or None,
         "inference_mode": True,
@@ -71,11 +91,12 @@ def adapter_config(model: nn.Module) -> dict:
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA A/B weights and trained head weights, under PEFT's key names."""
+    """The LoRA A/B weights (DoRA: and magnitudes) and trained head weights, under PEFT's key names."""
     s = getattr(model, "lora_settings", None)
     if s is None:
         raise ValueError("the model has no LoRA layers to save; call add_lora first")
-    keep = {n + ".lora_A.weight" for n in s.wrapped} | {n + ".lora_B.weight" for n in s.wrapped}
+    parts = ("lora_A.weight", "lora_B.weight") + (("lora_magnitude_vector",) if s.dora else ())
+    keep = {f"{n}.{part}" for n in s.wrapped for part in parts}
     heads = tuple(h + "." for h in s.modules_to_save)
     state = {}
     for name, tensor in model.state_dict().items():
@@ -98,10 +119,12 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike) -> Path:
         folder / "README.md",
         f"# LoRA adapter\n\nWritten by LoRA Workbench in Hugging Face PEFT's format.\n\n"
         f"- base model: `{config['base_model_name_or_path']}`\n- rank {s.rank}, alpha {s.alpha:g}"
-        f"{', rsLoRA' if s.rslora else ''}, dropout {s.dropout:g}\n- targets: `{s.targets}`"
+        f"{', rsLoRA' if s.rslora else ''}{', DoRA' if s.dora else ''}, dropout {s.dropout:g}\n"
+        f"- targets: `{s.targets}`"
         f"{f' in blocks {s.layers}' if s.layers is not None else ''} ({len(s.wrapped)} layers)\n"
         f"- trained head: {', '.join(s.modules_to_save) or 'none'}\n\n"
-        "Load with `workbench.load_adapter(base, folder)` or `peft.PeftModel.from_pretrained(base, folder)`.\n",
+        "Load with `workbench.load_adapter(base, folder)` or `peft.PeftModel.from_pretrained(base, folder)`.\n"
+        + (PISSA_NOTE if s.init == "pissa" else ""),
     )
     return folder
 
@@ -123,9 +146,15 @@ def read_adapter(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tenso
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in config:
             raise AdapterError(f"{cfg_path} lacks the field {key!r}")
-    for key in ("use_dora", "rank_pattern", "alpha_pattern"):
+    for key in ("rank_pattern", "alpha_pattern"):
         if config.get(key):
             raise AdapterError(f"{cfg_path} uses {key}, which this loader does not support")
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and (init.lower() in _BASE_CHANGING_INITS or init.lower().startswith("pissa_niter")):
+        raise AdapterError(
+            f"{cfg_path} was made with init_lora_weights={init!r}, which changes the base weights in a way "
+            f"this loader cannot reproduce; supported: True/False, 'gaussian', 'pissa' (full SVD)"
+        )
     if config.get("bias", "none") != "none":
         raise AdapterError(f"{cfg_path} trains biases (bias={config['bias']!r}); only bias='none' is supported")
     weights = folder / WEIGHTS_FILE
@@ -158,6 +187,8 @@ def _check_fits(model: nn.Module, config: dict, state: dict[str, torch.Tensor]) 
         fan_in, fan_out = layer_shape(model.get_submodule(n))
         expected[f"{PREFIX}{n}.lora_A.weight"] = (rank, fan_in)
         expected[f"{PREFIX}{n}.lora_B.weight"] = (fan_out, rank)
+        if config.get("use_dora"):
+            expected[f"{PREFIX}{n}.lora_magnitude_vector"] = (fan_out,)
     # PEFT lists every usual head name (e.g. both "classifier" and "score") and skips the
     # ones a model lacks; a head's weights in the file with no module to take them fail below.
     heads = [
@@ -205,8 +236,9 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike) -> list[str]:
         layers=config.get("layers_to_transform"),
         dropout=config.get("lora_dropout", 0.0),
         rslora=bool(config.get("use_rslora", False)),
-        init="gaussian" if init == "gaussian" else "kaiming",
+        init=init if init in INITS else "kaiming",  # PiSSA rebuilds the residual base; see the module doc
         train_head=bool(heads),
+        dora=bool(config.get("use_dora", False)),
     )
     try:
         with torch.no_grad():
@@ -215,6 +247,9 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike) -> list[str]:
                 for part in ("lora_A", "lora_B"):
                     w = getattr(layer, part).weight
                     w.copy_(state[f"{PREFIX}{n}.{part}.weight"].to(w.dtype))
+                if layer.dora:
+                    m = layer.lora_magnitude_vector
+                    m.copy_(state[f"{PREFIX}{n}.lora_magnitude_vector"].to(m.dtype))
             for h in heads:
                 for pname, p in model.get_submodule(h).named_parameters():
                     p.copy_(state[f"{PREFIX}{h}.{pname}"].to(p.dtype))

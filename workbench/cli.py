@@ -48,6 +48,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=_ints, help="only these block indices, e.g. 4,5")
     p.add_argument("--dropout", type=float, help="LoRA dropout")
     p.add_argument("--rslora", action="store_true", default=None, help="scale by alpha/sqrt(r)")
+    p.add_argument("--dora", action="store_true", default=None, help="DoRA: learned magnitude, LoRA on the direction")
+    p.add_argument("--init", choices=["kaiming", "gaussian", "pissa"], help="LoRA init (pissa: top-r SVD of W)")
+    p.add_argument("--loraplus-ratio", dest="loraplus_ratio", type=float, help="LoRA+: B's lr / A's lr")
     p.add_argument("--steps", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", dest="batch_size", type=int)
@@ -79,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--with-full", action="store_true")
     s.add_argument("--with-head", action="store_true")
     s.add_argument("--alpha-per-rank", type=float, help="alpha = this x rank (default: alpha fixed)")
+    s.add_argument("--variants", type=lambda t: [v for v in t.split(",") if v], default=["lora"],
+                   help="LoRA variants side by side: lora,rslora,dora,pissa,loraplus (default: lora)")
     s.add_argument("--full-lr", type=float, default=5e-5)
     s.add_argument("--head-lr", type=float, default=1e-3)
     s.add_argument("--out", default="reports/sweep", help="folder for the CSV, Markdown and figures")
@@ -126,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workbench.sweep import run_sweep, sweep_configs
 
         configs = sweep_configs(_config(args), args.ranks, args.with_full, args.with_head, args.alpha_per_rank,
-                                args.full_lr, args.head_lr)
+                                args.full_lr, args.head_lr, variants=args.variants)
         results = run_sweep(configs, runs_dir=args.runs_dir, progress=not args.quiet)
         for res in results:
             print(_summary(res))

@@ -12,6 +12,9 @@ Targets are chosen as PEFT chooses them, so an adapter means the same thing in b
 * ``"all-linear"``: every Linear/Conv1D except the model's output head;
 * ``layers``: optionally, only blocks with these indices (the first number in the path,
   e.g. ``encoder.layer.4`` or ``transformer.h.4``).
+
+Variants: ``dora=True`` (a learned magnitude per output, see ``LoRALayer._dora_forward``)
+and ``init="pissa"`` (start from the top-r singular directions of W, see ``pissa_init``).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
+import torch
 from torch import nn
 
-from workbench.lora import SUPPORTED_TYPES, Init, LoRALayer, layer_shape
+from workbench.lora import SUPPORTED_TYPES, Init, LoRALayer, check_init, layer_shape
 
 ALL_LINEAR = "all-linear"
 HEAD_NAMES = ("classifier", "score")  # classification heads of transformers models
@@ -42,6 +46,7 @@ class LoRASettings:
     dropout: float = 0.0
     rslora: bool = False
     init: str = "kaiming"
+    dora: bool = False
     modules_to_save: list[str] = field(default_factory=list)
     wrapped: list[str] = field(default_factory=list)
 
@@ -237,16 +242,20 @@ def add_lora(
     rslora: bool = False,
     init: Init = "kaiming",
     train_head: bool = True,
+    dora: bool = False,
 ) -> list[str]:
     """Wrap the chosen layers with LoRA, in place; freeze the rest; return the wrapped paths.
 
     Everything is checked before the model is touched, so a bad argument changes nothing.
     Afterwards only ``lora_A``/``lora_B`` (and the classification head, unless
-    ``train_head=False``) have ``requires_grad``.
+    ``train_head=False``) have ``requires_grad``; with ``dora=True`` also each layer's
+    magnitude vector.  ``init="pissa"`` rewrites each wrapped base weight to the residual
+    ``W - s B A`` (``remove_lora`` puts the original back).
     """
     check_settings(rank, alpha, dropout)
-    if init not in ("kaiming", "gaussian"):
-        raise ValueError(f"init must be 'kaiming' or 'gaussian', got {init!r}")
+    check_init(init)
+    if not isinstance(dora, bool):
+        raise ValueError(f"dora must be True or False, got {dora!r}")
     if getattr(model, "lora_settings", None) is not None:
         raise ValueError("this model already has LoRA layers; LoRA cannot be added twice (use remove_lora first)")
     names = find_targets(model, targets, layers)
@@ -260,7 +269,7 @@ def add_lora(
     for p in model.parameters():
         p.requires_grad_(False)
     for n in names:
-        _set_module(model, n, LoRALayer(model.get_submodule(n), rank, alpha, dropout, rslora, init))
+        _set_module(model, n, LoRALayer(model.get_submodule(n), rank, alpha, dropout, rslora, init, dora))
     heads = head_names(model) if train_head else []
     for h in heads:
         for p in model.get_submodule(h).parameters():
@@ -273,6 +282,7 @@ def add_lora(
         dropout=float(dropout),
         rslora=rslora,
         init=init,
+        dora=dora,
         modules_to_save=heads,
         wrapped=names,
     )
@@ -310,12 +320,20 @@ def unmerge_lora(model: nn.Module) -> None:
 
 
 def remove_lora(model: nn.Module, merge: bool = False) -> nn.Module:
-    """Put the plain base layers back (with the update merged in if ``merge``); returns the model."""
+    """Put the plain base layers back (with the update merged in if ``merge``); returns the model.
+
+    Without ``merge`` the weights are the original ones, also after PiSSA (whose base
+    holds the residual while the adapter is on).
+    """
     for name, layer in _require_lora(model).items():
         if merge and not layer.merged:
             layer.merge()
-        elif not merge and layer.merged:
-            layer.unmerge()
+        elif not merge:
+            if layer.merged:
+                layer.unmerge()
+            if layer.init == "pissa":
+                with torch.no_grad():
+                    layer.base_layer.weight.copy_(layer.original_weight())
         _set_module(model, name, layer.base_layer)
     model.lora_settings = None
     return model

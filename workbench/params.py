@@ -17,9 +17,9 @@ from workbench.inject import head_names
 from workbench.lora import LoRALayer, layer_shape
 
 
-def lora_parameter_count(in_features: int, out_features: int, rank: int) -> int:
-    """Closed form for one LoRA layer: r * (in + out)."""
-    return rank * (in_features + out_features)
+def lora_parameter_count(in_features: int, out_features: int, rank: int, dora: bool = False) -> int:
+    """Closed form for one LoRA layer: r * (in + out), plus DoRA's magnitude vector (out)."""
+    return rank * (in_features + out_features) + (out_features if dora else 0)
 
 
 @dataclass

@@ -14,6 +14,14 @@ from typing import Callable, Sequence
 from workbench.config import RunConfig, RunResult
 
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32)
+# The LoRA variants a sweep can put side by side, as RunConfig overrides.
+VARIANTS: dict[str, dict] = {
+    "lora": {},
+    "rslora": {"rslora": True},  # scaling alpha / sqrt(r)
+    "dora": {"dora": True},  # learned magnitude, LoRA on the direction
+    "pissa": {"init": "pissa"},  # A, B from the top-r SVD of W
+    "loraplus": {"loraplus_ratio": 16.0},  # B learns 16x faster than A
+}
 FULL_LR = 5e-5  # full fine-tuning of BERT-sized models wants a far smaller step than LoRA
 HEAD_LR = 1e-3
 
@@ -26,12 +34,18 @@ def sweep_configs(
     alpha_per_rank: float | None = None,
     full_lr: float = FULL_LR,
     head_lr: float = HEAD_LR,
+    variants: Sequence[str] = ("lora",),
 ) -> list[RunConfig]:
-    """The configs of a sweep: one LoRA run per rank, then the references."""
+    """The configs of a sweep: one run per variant and rank, then the references."""
     if not ranks and not with_full and not with_head:
         raise ValueError("an empty sweep: give at least one rank, or with_full / with_head")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown LoRA variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}")
     configs = [
-        replace(base, method="lora", rank=int(r), alpha=alpha_per_rank * r if alpha_per_rank else base.alpha, name=None)
+        replace(base, method="lora", rank=int(r), alpha=alpha_per_rank * r if alpha_per_rank else base.alpha,
+                name=None, **VARIANTS[v])
+        for v in variants
         for r in ranks
     ]
     if with_full:

@@ -35,6 +35,8 @@ from torch import nn
 
 from workbench.config import METHODS, ParamCounts, RunConfig, RunResult, Timing
 from workbench.inject import add_lora, head_names
+from workbench.lora import check_init
+from workbench.optim import make_optimizer
 from workbench.params import count_parameters
 
 HISTORY_COLUMNS = ["step", "train_loss", "lr", "eval_loss", "eval_accuracy"]
@@ -106,6 +108,10 @@ def validate(cfg: RunConfig) -> None:
         from workbench.inject import check_settings
 
         check_settings(cfg.rank, cfg.alpha, cfg.dropout)
+        check_init(cfg.init)
+        ratio = cfg.loraplus_ratio
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0):
+            raise ValueError(f"loraplus_ratio must be a positive number (B's learning rate / A's) or None, got {ratio!r}")
         if not isinstance(cfg.targets, str) and not cfg.targets:
             raise ValueError("LoRA needs at least one target layer (e.g. query and value); none is selected")
     if cfg.method == "head" and cfg.task != "classification":
@@ -122,7 +128,7 @@ def prepare_model(cfg: RunConfig, model: nn.Module) -> None:
     """Apply the method: which parameters train."""
     if cfg.method == "lora":
         add_lora(model, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets, layers=cfg.layers,
-                 dropout=cfg.dropout, rslora=cfg.rslora, init=cfg.init)
+                 dropout=cfg.dropout, rslora=cfg.rslora, init=cfg.init, dora=cfg.dora)
     elif cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -213,7 +219,8 @@ def train(
     train_loader = make_batches(train_ds, tokenizer, cfg.batch_size, cfg.max_length, shuffle=True, seed=cfg.seed, task=cfg.task)
     eval_loader = make_batches(eval_ds, tokenizer, cfg.batch_size * 2, cfg.max_length, shuffle=False, task=cfg.task)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ratio = cfg.loraplus_ratio if cfg.method == "lora" else None
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, loraplus_ratio=ratio)
     warmup = int(cfg.warmup_ratio * cfg.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, cfg.steps, warmup))
 
