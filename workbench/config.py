@@ -147,8 +147,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset(name: str, **overrides: Any) -> RunConfig:
-    """A RunConfig from a named preset, with any field overridden."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
-    return RunConfig(**(PRESETS[name] | overrides))
+def preset(which: str, /, **overrides: Any) -> RunConfig:
+    """A RunConfig from a named preset, with any field (``name`` too) overridden."""
+    if which not in PRESETS:
+        raise ValueError(f"unknown preset {which!r}; presets: {', '.join(PRESETS)}")
+    return RunConfig(**(PRESETS[which] | overrides))
