@@ -259,3 +259,24 @@ def test_a_diverged_run_suggests_a_lower_learning_rate(tmp_path, monkeypatch):
     assert [r.status for r in store.load_runs(panel.runs_dir)] == ["diverged"]
     assert table_rows(panel) == 1 and "diverged" in panel.table.value
     assert not panel.train_button.disabled
+
+
+def test_variant_choice_reaches_the_config_and_the_readout(tmp_path):
+    from workbench.panel import Workbench
+    from workbench.params import count_parameters
+    from workbench.train import prepare_model
+
+    import workbench as wb
+
+    panel = Workbench(model="tiny-bert", runs_dir=tmp_path / "runs", reports_dir=tmp_path / "rep", preset="tiny",
+                      background=False)
+    panel.variant.value = "dora"
+    cfg = panel.config()
+    assert cfg.dora and cfg.label().startswith("DoRA")
+    model, _ = wb.load_base("tiny-bert")
+    prepare_model(cfg, model)
+    assert panel.parameter_estimate().trainable == count_parameters(model).trainable
+    panel.variant.value = "pissa"
+    assert panel.config().init == "pissa" and not panel.config().dora
+    panel.variant.value = "loraplus"
+    assert panel.config().loraplus_ratio == 16.0

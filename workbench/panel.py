@@ -51,6 +51,12 @@ import pandas as pd
 
 from workbench.config import ParamCounts, RunConfig, RunResult, preset as make_preset
 from workbench.inject import LayerGroup, head_names, layer_groups, layer_index, targets_for
+from workbench.params import lora_parameter_count
+from workbench.sweep import VARIANTS
+
+# The LoRA variants the panel offers (RunConfig overrides in workbench.sweep.VARIANTS).
+VARIANT_OPTIONS = [("LoRA", "lora"), ("DoRA (learned magnitude)", "dora"), ("PiSSA init (top-r SVD of W)", "pissa"),
+                   ("LoRA+ (B's lr x16)", "loraplus")]
 
 # The rank slider never goes above this, even for wide layers: beyond it a workshop run
 # learns nothing new and the slider becomes hard to aim.
@@ -202,6 +208,8 @@ class Workbench:
                                               layout=widgets.Layout(width="180px"))
         self.rslora = widgets.Checkbox(value=d.rslora, description="rsLoRA (s = alpha/√r)", indent=False,
                                        layout=widgets.Layout(width="auto"))
+        self.variant = widgets.Dropdown(options=VARIANT_OPTIONS, value="lora", description="variant",
+                                        layout=widgets.Layout(width="230px"))
         self.targets: dict[str, widgets.ToggleButton] = {}
         wanted = self._default_groups(d.targets)
         for g in self.groups:
@@ -255,7 +263,7 @@ class Workbench:
         )
         section = lambda text: widgets.HTML(f"<h4 style='margin:10px 0 2px 0'>{text}</h4>")  # noqa: E731
         self.lora_box = widgets.VBox([
-            widgets.HBox([self.rank, self.alpha, self.rslora]),
+            widgets.HBox([self.rank, self.alpha, self.rslora, self.variant], layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([widgets.Label("LoRA on:"), *self.targets.values()],
                          layout=widgets.Layout(flex_flow="row wrap")),
             self.block_range,
@@ -292,7 +300,7 @@ class Workbench:
     def _wire(self) -> None:
         for box in self.targets.values():
             box.observe(self._on_targets, names="value")
-        for w in (self.rank, self.rslora, self.block_range, self.alpha):
+        for w in (self.rank, self.rslora, self.block_range, self.alpha, self.variant):
             w.observe(lambda _change: self._update_readout(), names="value")
         self.method.observe(self._on_method, names="value")
         self.compare_select.observe(self._on_select, names="value")
@@ -341,8 +349,8 @@ class Workbench:
             return ParamCounts(self.base_parameters, self.base_parameters)
         if method == "head":
             return ParamCounts(self.head_parameters, self.base_parameters)
-        r = self.rank.value
-        lora = sum(len(s.names) * r * (s.group.shape[0] + s.group.shape[1]) for s in self.selected_layers())
+        r, dora = self.rank.value, self.variant.value == "dora"
+        lora = sum(len(s.names) * lora_parameter_count(*s.group.shape, r, dora=dora) for s in self.selected_layers())
         return ParamCounts(lora + self.head_parameters, self.base_parameters + lora)
 
     def config(self) -> RunConfig:
@@ -355,17 +363,15 @@ class Workbench:
             sel = [s for s in self.selected_layers() if s.names]
             layers = self.layers()
             over.update(rank=int(self.rank.value), alpha=float(self.alpha.value), rslora=bool(self.rslora.value),
-                        layers=layers, targets=targets_for([s.group for s in sel]) if sel else [])
+                        layers=layers, targets=targets_for([s.group for s in sel]) if sel else [],
+                        **VARIANTS[self.variant.value])
             if sel and (isinstance(over["targets"], str) or layers is not None):
                 # A regex or a block range makes the default label unreadable: name the kinds.
                 kinds = ",".join(s.group.kind for s in sel)
                 where = "" if not layers else (f", block {layers[0]}" if len(layers) == 1
                                                 else f", blocks {layers[0]}-{layers[-1]}")
-                label = f"LoRA r={over['rank']}{' rsLoRA' if over['rslora'] else ''} ({kinds}{where})"
-                # preset(name, ...) takes the preset's name as its first argument: set the label after.
-                cfg = make_preset(self.preset_name, **over)
-                cfg.name = label
-                return cfg
+                plain = make_preset(self.preset_name, **over).label()
+                return make_preset(self.preset_name, **over, name=f"{plain.split(' (')[0]} ({kinds}{where})")
         return make_preset(self.preset_name, **over)
 
     def _problem(self) -> str | None:
@@ -429,10 +435,12 @@ class Workbench:
             r, a = self.rank.value, self.alpha.value
             scale = a / math.sqrt(r) if self.rslora.value else a / r
             formula = "α/√r" if self.rslora.value else "α/r"
-            parts = [f"{s.group.kind} {len(s.names)} × {r}·({s.group.shape[0]}+{s.group.shape[1]}) = "
-                     f"{len(s.names) * r * sum(s.group.shape):,}" if s.names else
+            dora = self.variant.value == "dora"
+            plus = " + out" if dora else ""
+            parts = [f"{s.group.kind} {len(s.names)} × ({r}·({s.group.shape[0]}+{s.group.shape[1]}){plus}) = "
+                     f"{len(s.names) * lora_parameter_count(*s.group.shape, r, dora=dora):,}" if s.names else
                      f"{s.group.kind}: outside the chosen blocks, not adapted" for s in self.selected_layers()]
-            how = ("LoRA trains r·(in+out) per layer: " + "; ".join(parts) + f"; + {head}"
+            how = (f"LoRA trains r·(in+out){plus} per layer: " + "; ".join(parts) + f"; + {head}"
                    if parts else "no target layer ticked")
             how += f" · scale s = {formula} = {scale:.3g}"
         self.readout.value = (
@@ -446,7 +454,7 @@ class Workbench:
         for w in (self.method, self.lr, self.steps, self.batch_size, self.seed, self.train_button,
                   self.export_button, self.compare_select):
             w.disabled = running
-        for w in (self.rank, self.alpha, self.rslora, *self.targets.values()):
+        for w in (self.rank, self.alpha, self.rslora, self.variant, *self.targets.values()):
             w.disabled = running or not lora
         self.block_range.disabled = running or not lora or len(self.blocks) < 2
         self.stop_button.disabled = not running
