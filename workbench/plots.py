@@ -649,3 +649,140 @@ def figure_to_png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, facecolor=fig.get_facecolor())
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- memory scaling
+
+#: The columns ``memory_scaling`` reads (a ``workbench.memory_study.memory_grid`` table).
+SCALING_COLUMNS: tuple[str, ...] = ("method", "batch_size", "seq_len", "component", "measured", "estimated")
+_SCALING_AXES = {"batch_size": "batch size B (sequences)", "seq_len": "sequence length S (tokens)"}
+
+
+def _scaling_color(row: Mapping[str, Any], fallback: str) -> str:
+    """A grid row's colour: by rank for LoRA, the reference colours for full and head."""
+    kind = row.get("kind")
+    if kind == "lora":
+        try:
+            return rank_color(int(row.get("rank")))
+        except (TypeError, ValueError):
+            return fallback
+    return {"full": FULL_COLOR, "head": HEAD_COLOR}.get(kind, fallback)
+
+
+def memory_scaling(
+    df: pd.DataFrame,
+    x: str = "batch_size",
+    at: int | None = None,
+    components: Sequence[str] = ("activations", "total"),
+    proportional: bool = True,
+) -> Figure:
+    """Memory against batch size or sequence length: measured markers, estimated dashed lines.
+
+    One panel per component (default: the saved activations and the total), one colour
+    per method (LoRA by rank, full fine-tuning red, head only grey), MB (10^6 bytes) on y.
+    ``df`` is a long table as ``workbench.memory_study.memory_grid`` returns (columns
+    ``method, batch_size, seq_len, component, measured, estimated`` in bytes, and
+    optionally ``kind`` and ``rank`` for the colours).
+
+    ``x``: "batch_size" or "seq_len"; the other one is held at ``at`` (default: its
+    largest value that every method has).  ``proportional``: on the activations panel, a
+    thin dotted line per method through its first estimated point and the origin,
+    y = y0 * x / x0: growth in proportion to x.  Activations follow it against B (every
+    saved tensor has B rows) and rise above it against S when attention saves its
+    S x S probabilities (the B·heads·S² term).
+
+    Every drawn line carries a ``gid`` "method|component|measured" (or "estimated",
+    "proportional"), so tests and readers can find its data.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df must be a pandas DataFrame (memory_grid's table), got {type(df).__name__}")
+    if x not in _SCALING_AXES:
+        raise ValueError(f"x must be 'batch_size' or 'seq_len', not {x!r}")
+    if isinstance(components, str):
+        components = (components,)
+    components = list(components)
+    title = "Memory against " + ("batch size" if x == "batch_size" else "sequence length")
+    if not len(df):
+        return _message_figure("no memory measurements to show: run memory_grid first", title)
+    missing = [c for c in SCALING_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"df lacks the column(s) {missing}; expected memory_grid's columns {list(SCALING_COLUMNS)}")
+    known = list(dict.fromkeys(df["component"]))
+    bad = [c for c in components if c not in known]
+    if bad or not components:
+        raise ValueError(f"components {bad or components!r} are not in the table; it has {known}")
+    other = "seq_len" if x == "batch_size" else "batch_size"
+    methods = list(dict.fromkeys(df["method"]))
+    if at is None:
+        shared = set.intersection(*(set(df.loc[df["method"] == m, other]) for m in methods))
+        if not shared:
+            raise ValueError(f"no {other} value is shared by every method; pass at= one of "
+                             f"{sorted(set(df[other]))}")
+        at = max(shared)
+    elif at not in set(df[other]):
+        raise ValueError(f"at={at!r} is not a {other} in the table; choose one of {sorted(set(df[other]))}")
+    data = df[df[other] == at]
+
+    n = len(components)
+    fig = Figure(figsize=(max(FIGSIZE[0], 3.9 * n + 1.1), FIGSIZE[1] + 0.3), layout="constrained", facecolor=STYLE["face_color"])
+    axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
+    fallback = iter(matplotlib.colormaps["tab10"].colors * 3)
+    colors: dict[str, str] = {}
+    markers: dict[str, str] = {}
+    for m in methods:
+        first = df[df["method"] == m].iloc[0]
+        colors[m] = _scaling_color(first, to_hex(next(fallback)))
+        markers[m] = _MARKERS[sum(1 for c in list(colors.values())[:-1] if c == colors[m]) % len(_MARKERS)]
+    xs_all: set[float] = set()
+    for ax, comp in zip(axes, components):
+        _style_axes(ax)
+        for m in methods:
+            sub = data[(data["method"] == m) & (data["component"] == comp)].sort_values(x)
+            if not len(sub):
+                continue
+            xv = sub[x].to_numpy(dtype=float)
+            xs_all.update(xv)
+            est = sub["estimated"].to_numpy(dtype=float) / MB
+            got = sub["measured"].to_numpy(dtype=float) / MB
+            ax.plot(xv, est, color=colors[m], linestyle="--", linewidth=STYLE["line_width"] - 0.2,
+                    gid=f"{m}|{comp}|estimated", label="_")
+            ax.plot(xv, got, color=colors[m], linestyle="none", marker=markers[m],
+                    markersize=STYLE["marker_size"], markeredgecolor="#333333", markeredgewidth=0.7,
+                    gid=f"{m}|{comp}|measured", label="_", zorder=3)
+            if proportional and comp == "activations" and xv[0] > 0 and len(xv) > 1:
+                ref = np.array([0.0, xv[-1]])
+                ax.plot(ref, est[0] * ref / xv[0], color=colors[m], linestyle=":", linewidth=1.0,
+                        alpha=0.8, gid=f"{m}|{comp}|proportional", label="_")
+        ax.set_xlim(0, max(xs_all) * 1.06 if xs_all else 1)
+        ax.set_ylim(bottom=0)
+        ticks = sorted(xs_all)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+        pretty = {"activations": "saved activations", "total": "total (weights + gradients + optimizer + activations)",
+                  "optimizer": "optimizer state"}.get(comp, comp)
+        ax.set_title(pretty if len(pretty) < 40 else "total", fontsize=STYLE["label_size"] + 0.5,
+                     color=STYLE["text_color"], loc="left")
+        ax.set_xlabel(_SCALING_AXES[x], fontsize=STYLE["label_size"], color=STYLE["text_color"])
+    axes[0].set_ylabel("memory (MB, 1 MB = 10⁶ bytes)", fontsize=STYLE["label_size"], color=STYLE["text_color"])
+    held = f"sequence length {at}" if other == "seq_len" else f"batch size {at}"
+    fig.suptitle(f"{title} ({held}, one training step)", fontsize=STYLE["title_size"],
+                 color=STYLE["text_color"], x=0.01, ha="left")
+
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors[m], linestyle="--", marker=markers[m], markeredgecolor="#333333",
+                      markersize=STYLE["marker_size"], linewidth=STYLE["line_width"] - 0.2, label=str(m))
+               for m in methods]
+    grey = STYLE["spine_color"]
+    key = [Line2D([], [], color=grey, linestyle="none", marker="o", markersize=STYLE["marker_size"] - 1,
+                  label="measured"),
+           Line2D([], [], color=grey, linestyle="--", label="estimated")]
+    if proportional and "activations" in components:
+        key.append(Line2D([], [], color=grey, linestyle=":", linewidth=1.0,
+                          label=f"in proportion to {'B' if x == 'batch_size' else 'S'}"))
+    # The curves rise to the right, so the upper left corner of the first panel is free.
+    axes[0].legend(handles=key, loc="upper left", fontsize=STYLE["legend_size"], framealpha=0.9,
+                   edgecolor=STYLE["grid_color"])
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4),
+               fontsize=STYLE["legend_size"], frameon=False)
+    return fig

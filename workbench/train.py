@@ -226,10 +226,18 @@ def train(
 
     env = store.environment(device=str(device), threads=torch.get_num_threads())
     env["bf16"] = use_bf16
-    try:  # the analytic estimate knows BERT- and GPT-2-style blocks; other models get none
-        estimate = mem.estimate_memory(model, batch_size=cfg.batch_size, seq_len=cfg.max_length, device=device.type)
-    except (ValueError, NotImplementedError, TypeError) as e:
-        estimate, env["estimate_note"] = None, str(e)
+
+    def estimate_for(batch_size: int, seq_len: int):
+        """The analytic estimate for the batch the measurement saw (BERT/GPT-2 blocks only)."""
+        try:
+            est = mem.estimate_memory(model, batch_size=batch_size, seq_len=seq_len, device=device.type)
+            env["estimate_shape"] = [batch_size, seq_len]
+            return est
+        except (ValueError, NotImplementedError, TypeError) as e:
+            env["estimate_note"] = str(e)
+            return None
+
+    estimate = None
     memory = mem.MemoryBreakdown(weights=mem.parameter_bytes(model))
     history: list[dict] = []
     result = RunResult(config=cfg, status="running", history=pd.DataFrame(columns=HISTORY_COLUMNS), params=params,
@@ -268,6 +276,8 @@ def train(
             if stop is not None and stop.is_set():
                 return finish("stopped", f"stopped by the user after {step} of {cfg.steps} steps")
             batch = next(batches)
+            if step == 0:  # dynamic padding: the measured step saw this batch's own length
+                result.memory_estimate = estimate_for(*batch.input_ids.shape)
             n_tokens = batch.num_tokens
             batch = batch.to(device).model_inputs()
             t0 = time.perf_counter()
