@@ -16,8 +16,10 @@ $(STAMP): requirements.txt
 	$(BIN)/pip install --disable-pip-version-check -q -e . --no-deps
 	touch $(STAMP)
 
+ROOTFLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+
 lab: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --port=$(PORT) notebooks/workbench.ipynb
+	HF_HUB_OFFLINE=1 $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --port=$(PORT) $(ROOTFLAG) notebooks/workbench.ipynb
 
 app: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/voila notebooks/workbench.ipynb --Voila.ip=127.0.0.1 --port=$(PORT)
