@@ -1,6 +1,6 @@
 """Our LoRA layers against PEFT's: the same model, batches and settings, interleaved.
 
-    python benchmarks/vs_peft.py [--steps 20] [--repeats 7] [--targets query,value] [--rank 8]
+    python benchmarks/vs_peft.py [--steps 20] [--repeats 7] [--targets query,value] [--rank 8] [--device auto]
 
 Prints one table: step time (median of interleaved repeats) and its ratio ours/PEFT
 (target: at most 1.0), whether the loss curves over ``--steps`` steps are identical with
@@ -22,17 +22,18 @@ import torch  # noqa: E402
 import workbench as wb  # noqa: E402
 from workbench.bench import interleaved_timings  # noqa: E402
 from workbench.data import load_texts  # noqa: E402
+from workbench.train import resolve_device  # noqa: E402
 from workbench.memory import SavedActivations, format_bytes, gradient_bytes, optimizer_state_bytes, parameter_bytes  # noqa: E402
 
 
-def batches(tokenizer, n: int, batch_size: int, max_length: int):
+def batches(tokenizer, n: int, batch_size: int, max_length: int, device: torch.device):
     ds = load_texts("default", "train")
     out = []
     for i in range(n):
         texts = ds.texts[i * batch_size:(i + 1) * batch_size]
         enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         enc["labels"] = torch.tensor(ds.labels[i * batch_size:(i + 1) * batch_size])
-        out.append(dict(enc))
+        out.append({k: v.to(device) for k, v in enc.items()})
     return out
 
 
@@ -51,7 +52,7 @@ def make_models(args):
     with torch.no_grad():  # the same starting A (B is zero in both)
         for name, layer in wb.lora_layers(ours).items():
             layer.lora_A.weight.copy_(peft_model.base_model.model.get_submodule(name).lora_A["default"].weight)
-    return ours.train(), peft_model.train(), tok
+    return ours.train().to(args.device), peft_model.train().to(args.device), tok
 
 
 def step_fn(model, data, use_bf16: bool):
@@ -61,12 +62,13 @@ def step_fn(model, data, use_bf16: bool):
     def step():
         batch = data[state["i"] % len(data)]
         state["i"] += 1
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        device_type = next(model.parameters()).device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = model(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return loss.detach().item()
 
     return step, opt
 
@@ -91,10 +93,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for both")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda'")
     args = p.parse_args(argv)
+    args.device = resolve_device(args.device)
     torch.manual_seed(0)
     ours, theirs, tok = make_models(args)
-    data = batches(tok, max(args.steps, 4), args.batch_size, args.max_length)
+    data = batches(tok, max(args.steps, 4), args.batch_size, args.max_length, args.device)
 
     # 1. identical loss curves (dropout off, same init, same batches)
     step_ours, _ = step_fn(ours, data, args.bf16)
@@ -107,14 +111,17 @@ def main(argv=None) -> int:
     ours_t, theirs_t, _ = make_models(args)
     s_ours, opt_ours = step_fn(ours_t, data, args.bf16)
     s_theirs, opt_theirs = step_fn(theirs_t, data, args.bf16)
-    table = interleaved_timings({"ours": s_ours, "PEFT": s_theirs}, repeats=args.repeats, warmup=2)
+    sync = (lambda: torch.cuda.synchronize(args.device)) if args.device.type == "cuda" else None
+    table = interleaved_timings({"ours": s_ours, "PEFT": s_theirs}, repeats=args.repeats, warmup=2, sync=sync)
 
     # 3. memory
     mem_ours = memory_of(ours_t, opt_ours, data[0])
     mem_theirs = memory_of(theirs_t, opt_theirs, data[0])
 
+    where = (torch.cuda.get_device_name(args.device) if args.device.type == "cuda"
+             else f"CPU, {torch.get_num_threads()} threads")
     print(f"MiniLM, LoRA r={args.rank} on {args.targets}, batch {args.batch_size} x {args.max_length} tokens, "
-          f"{torch.get_num_threads()} threads, bf16={'on' if args.bf16 else 'off'}, dropout off")
+          f"{where}, bf16={'on' if args.bf16 else 'off'}, dropout off")
     print(f"loss curves over {args.steps} steps: max |ours - PEFT| = {max_diff:.3g}"
           f" ({'identical' if max_diff == 0 else 'differ'})")
     print()

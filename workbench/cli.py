@@ -47,6 +47,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", type=_targets, help="comma-separated layer names, 'all-linear', or a regex")
     p.add_argument("--layers", type=_ints, help="only these block indices, e.g. 4,5")
     p.add_argument("--dropout", type=float, help="LoRA dropout")
+    p.add_argument("--model-dropout", dest="model_dropout", type=float,
+                   help="the base model's own dropout (default: the checkpoint's, 0.1 for BERT)")
     p.add_argument("--rslora", action="store_true", default=None, help="scale by alpha/sqrt(r)")
     p.add_argument("--dora", action="store_true", default=None, help="DoRA: learned magnitude, LoRA on the direction")
     p.add_argument("--init", choices=["kaiming", "gaussian", "pissa"], help="LoRA init (pissa: top-r SVD of W)")

@@ -474,6 +474,18 @@ def tokenize_dataset(ds: TextDataset, tokenizer: Any, max_length: int) -> Tokeni
                             labels=list(ds.labels), max_length=max_length, name=ds.name)
 
 
+def by_length(tokens: TokenizedDataset) -> TokenizedDataset:
+    """The same examples, shortest first (a stable sort, so ties keep their order).
+
+    For evaluation, where order does not matter: batches of similar lengths pad less, so
+    dynamic padding wastes almost nothing.  (Training keeps its shuffled order.)
+    """
+    order = sorted(range(len(tokens)), key=lambda i: len(tokens.input_ids[i]))
+    return TokenizedDataset(input_ids=[tokens.input_ids[i] for i in order],
+                            labels=[tokens.labels[i] for i in order] if tokens.labels else [],
+                            max_length=tokens.max_length, name=tokens.name)
+
+
 def pad_token_id(tokenizer: Any) -> int:
     """The id padding positions get: the tokenizer's pad token, else its end-of-text token
     (GPT-2 has no pad token; the attention mask hides those positions either way)."""

@@ -194,8 +194,16 @@ class LoRALayer(nn.Module):
             return result
         if self.dora:
             return self._dora_forward(x, result)
-        lora_in = self.lora_dropout(x).to(self.lora_A.weight.dtype)
+        lora_in = self._lora_input(x)
         return result + self.lora_B(self.lora_A(lora_in)) * self.scaling
+
+    def _lora_input(self, x: torch.Tensor) -> torch.Tensor:
+        """dropout(x), in the adapter's dtype.  Under autocast the matmuls pick their own
+        dtype, so casting here would only add two copies (bf16 -> fp32 -> bf16)."""
+        x = self.lora_dropout(x)
+        if torch.is_autocast_enabled(x.device.type):
+            return x
+        return x.to(self.lora_A.weight.dtype)
 
     def extra_repr(self) -> str:
         scale = f"alpha/sqrt(r)={self.scaling:.4g}" if self.rslora else f"alpha/r={self.scaling:.4g}"
@@ -228,7 +236,7 @@ class LoRALayer(nn.Module):
         with torch.no_grad():
             norm = self._dora_norm(self.delta_weight(transposed=False))
         g = m / norm  # (out,)
-        lora_in = self.lora_dropout(x).to(self.lora_A.weight.dtype)
+        lora_in = self._lora_input(x)
         if isinstance(self.lora_dropout, nn.Identity) or not self.training:  # W x = base output - bias
             bias = self.base_layer.bias
             base_wx = result if bias is None else result - bias

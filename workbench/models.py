@@ -75,6 +75,25 @@ def tiny_config(name: str, vocab_size: int, num_labels: int = 2):
     raise ValueError(f"unknown tiny preset {name!r}; presets: {', '.join(TINY_PRESETS)}")
 
 
+def set_model_dropout(model: nn.Module, p: float) -> int:
+    """Set every dropout layer of a base model (embeddings, attention, hidden) to ``p``.
+
+    Call it before adding LoRA, whose own dropout is a separate setting.  Returns how many
+    layers changed.  The attention dropout of ``transformers`` models reads its module's
+    ``p`` at each call, so this reaches it too.
+    """
+    if not (isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p < 1):
+        raise ValueError(f"model dropout must be a probability in [0, 1), got {p!r}")
+    layers = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    for m in layers:
+        m.p = float(p)
+    config = getattr(model, "config", None)  # keep the config truthful: memory estimates read it
+    for key, value in (vars(config).items() if config is not None else ()):
+        if ("dropout" in key or key.endswith("pdrop")) and isinstance(value, float):
+            setattr(config, key, float(p))
+    return len(layers)
+
+
 def load_base(
     name: str = BUNDLED,
     num_labels: int = 2,

@@ -90,27 +90,41 @@ def loraplus_groups(
     ]
 
 
+def can_fuse(params: list[nn.Parameter]) -> bool:
+    """True when PyTorch's fused AdamW kernel takes these parameters: floating point, on
+    the CPU or a CUDA GPU.  The fused kernel does the same update as the loop over
+    tensors (to float rounding) in one pass over memory, which on the CPU is several
+    times faster for a full fine-tuning's 22M parameters (it is the Trainer's default too)."""
+    return all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def make_optimizer(
-    model: nn.Module, lr: float, weight_decay: float = 0.0, loraplus_ratio: float | None = None
+    model: nn.Module, lr: float, weight_decay: float = 0.0, loraplus_ratio: float | None = None,
+    fused: bool | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over the model's trainable parameters; with ``loraplus_ratio``, LoRA+ groups.
 
     ``loraplus_ratio=None`` gives one group: every trainable parameter at ``lr`` with
     ``weight_decay``.  A ratio (> 0; LoRA+ uses ratios above 1, e.g. 16) needs LoRA layers
-    in the model and builds the groups of ``loraplus_groups``.
+    in the model and builds the groups of ``loraplus_groups``.  ``fused``: None uses the
+    fused kernel wherever ``can_fuse`` says it runs.  Build the optimizer after moving the
+    model to its device.
     """
     lr = _check_number("lr", lr, 0.0, inclusive=False)
     weight_decay = _check_number("weight_decay", weight_decay, 0.0, inclusive=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the model has no trainable parameters to optimize")
+    if fused is None:
+        fused = can_fuse(trainable)
     if loraplus_ratio is None:
-        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, fused=fused)
     ratio = _check_number("loraplus_ratio", loraplus_ratio, 0.0, inclusive=False)
     if not any(isinstance(m, LoRALayer) for m in model.modules()):
         raise ValueError("loraplus_ratio needs a model with LoRA layers (LoRA+ sets B's learning rate); "
                          "call add_lora first or pass loraplus_ratio=None")
-    return torch.optim.AdamW(loraplus_groups(model, lr, weight_decay, ratio), lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(loraplus_groups(model, lr, weight_decay, ratio), lr=lr, weight_decay=weight_decay,
+                             fused=fused)
 
 
 def learning_rates(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -133,7 +133,7 @@ class Workbench:
     """An interactive panel to train LoRA / full / head-only runs and compare them.
 
     ``model``: "minilm" (bundled), "tiny-bert", a local folder, ...; ``preset``: "default"
-    (about a minute per run on 2 CPU cores) or "tiny" (seconds; tests).  Runs go to
+    (15 to 30 seconds per run on 2 CPU cores) or "tiny" (seconds; tests).  Runs go to
     ``runs_dir`` (and are loaded from it on construction), reports to ``reports_dir``.
     ``background=False`` trains inside the Train click (Stop then cannot be clicked
     during the run; for scripts and tests).

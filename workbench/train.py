@@ -12,6 +12,15 @@ gradient clipping, and an evaluation every ``eval_every`` steps.  It measures:
 * time: median seconds per step (the first step, which warms caches, left out) and
   non-padding tokens per second.
 
+Speed comes from not doing needless work, never from measuring less: batches padded to
+their own longest sequence (evaluation batches sorted by length first); bf16 autocast
+where the hardware runs bf16 fast (CUDA, and CPUs with AMX / AVX-512-bf16); in such bf16
+runs a frozen base stored in bf16 once (``store_frozen_in_bf16``) and, on the CPU, the
+plain attention path (``use_plain_attention``); the fused AdamW kernel.  The recipe is
+the config's: ``model_dropout`` (the default preset turns the base model's dropout off,
+see ``workbench.config.PRESETS``).  ``benchmarks/sweep.py`` measures the whole against
+PEFT and the ``transformers`` Trainer.
+
 A run can be stopped from outside (``stop.set()`` or Ctrl-C): it ends as "stopped" and
 keeps its curve.  A NaN or infinite loss ends it as "diverged" at that step.  The run
 is written to the run store as it goes, so nothing recorded is lost.
@@ -36,6 +45,7 @@ from torch import nn
 from workbench.config import METHODS, ParamCounts, RunConfig, RunResult, Timing
 from workbench.inject import add_lora, head_names
 from workbench.lora import check_init
+from workbench.models import set_model_dropout
 from workbench.optim import make_optimizer
 from workbench.params import count_parameters
 
@@ -90,6 +100,49 @@ def resolve_bf16(bf16: bool | str, device: torch.device) -> bool:
     return bf16
 
 
+def store_frozen_in_bf16(model: nn.Module) -> int:
+    """Keep the frozen parameters in bf16 for a bf16 run; returns how many tensors changed.
+
+    Under bf16 autocast every matmul reads W in bf16, so autocast casts each frozen
+    weight from fp32 to bf16 again at every step: for MiniLM that is 10.6M numbers read
+    and written per step, only to give the same bf16 copy each time.  A frozen parameter
+    never changes, so storing it in bf16 once does that work once (and halves its
+    memory).  The matmuls see exactly the inputs autocast gave them; the embedding sums
+    of the frozen base now run in bf16 too.  Trainable parameters (LoRA, the head) stay
+    fp32, as in PEFT's mixed precision: their updates are far smaller than bf16's
+    resolution of 1 part in 256.  Needs autocast during the forward pass.
+    """
+    changed = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype == torch.float32:
+            p.data = p.data.to(torch.bfloat16)
+            changed += 1
+    return changed
+
+
+def use_plain_attention(model: nn.Module) -> bool:
+    """Switch a ``transformers`` model to its plain ("eager") attention; False if it has none.
+
+    For bf16 runs on the CPU: there PyTorch's fused (flash) attention kernel, which sdpa
+    picks when attention dropout is off, has a slow bf16 backward pass (measured here:
+    about 10 ms per layer at batch 16 x 20 tokens, some 15 times the plain path).  The
+    plain path computes the same softmax(Q K^T / sqrt(d) + mask) V with two matmuls.
+    """
+    try:
+        model.set_attn_implementation("eager")
+    except (AttributeError, ValueError, ImportError):
+        return False
+    return True
+
+
+def restore_frozen_to_fp32(model: nn.Module) -> None:
+    """Undo ``store_frozen_in_bf16`` for the model a run hands back (``keep_model``), so
+    it runs without autocast; the values keep their bf16 rounding."""
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype == torch.bfloat16:
+            p.data = p.data.float()
+
+
 def validate(cfg: RunConfig) -> None:
     """Check a config before anything loads; say what is wrong and what is allowed."""
     if cfg.method not in METHODS:
@@ -102,6 +155,9 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"lr (learning rate) must be a positive number, got {cfg.lr!r}")
     if not 0 <= cfg.warmup_ratio < 1:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio!r}")
+    md = cfg.model_dropout
+    if md is not None and (isinstance(md, bool) or not isinstance(md, (int, float)) or not 0 <= md < 1):
+        raise ValueError(f"model_dropout must be None (the checkpoint's own) or a probability in [0, 1), got {md!r}")
     if cfg.eval_every < 0:
         raise ValueError(f"eval_every must be 0 (only at the end) or a positive number of steps, got {cfg.eval_every!r}")
     if cfg.method == "lora":
@@ -125,7 +181,9 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_model(cfg: RunConfig, model: nn.Module) -> None:
-    """Apply the method: which parameters train."""
+    """Apply the method (which parameters train) and the base model's dropout (``model_dropout``)."""
+    if cfg.model_dropout is not None:
+        set_model_dropout(model, cfg.model_dropout)  # before LoRA, whose dropout is its own
     if cfg.method == "lora":
         add_lora(model, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets, layers=cfg.layers,
                  dropout=cfg.dropout, rslora=cfg.rslora, init=cfg.init, dora=cfg.dora)
@@ -195,7 +253,7 @@ def train(
 
     from workbench import memory as mem
     from workbench import store
-    from workbench.data import load_task, make_batches, repeat_batches
+    from workbench.data import by_length, load_task, make_batches, repeat_batches, tokenize_dataset
     from workbench.models import load_base
 
     validate(cfg)
@@ -213,11 +271,18 @@ def train(
     model, tokenizer = load_base(cfg.model, num_labels=num_labels, task=cfg.task, seed=cfg.seed)
     prepare_model(cfg, model)
     model.to(device).train()
+    # bf16 runs of a frozen base: store it in bf16 once (see store_frozen_in_bf16).
+    frozen_in_bf16 = use_bf16 and cfg.method != "full" and store_frozen_in_bf16(model) > 0
+    if use_bf16 and device.type == "cpu":
+        use_plain_attention(model)
     counts = count_parameters(model)
     params = ParamCounts(trainable=counts.trainable, total=counts.total)
 
-    train_loader = make_batches(train_ds, tokenizer, cfg.batch_size, cfg.max_length, shuffle=True, seed=cfg.seed, task=cfg.task)
-    eval_loader = make_batches(eval_ds, tokenizer, cfg.batch_size * 2, cfg.max_length, shuffle=False, task=cfg.task)
+    train_loader = make_batches(train_ds, tokenizer, cfg.batch_size, cfg.max_length, shuffle=True, seed=cfg.seed,
+                                task=cfg.task)
+    # Evaluation order does not change its result: batch similar lengths to pad less.
+    eval_tokens = by_length(tokenize_dataset(eval_ds, tokenizer, cfg.max_length))
+    eval_loader = make_batches(eval_tokens, tokenizer, cfg.batch_size * 2, cfg.max_length, shuffle=False, task=cfg.task)
     trainable = [p for p in model.parameters() if p.requires_grad]
     ratio = cfg.loraplus_ratio if cfg.method == "lora" else None
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, loraplus_ratio=ratio)
@@ -226,6 +291,7 @@ def train(
 
     env = store.environment(device=str(device), threads=torch.get_num_threads())
     env["bf16"] = use_bf16
+    env["frozen_dtype"] = "bfloat16" if frozen_in_bf16 else str(next(model.parameters()).dtype).removeprefix("torch.")
 
     def estimate_for(batch_size: int, seq_len: int):
         """The analytic estimate for the batch the measurement saw (BERT/GPT-2 blocks only)."""
@@ -262,6 +328,8 @@ def train(
 
                 save_adapter(model, os.path.join(result.path, "adapter"))
         if keep_model:
+            if frozen_in_bf16:
+                restore_frozen_to_fp32(model)
             result.model = model.eval()
         return result
 
