@@ -217,13 +217,18 @@ def find_targets(
     return names
 
 
+def is_probability(p: object) -> bool:
+    """A number (not a bool) in [0, 1): what a dropout probability may be."""
+    return isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p < 1
+
+
 def check_settings(rank: object, alpha: object, dropout: object) -> None:
     """Rank a positive integer, alpha positive, dropout in [0, 1)."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive integer, got {rank!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
         raise ValueError(f"alpha must be a positive number, got {alpha!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if not is_probability(dropout):
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
 

@@ -82,7 +82,9 @@ def set_model_dropout(model: nn.Module, p: float) -> int:
     layers changed.  The attention dropout of ``transformers`` models reads its module's
     ``p`` at each call, so this reaches it too.
     """
-    if not (isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p < 1):
+    from workbench.inject import is_probability
+
+    if not is_probability(p):
         raise ValueError(f"model dropout must be a probability in [0, 1), got {p!r}")
     layers = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     for m in layers:

@@ -60,7 +60,7 @@ from workbench.memory import (
     estimate_activation_bytes,
     measure_train_step,
 )
-from workbench.plots import FULL_COLOR, MEMORY_COMPONENTS, STYLE, rank_color
+from workbench.plots import FULL_COLOR, MEMORY_COMPONENTS, STYLE, rank_color, style_axes
 
 __all__ = [
     "GB",
@@ -536,14 +536,7 @@ class Plan:
         s = self.settings
         fig = Figure(figsize=(6.4, 4.4), layout="constrained", facecolor=STYLE["face_color"])
         ax = fig.add_subplot()
-        ax.set_facecolor(STYLE["face_color"])
-        ax.grid(True, axis="y", color=STYLE["grid_color"], linewidth=STYLE["grid_width"])
-        ax.set_axisbelow(True)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-        for side in ("left", "bottom"):
-            ax.spines[side].set_color(STYLE["spine_color"])
-        ax.tick_params(labelsize=STYLE["tick_size"], colors=STYLE["text_color"])
+        style_axes(ax, grid_axis="y")
         sides = (self.lora, self.full)
         x = np.arange(2, dtype=float)
         bottoms = np.zeros(2)

@@ -84,7 +84,7 @@ from torch import nn
 from workbench.analysis import SPECTRUM_FLOOR, base_and_delta, random_orthonormal, singular_values
 from workbench.inject import add_lora, find_targets, layer_index, lora_layers
 from workbench.lora import layer_shape, lora_scaling
-from workbench.plots import FIGSIZE, LORA_CMAP, LORA_CMAP_SPAN, STYLE
+from workbench.plots import FIGSIZE, LORA_CMAP, LORA_CMAP_SPAN, STYLE, label_axes, style_axes
 
 Profile = Literal["equal", "geometric"]
 PROFILES = ("equal", "geometric")
@@ -700,23 +700,6 @@ def _sweep(
 # --------------------------------------------------------------------------- figures
 
 
-def _style(ax) -> None:
-    ax.set_facecolor(STYLE["face_color"])
-    ax.grid(True, which="major", color=STYLE["grid_color"], linewidth=STYLE["grid_width"])
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    for side in ("left", "bottom"):
-        ax.spines[side].set_color(STYLE["spine_color"])
-    ax.tick_params(labelsize=STYLE["tick_size"], colors=STYLE["text_color"])
-
-
-def _labels(ax, title: str, xlabel: str, ylabel: str) -> None:
-    ax.set_title(title, fontsize=STYLE["title_size"], color=STYLE["text_color"], loc="left")
-    ax.set_xlabel(xlabel, fontsize=STYLE["label_size"], color=STYLE["text_color"])
-    ax.set_ylabel(ylabel, fontsize=STYLE["label_size"], color=STYLE["text_color"])
-
-
 def loss_vs_rank_figure(table: pd.DataFrame, true_rank: int, column: str = "relative_loss") -> Figure:
     """Final loss against the student's rank r (log-log), with the planted rank k marked.
 
@@ -740,7 +723,7 @@ def loss_vs_rank_figure(table: pd.DataFrame, true_rank: int, column: str = "rela
     y = t[column].to_numpy(dtype=float)
     fig = Figure(figsize=FIGSIZE, layout="constrained", facecolor=STYLE["face_color"])
     ax = fig.add_subplot()
-    _style(ax)
+    style_axes(ax)
     ax.plot(ranks, y, color="#4c72b0", linewidth=STYLE["line_width"], zorder=2,
             label="measured" if column != "relative_loss" else "measured: final loss / base loss", gid="measured")
     colors = sweep_colors(ranks.tolist())
@@ -763,7 +746,7 @@ def loss_vs_rank_figure(table: pd.DataFrame, true_rank: int, column: str = "rela
     if (y > 0).all():
         ax.set_yscale("log")
     ylabel = "final loss / base loss" if column == "relative_loss" else column.replace("_", " ")
-    _labels(ax, "Loss against LoRA rank: the knee sits at the planted rank", "LoRA rank r of the student", ylabel)
+    label_axes(ax, "Loss against LoRA rank: the knee sits at the planted rank", "LoRA rank r of the student", ylabel)
     ax.legend(fontsize=STYLE["legend_size"], framealpha=0.9, edgecolor=STYLE["grid_color"], loc="upper right")
     return fig
 
@@ -831,7 +814,7 @@ def spectrum_comparison_figure(
     for ax in axes[len(items):]:
         ax.set_axis_off()
     for ax, (r, s) in zip(axes, spectra):
-        _style(ax)
+        style_axes(ax)
         longest = max(k, len(s), r or 0)
         ax.plot(np.arange(1, k + 1), sp, color=PLANTED_COLOR, marker="o", markersize=10, markerfacecolor="none",
                 linewidth=2.2, label=f"planted ΔW* (rank {k})", gid="planted", zorder=3)
@@ -849,7 +832,7 @@ def spectrum_comparison_figure(
         ax = axes[0]
         ax.text(k + 0.6, 0.97, f"σ_i(ΔW*) = 0 for i > {k}", transform=ax.get_xaxis_transform(),
                 fontsize=STYLE["annotation_size"], color="#555555", va="top")
-        _labels(ax, title or "Singular values: learned ΔW = s·B·A against the planted ΔW*",
+        label_axes(ax, title or "Singular values: learned ΔW = s·B·A against the planted ΔW*",
                 "index i (largest first)", "singular value σ_i")
         ax.legend(fontsize=STYLE["legend_size"], framealpha=0.9, edgecolor=STYLE["grid_color"], loc="lower left")
     else:
@@ -876,14 +859,14 @@ def loss_curves_figure(results: Mapping[int, PlantedResult] | Sequence[PlantedRe
         raise ValueError("no results to draw: run at least one rank")
     fig = Figure(figsize=FIGSIZE, layout="constrained", facecolor=STYLE["face_color"])
     ax = fig.add_subplot()
-    _style(ax)
+    style_axes(ax)
     colors = sweep_colors([r.rank for r in res])
     for r in sorted(res, key=lambda x: x.rank):
         style = "-" if true_rank is None or r.rank >= true_rank else "--"
         ax.plot(np.arange(1, len(r.losses) + 1), r.losses, color=colors[r.rank], linestyle=style,
                 linewidth=1.4, label=f"r = {r.rank}", gid=f"r{r.rank}")
     ax.set_yscale("log")
-    _labels(ax, "Training loss of each student" + ("" if true_rank is None else f" (dashed: r < k = {true_rank})"),
+    label_axes(ax, "Training loss of each student" + ("" if true_rank is None else f" (dashed: r < k = {true_rank})"),
             "step", "MSE against the teacher's hidden states")
     ax.legend(fontsize=STYLE["legend_size"], framealpha=0.9, edgecolor=STYLE["grid_color"], loc="upper right")
     return fig

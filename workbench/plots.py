@@ -186,13 +186,15 @@ def _new_figure(figsize: tuple[float, float] = FIGSIZE, margins: dict[str, float
     if margins:
         fig.subplots_adjust(**margins)
     ax = fig.add_subplot()
-    _style_axes(ax)
+    style_axes(ax)
     return fig, ax
 
 
-def _style_axes(ax: Axes) -> None:
+def style_axes(ax: Axes, grid_axis: str = "both") -> None:
+    """The house style on one axes (also used by the planner's and the planted-rank figures):
+    background, a light major grid (``grid_axis``: "both", "x" or "y"), no top or right spine."""
     ax.set_facecolor(STYLE["face_color"])
-    ax.grid(True, which="major", color=STYLE["grid_color"], linewidth=STYLE["grid_width"])
+    ax.grid(True, which="major", axis=grid_axis, color=STYLE["grid_color"], linewidth=STYLE["grid_width"])
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
@@ -201,7 +203,8 @@ def _style_axes(ax: Axes) -> None:
     ax.tick_params(labelsize=STYLE["tick_size"], colors=STYLE["text_color"])
 
 
-def _labels(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
+def label_axes(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
+    """Title (left-aligned) and axis labels in the house style."""
     ax.set_title(title, fontsize=STYLE["title_size"], color=STYLE["text_color"], loc="left")
     ax.set_xlabel(xlabel, fontsize=STYLE["label_size"], color=STYLE["text_color"])
     ax.set_ylabel(ylabel, fontsize=STYLE["label_size"], color=STYLE["text_color"])
@@ -317,7 +320,7 @@ def loss_curves(results: Iterable[RunResult], eval: bool = False) -> Figure:  # 
         ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white",
                 markeredgecolor=STYLE["spine_color"], markersize=STYLE["marker_size"],
                 label="eval loss (markers)")
-    _labels(ax, title + (" (lines) and evaluation loss (markers)" if eval_drawn else ""),
+    label_axes(ax, title + (" (lines) and evaluation loss (markers)" if eval_drawn else ""),
             "training step", "loss (cross-entropy, nats)")
     ax.set_xlim(left=0)
     _legend(ax, loc="upper right")
@@ -432,7 +435,7 @@ def params_vs_rank(
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
     _log_count_axis(ax.yaxis)
-    _labels(ax, title, "LoRA rank r (log₂ scale)", "trainable parameters (count, log scale)")
+    label_axes(ax, title, "LoRA rank r (log₂ scale)", "trainable parameters (count, log scale)")
     # Below the axes: the reference lines span the whole width, so no corner inside is free.
     _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, frameon=False)
     return fig
@@ -506,7 +509,7 @@ def memory_breakdown(results: Iterable[RunResult]) -> Figure:
     ax.set_xticks(x, [run_label(r).replace(" (", "\n(") for r in runs])
     ax.set_ylim(0, ymax)
     ax.grid(False, axis="x")
-    _labels(ax, title, "run", "memory (MB, 1 MB = 10⁶ bytes)")
+    label_axes(ax, title, "run", "memory (MB, 1 MB = 10⁶ bytes)")
     # Legend entries top to bottom in the order the components stack, peak last.
     handles, labels = ax.get_legend_handles_labels()
     opts: dict[str, Any] = {"fontsize": STYLE["legend_size"], "framealpha": 0.9,
@@ -549,7 +552,7 @@ def accuracy_vs_params(results: Iterable[RunResult]) -> Figure:
     pad = max(0.02, 0.15 * (max(ys) - min(ys)))
     ax.set_ylim(max(0.0, min(ys) - pad), min(1.0, max(ys) + pad) + 0.01)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
-    _labels(ax, title, "trainable parameters (count, log scale)", "validation accuracy (%)")
+    label_axes(ax, title, "trainable parameters (count, log scale)", "validation accuracy (%)")
     _legend(ax, loc="lower right")
     return fig
 
@@ -587,7 +590,7 @@ def live_loss(
         ax.set_xlim(0, total_steps)
     else:
         ax.set_xlim(left=0)
-    _labels(ax, title, "training step", "loss (nats)")
+    label_axes(ax, title, "training step", "loss (nats)")
     _legend(ax, loc="upper right")
     return fig
 
@@ -735,7 +738,7 @@ def memory_scaling(
         markers[m] = _MARKERS[sum(1 for c in list(colors.values())[:-1] if c == colors[m]) % len(_MARKERS)]
     xs_all: set[float] = set()
     for ax, comp in zip(axes, components):
-        _style_axes(ax)
+        style_axes(ax)
         for m in methods:
             sub = data[(data["method"] == m) & (data["component"] == comp)].sort_values(x)
             if not len(sub):

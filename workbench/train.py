@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from workbench.config import METHODS, ParamCounts, RunConfig, RunResult, Timing
-from workbench.inject import add_lora, head_names
+from workbench.inject import add_lora, head_names, is_probability
 from workbench.lora import check_init
 from workbench.models import set_model_dropout
 from workbench.optim import make_optimizer
@@ -155,9 +155,9 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"lr (learning rate) must be a positive number, got {cfg.lr!r}")
     if not 0 <= cfg.warmup_ratio < 1:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio!r}")
-    md = cfg.model_dropout
-    if md is not None and (isinstance(md, bool) or not isinstance(md, (int, float)) or not 0 <= md < 1):
-        raise ValueError(f"model_dropout must be None (the checkpoint's own) or a probability in [0, 1), got {md!r}")
+    if cfg.model_dropout is not None and not is_probability(cfg.model_dropout):
+        raise ValueError("model_dropout must be None (the checkpoint's own) or a probability in [0, 1), "
+                         f"got {cfg.model_dropout!r}")
     if cfg.eval_every < 0:
         raise ValueError(f"eval_every must be 0 (only at the end) or a positive number of steps, got {cfg.eval_every!r}")
     if cfg.method == "lora":
