@@ -6,7 +6,7 @@ For each dataset (the bundled task, and SST-2 from ../shared when present) and e
 of the sweep (LoRA at every rank, full fine-tuning, head-only), the same run is done
 three ways, interleaved (so background load falls on all alike):
 
-* ours: ``workbench.train`` with the default preset, as a user runs it, model loading
+* ours: ``workbench.engine.training`` with the default preset, as a user runs it, model loading
   and the evaluation included;
 * standard: ``peft.get_peft_model`` (LoRA, task SEQ_CLS) or the plain model (full,
   head), trained by ``transformers.Trainer`` with its CPU defaults (fp32, fused AdamW,
@@ -39,10 +39,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import workbench as wb  # noqa: E402
-from workbench.data import load_task  # noqa: E402
-from workbench.models import set_model_dropout  # noqa: E402
-from workbench.sweep import sweep_configs  # noqa: E402
-from workbench.train import train  # noqa: E402
+from workbench.engine.data import load_task  # noqa: E402
+from workbench.engine.models import set_model_dropout  # noqa: E402
+from workbench.engine.sweep import sweep_configs  # noqa: E402
+from workbench.engine.training import train  # noqa: E402
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 

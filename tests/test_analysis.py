@@ -1,4 +1,4 @@
-"""Looking inside Delta W (workbench.analysis) against closed forms and hand computations.
+"""Looking inside Delta W (workbench.lessons.delta_w) against closed forms and hand computations.
 
 Every matrix here is built from orthonormal factors with chosen singular values, so
 the singular values, ranks, subspace similarities and projections have exact answers.
@@ -21,9 +21,9 @@ from matplotlib.figure import Figure
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from workbench import analysis as an
-from workbench.inject import add_lora, lora_layers, merge_lora
-from workbench.lora import LoRALayer
+from workbench.lessons import delta_w as an
+from workbench.lora.inject import add_lora, lora_layers, merge_lora
+from workbench.lora.layer import LoRALayer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -449,7 +449,7 @@ def test_figures_never_import_pyplot(tmp_path):
     code = textwrap.dedent(
         f"""
         import io, sys, numpy as np, torch
-        from workbench import analysis as an
+        from workbench.lessons import delta_w as an
         g = an.subspace_similarity_grid(torch.randn(2, 5), torch.randn(4, 5))
         figs = [an.similarity_heatmap(g), an.spectrum_figure({{"a": [3.0, 1.0], "b": [2.0, 0.5]}})]
         for n, f in enumerate(figs):

@@ -1,6 +1,6 @@
 import pytest
 
-from workbench.bench import interleaved_timings
+from workbench.engine.timing import interleaved_timings
 
 
 def test_interleaved_order_and_ratio():

@@ -194,7 +194,7 @@ def test_workbench_as_voila_app(workspace):
             assert page.locator(".widget-hslider:has-text('rank')").count() == 1
             # the code is hidden: no editor, no source text (markdown renders inside input areas, so look for code)
             assert page.locator(".jp-InputArea-editor:visible, .cm-editor:visible").count() == 0
-            assert page.locator("text=from workbench.panel import Workbench").count() == 0
+            assert page.locator("text=from workbench.ui.panel import Workbench").count() == 0
             train.click()
             page.wait_for_selector(".widget-output img", timeout=120_000)
             _shot(page, "workbench-voila")

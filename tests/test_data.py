@@ -14,7 +14,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from workbench import data as wd  # noqa: E402
+from workbench.engine import data as wd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SST2 = Path("/work/shared/data/sst2")

@@ -1,4 +1,4 @@
-"""Comparing trained updates (workbench.inspect_runs) against hand computations and closed forms.
+"""Comparing trained updates (workbench.lessons.inspect_runs) against hand computations and closed forms.
 
 The models are 3-block BERTs 16 wide built from a config (no download); their B matrices
 are filled with seeded noise so that Delta W = s B A is not zero.
@@ -15,10 +15,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from workbench import analysis as an
-from workbench import inspect_runs as ir
-from workbench.adapters import load_adapter, save_adapter
-from workbench.inject import add_lora, lora_layers
+from workbench.lessons import delta_w as an
+from workbench.lessons import inspect_runs as ir
+from workbench.lora.adapters import load_adapter, save_adapter
+from workbench.lora.inject import add_lora, lora_layers
 
 HIDDEN = 16
 

@@ -15,8 +15,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 import workbench as wb
-from workbench.adapters import AdapterError
-from workbench.lora import LoRALayer, layer_shape
+from workbench.lora.adapters import AdapterError
+from workbench.lora.layer import LoRALayer, layer_shape
 
 # (model name, task, targets, layers, rank, alpha, rslora)
 CASES = [

@@ -23,8 +23,8 @@ from transformers import (
     RobertaConfig,
 )
 
-from workbench.lora import LoRALayer
-from workbench.memory import (
+from workbench.lora.layer import LoRALayer
+from workbench.engine.memory import (
     MIB,
     MemoryBreakdown,
     SavedActivations,

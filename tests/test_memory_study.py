@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.config import preset
-from workbench.memory import MemoryBreakdown, estimate_activation_bytes
-from workbench.memory_study import (
+from workbench.engine.config import preset
+from workbench.engine.memory import MemoryBreakdown, estimate_activation_bytes
+from workbench.lessons.memory_study import (
     COMPONENTS,
     activation_kinds,
     activation_table,
@@ -25,7 +25,7 @@ from workbench.memory_study import (
     prepared_model,
     synthetic_batch,
 )
-from workbench.plots import is_message_figure, memory_scaling
+from workbench.viz.plots import is_message_figure, memory_scaling
 
 H, LAYERS, HEADS, FFN, LABELS, R = 32, 2, 2, 64, 2, 8
 F32 = 4
@@ -291,7 +291,7 @@ def test_figure_defaults_and_bad_input(grid):
 def test_figure_colours_follow_the_house_colours(grid):
     from matplotlib.colors import to_hex
 
-    from workbench.plots import FULL_COLOR, rank_color
+    from workbench.viz.plots import FULL_COLOR, rank_color
 
     fig = memory_scaling(grid)
     lines = {ln.get_gid(): ln for ln in fig.axes[0].get_lines()}

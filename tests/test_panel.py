@@ -15,12 +15,12 @@ import time
 import pandas as pd
 import pytest
 
-from workbench import store
-from workbench.inject import layer_groups
-from workbench.models import load_base
-from workbench.panel import DEFAULT_LR, RANK_CAP, Workbench
-from workbench.params import count_parameters
-from workbench.train import prepare_model
+from workbench.records import store
+from workbench.lora.inject import layer_groups
+from workbench.engine.models import load_base
+from workbench.ui.panel import DEFAULT_LR, RANK_CAP, Workbench
+from workbench.lora.params import count_parameters
+from workbench.engine.training import prepare_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MODEL, PRESET = "tiny-bert", "tiny"
@@ -179,7 +179,7 @@ def test_an_engine_error_is_a_message_not_a_traceback(trained, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("the data file is unreadable")
 
-    monkeypatch.setattr("workbench.train.train", broken)
+    monkeypatch.setattr("workbench.engine.training.train", broken)
     panel.train_button.click()
     assert panel.message_text == "RuntimeError: the data file is unreadable"
     assert table_rows(panel) == before_rows
@@ -242,7 +242,7 @@ def test_stop_ends_a_background_run_as_stopped(tmp_path):
 
 def test_a_diverged_run_suggests_a_lower_learning_rate(tmp_path, monkeypatch):
     """A model whose head bias is NaN gives a NaN loss at step 1: the engine's diverged path."""
-    import workbench.train as engine
+    import workbench.engine.training as engine
 
     real_prepare = engine.prepare_model
 
@@ -262,9 +262,9 @@ def test_a_diverged_run_suggests_a_lower_learning_rate(tmp_path, monkeypatch):
 
 
 def test_variant_choice_reaches_the_config_and_the_readout(tmp_path):
-    from workbench.panel import Workbench
-    from workbench.params import count_parameters
-    from workbench.train import prepare_model
+    from workbench.ui.panel import Workbench
+    from workbench.lora.params import count_parameters
+    from workbench.engine.training import prepare_model
 
     import workbench as wb
 

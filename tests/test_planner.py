@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import BertConfig, GPT2Config
 
-from workbench.memory import estimate_memory
-from workbench.planner import (
+from workbench.engine.memory import estimate_memory
+from workbench.lessons.planner import (
     GB,
     PRECISION_RECIPES,
     Plan,
@@ -156,7 +156,7 @@ def test_weights_gradients_optimizer_are_the_closed_forms(optimizer, k):
 
 
 def test_plan_agrees_with_estimate_memory_on_the_same_meta_model():
-    from workbench.inject import add_lora
+    from workbench.lora.inject import add_lora
 
     p = plan("minilm", rank=8, targets=("query", "value"), batch_size=16, seq_len=64)
     model = build_meta_model(p.config, "classification")

@@ -13,9 +13,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from workbench.analysis import effective_rank, singular_values
-from workbench.models import load_base
-from workbench.planted import (
+from workbench.lessons.delta_w import effective_rank, singular_values
+from workbench.engine.models import load_base
+from workbench.lessons.planted import (
     PlantedConfig,
     captured_energy,
     delta_error,

@@ -16,8 +16,8 @@ from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
-from workbench import plots
-from workbench.config import ParamCounts, RunConfig, RunResult, Timing
+from workbench.viz import plots
+from workbench.engine.config import ParamCounts, RunConfig, RunResult, Timing
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -25,7 +25,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @dataclass
 class FakeMemory:
-    """Stand-in for workbench.memory.MemoryBreakdown (same field names)."""
+    """Stand-in for workbench.engine.memory.MemoryBreakdown (same field names)."""
 
     weights: int
     gradients: int
@@ -370,7 +370,7 @@ def test_no_pyplot_and_no_global_style_change():
             return {k: str(matplotlib.rcParams[k]) for k in matplotlib.rcParams if k != "backend"}
         before = snapshot()
         import pandas as pd
-        from workbench import plots
+        from workbench.viz import plots
         h = pd.DataFrame({"step": [1, 2], "train_loss": [1.0, 0.5], "lr": [1e-3, 1e-3],
                           "eval_loss": [float("nan"), 0.6], "eval_accuracy": [float("nan"), 0.8]})
         fig = plots.live_loss(h, "t", total_steps=5)

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 import workbench as wb
-from workbench.config import preset
-from workbench.data import by_length, tokenize_dataset, load_texts
-from workbench.memory import SavedActivations, estimate_memory, parameter_bytes
-from workbench.models import set_model_dropout
-from workbench.optim import make_optimizer
-from workbench.train import restore_frozen_to_fp32, store_frozen_in_bf16, train, use_plain_attention
+from workbench.engine.config import preset
+from workbench.engine.data import by_length, tokenize_dataset, load_texts
+from workbench.engine.memory import SavedActivations, estimate_memory, parameter_bytes
+from workbench.engine.models import set_model_dropout
+from workbench.engine.optim import make_optimizer
+from workbench.engine.training import restore_frozen_to_fp32, store_frozen_in_bf16, train, use_plain_attention
 
 
 def tiny_lora(rank: int = 4):
@@ -187,7 +187,7 @@ def test_by_length_sorts_and_keeps_labels_with_their_examples():
 
 
 def test_model_dropout_is_part_of_preparing_the_model_and_checked_first():
-    from workbench.memory_study import prepared_model
+    from workbench.lessons.memory_study import prepared_model
 
     model, _ = prepared_model(preset("tiny", method="lora", rank=2, alpha=4, model_dropout=0.0))
     assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] and all(

@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import store
-from workbench.config import ParamCounts, RunConfig, RunResult, Timing
+from workbench.records import store
+from workbench.engine.config import ParamCounts, RunConfig, RunResult, Timing
 
 
 @dataclass
 class FakeMemory:
-    """Stands in for workbench.memory.MemoryBreakdown (same fields)."""
+    """Stands in for workbench.engine.memory.MemoryBreakdown (same fields)."""
 
     weights: int
     gradients: int
@@ -106,7 +106,7 @@ def test_memory_as_dict_and_none_round_trip(tmp_path):
 
 
 def test_memory_loads_as_memory_breakdown(tmp_path):
-    memory = pytest.importorskip("workbench.memory")
+    memory = pytest.importorskip("workbench.engine.memory")
     loaded = store.load_run(store.save_run(_result(), tmp_path))
     assert isinstance(loaded.memory, memory.MemoryBreakdown)
     assert (loaded.memory.weights, loaded.memory.peak, loaded.memory.peak_kind) == (86_900_000, 798_000_000, "process")

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.config import preset
-from workbench.store import load_run, runs
-from workbench.train import train
+from workbench.engine.config import preset
+from workbench.records.store import load_run, runs
+from workbench.engine.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_short_run_learns_and_trains_only_what_it_should(method, lr, expected_tr
 
 
 def test_gradients_reach_only_lora_and_head():
-    from workbench.train import prepare_model
+    from workbench.engine.training import prepare_model
 
     model, tok = wb.load_base("tiny-bert")
     cfg = tiny(method="lora", rank=2, alpha=4)
@@ -183,7 +183,7 @@ def test_variants_run_through_the_engine(overrides):
 
 
 def test_variant_sweep_configs():
-    from workbench.sweep import sweep_configs
+    from workbench.engine.sweep import sweep_configs
 
     configs = sweep_configs(tiny(), [2, 4], with_full=False, with_head=False, variants=["lora", "dora", "pissa"])
     assert [(c.rank, c.dora, c.init) for c in configs] == [

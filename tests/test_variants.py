@@ -18,10 +18,10 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 import workbench as wb
-from workbench.adapters import AdapterError, adapter_state_dict
-from workbench.inject import head_names
-from workbench.lora import LoRALayer, pissa_init
-from workbench.optim import learning_rates, loraplus_groups, make_optimizer
+from workbench.lora.adapters import AdapterError, adapter_state_dict
+from workbench.lora.inject import head_names
+from workbench.lora.layer import LoRALayer, pissa_init
+from workbench.engine.optim import learning_rates, loraplus_groups, make_optimizer
 
 TASK_TYPE = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 PEFT_PREFIX = "base_model.model."

@@ -6,9 +6,9 @@
     wb.count_parameters(model)
 """
 
-from workbench.adapters import AdapterError, load_adapter, read_adapter, save_adapter
-from workbench.config import METHODS, ParamCounts, RunConfig, RunResult, Timing
-from workbench.inject import (
+from workbench.lora.adapters import AdapterError, load_adapter, read_adapter, save_adapter
+from workbench.engine.config import METHODS, ParamCounts, RunConfig, RunResult, Timing
+from workbench.lora.inject import (
     LoRASettings,
     add_lora,
     describe_layers,
@@ -18,9 +18,9 @@ from workbench.inject import (
     remove_lora,
     unmerge_lora,
 )
-from workbench.lora import LoRALayer, lora_scaling
-from workbench.models import load_base, load_tokenizer
-from workbench.params import ParameterReport, count_parameters, lora_parameter_count
+from workbench.lora.layer import LoRALayer, lora_scaling
+from workbench.engine.models import load_base, load_tokenizer
+from workbench.lora.params import ParameterReport, count_parameters, lora_parameter_count
 
 __version__ = "0.1.0"
 
@@ -28,16 +28,16 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     """Heavier parts load on first use, so ``import workbench`` stays quick."""
     lazy = {
-        "train": ("workbench.train", "train"),
-        "StepInfo": ("workbench.train", "StepInfo"),
-        "runs": ("workbench.store", "runs"),
-        "load_runs": ("workbench.store", "load_runs"),
-        "preset": ("workbench.config", "preset"),
-        "sweep_configs": ("workbench.sweep", "sweep_configs"),
-        "run_sweep": ("workbench.sweep", "run_sweep"),
-        "export_report": ("workbench.report", "export_report"),
-        "plan": ("workbench.planner", "plan"),
-        "Workbench": ("workbench.panel", "Workbench"),
+        "train": ("workbench.engine.training", "train"),
+        "StepInfo": ("workbench.engine.training", "StepInfo"),
+        "runs": ("workbench.records.store", "runs"),
+        "load_runs": ("workbench.records.store", "load_runs"),
+        "preset": ("workbench.engine.config", "preset"),
+        "sweep_configs": ("workbench.engine.sweep", "sweep_configs"),
+        "run_sweep": ("workbench.engine.sweep", "run_sweep"),
+        "export_report": ("workbench.records.report", "export_report"),
+        "plan": ("workbench.lessons.planner", "plan"),
+        "Workbench": ("workbench.ui.panel", "Workbench"),
     }
     if name in lazy:
         import importlib

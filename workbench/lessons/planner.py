@@ -19,7 +19,7 @@ nothing to build, and everything that depends only on shapes can be read off it:
     optimizer   = k * trainable * s + 4 * (trainable tensors)
                   k = 2 for Adam/AdamW (two moments), 1 for SGD with momentum, 0 for SGD;
                   the 4 bytes are PyTorch's float32 ``step`` counter per parameter tensor
-    activations = ``workbench.memory.estimate_activation_bytes``: the forward pass
+    activations = ``workbench.engine.memory.estimate_activation_bytes``: the forward pass
                   replayed on paper (BERT-style encoders and GPT-2-style decoders; for
                   other architectures it is ``None`` and the plan says so).
 
@@ -52,15 +52,15 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from workbench.inject import add_lora, check_settings, head_names
-from workbench.lora import LoRALayer
-from workbench.memory import (
+from workbench.lora.inject import add_lora, check_settings, head_names
+from workbench.lora.layer import LoRALayer
+from workbench.engine.memory import (
     OPTIMIZER_STATES,
     MemoryBreakdown,
     estimate_activation_bytes,
     measure_train_step,
 )
-from workbench.plots import FULL_COLOR, MEMORY_COMPONENTS, STYLE, rank_color, style_axes
+from workbench.viz.plots import FULL_COLOR, MEMORY_COMPONENTS, STYLE, rank_color, style_axes
 
 __all__ = [
     "GB",
@@ -153,7 +153,7 @@ class Architecture:
 
 def _architectures_dir():
     """The folder of shipped JSON configs, found as package data (works from a wheel too)."""
-    return resources.files("workbench").joinpath("architectures")
+    return resources.files("workbench.lessons").joinpath("architectures")
 
 
 def shipped_architectures() -> list[str]:
@@ -166,7 +166,7 @@ def shipped_architectures() -> list[str]:
 def architecture(name: str) -> Architecture:
     """The shipped architecture ``name`` (raises ``ValueError`` listing the shipped names)."""
     if name == BUNDLED:
-        from workbench.models import bundled_model_path
+        from workbench.engine.models import bundled_model_path
 
         path = Path(bundled_model_path())
         cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -217,7 +217,7 @@ def load_config(config: Any) -> tuple[Any, str, str | None]:
     if name in shipped_architectures():
         arch = architecture(name)
         if name == BUNDLED:
-            from workbench.models import bundled_model_path
+            from workbench.engine.models import bundled_model_path
 
             return AutoConfig.from_pretrained(bundled_model_path()), name, arch.default_task
         return arch.to_config(), name, arch.default_task
@@ -249,7 +249,7 @@ def _config_label(config: Any) -> str:
     """A short name for a config object: its Hub name, "minilm" for the bundled folder, or the model type."""
     source = str(getattr(config, "name_or_path", "") or "")
     if source:
-        from workbench.models import bundled_model_path
+        from workbench.engine.models import bundled_model_path
 
         try:
             if Path(source).resolve() == Path(bundled_model_path()).resolve():
@@ -645,7 +645,7 @@ def plan(
     decoders), or one of ``TASKS``.  ``dtype``: training wholly in that dtype (weights,
     gradients, optimizer state and activations); see ``precision_table`` for mixed
     precision.  ``device``, ``dropout``, ``padded``: the activation estimate's assumptions
-    (``workbench.memory.estimate_memory``).  ``name`` labels the plan (default: the
+    (``workbench.engine.memory.estimate_memory``).  ``name`` labels the plan (default: the
     shipped name, the Hub name, or the config's model type).
     """
     if method not in ("lora", "full"):
@@ -686,7 +686,7 @@ def plan(
         notes.append(f"activations not estimated: {note}")
     if not (lora.activations_known and full.activations_known):
         notes.append("weights, gradients and optimizer state are exact closed forms for any architecture; "
-                     "workbench.memory has activation formulas for BERT-style encoders and GPT-2-style decoders")
+                     "workbench.engine.memory has activation formulas for BERT-style encoders and GPT-2-style decoders")
     settings = PlanSettings(
         architecture=label, model_class=type(model).__name__, task=task, method=method, rank=rank,
         alpha=float(alpha), targets=resolved if isinstance(resolved, str) else list(resolved),
@@ -815,7 +815,7 @@ def measure(p: Plan, model: nn.Module | None = None, seed: int = 0) -> dict[str,
     ``model``: a real model of the plan's config (e.g. the bundled MiniLM, loaded with its
     weights); it is copied, not changed.  Without it the model is built from the plan's
     config with random weights: memory depends on shapes, not values.  Small models
-    only (weights up to 2 GB).  Uses ``workbench.memory.measure_train_step``: forward
+    only (weights up to 2 GB).  Uses ``workbench.engine.memory.measure_train_step``: forward
     with the model in train mode (dropout on when ``settings.dropout``), backward,
     one optimizer step.
     """
@@ -869,7 +869,7 @@ def measure(p: Plan, model: nn.Module | None = None, seed: int = 0) -> dict[str,
     return out
 
 
-if __name__ == "__main__":  # pragma: no cover - a quick look: python -m workbench.planner NAME
+if __name__ == "__main__":  # pragma: no cover - a quick look: python -m workbench.lessons.planner NAME
     import sys
 
     for name in sys.argv[1:] or shipped_architectures():

@@ -13,7 +13,7 @@ import sys
 from dataclasses import fields
 from typing import Sequence
 
-from workbench.config import METHODS, PRESETS, RunConfig
+from workbench.engine.config import METHODS, PRESETS, RunConfig
 
 
 def _ints(text: str) -> list[int]:
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _summary(result) -> str:
-    from workbench.memory import format_bytes
+    from workbench.engine.memory import format_bytes
 
     m = result.memory
     return (
@@ -115,22 +115,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     if args.command == "runs":
-        from workbench.store import runs
+        from workbench.records.store import runs
 
         table = runs(args.runs_dir)
         print(table.to_string(index=False) if len(table) else f"no runs in {args.runs_dir}")
         return 0
     try:
         if args.command == "train":
-            from workbench.train import train
+            from workbench.engine.training import train
 
             result = train(_config(args, method=args.method) if args.rank is None
                            else _config(args, method=args.method, rank=args.rank),
                            runs_dir=args.runs_dir, progress=not args.quiet)
             print(_summary(result))
             return 0 if result.status == "completed" else 1
-        from workbench.report import export_report
-        from workbench.sweep import run_sweep, sweep_configs
+        from workbench.records.report import export_report
+        from workbench.engine.sweep import run_sweep, sweep_configs
 
         configs = sweep_configs(_config(args), args.ranks, args.with_full, args.with_head, args.alpha_per_rank,
                                 args.full_lr, args.head_lr, variants=args.variants)

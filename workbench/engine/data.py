@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 # --------------------------------------------------------------------------------------
 
 DEFAULT_TASK = "who_acts"
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 DEFAULT_TASK_DIR = DATA_DIR / DEFAULT_TASK
 
 FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")

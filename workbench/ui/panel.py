@@ -1,7 +1,7 @@
 """The workbench panel: choose a fine-tuning method, see what it costs, train, compare, export.
 
 ``Workbench(model="minilm", preset="default")`` builds an ipywidgets panel around the
-training engine (``workbench.train.train``) and the run store (``workbench.store``)::
+training engine (``workbench.engine.training.train``) and the run store (``workbench.records.store``)::
 
     panel = Workbench()
     panel            # displays panel.widget in Jupyter or Voila
@@ -18,7 +18,7 @@ What it offers, top to bottom:
   r x in, B is out x r), so the readout is
   ``sum over chosen layers of r * (in + out)  +  head parameters``;
   full fine-tuning trains every parameter, head-only the head's.  The engine counts the
-  same thing on the real model after the run (``workbench.params.count_parameters``);
+  same thing on the real model after the run (``workbench.lora.params.count_parameters``);
 * **Train / Stop / Export**: a run goes in a background thread (so Stop can be clicked
   while it trains); the progress bar and the live loss curve follow it;
 * the **runs table** (every run in the run store: runs survive a kernel restart) and the
@@ -49,12 +49,12 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
-from workbench.config import ParamCounts, RunConfig, RunResult, preset as make_preset
-from workbench.inject import LayerGroup, head_names, layer_groups, layer_index, targets_for
-from workbench.params import lora_parameter_count
-from workbench.sweep import VARIANTS
+from workbench.engine.config import ParamCounts, RunConfig, RunResult, preset as make_preset
+from workbench.lora.inject import LayerGroup, head_names, layer_groups, layer_index, targets_for
+from workbench.lora.params import lora_parameter_count
+from workbench.engine.sweep import VARIANTS
 
-# The LoRA variants the panel offers (RunConfig overrides in workbench.sweep.VARIANTS).
+# The LoRA variants the panel offers (RunConfig overrides in workbench.engine.sweep.VARIANTS).
 VARIANT_OPTIONS = [("LoRA", "lora"), ("DoRA (learned magnitude)", "dora"), ("PiSSA init (top-r SVD of W)", "pissa"),
                    ("LoRA+ (B's lr x16)", "loraplus")]
 
@@ -91,7 +91,7 @@ _COLORS = {"info": "#1f4e79", "ok": "#1e6b30", "warn": "#8a5a00", "error": "#a41
 
 def _png_output(fig: Any, dpi: int = PLOT_DPI) -> dict[str, Any]:
     """One display_data output holding a figure as PNG (what Output.outputs takes)."""
-    from workbench.plots import figure_to_png_bytes
+    from workbench.viz.plots import figure_to_png_bytes
 
     png = figure_to_png_bytes(fig, dpi=dpi)
     title = fig.axes[0].get_title() if fig.axes else "figure"
@@ -153,8 +153,8 @@ class Workbench:
         preset: str = "default",
         background: bool = True,
     ) -> None:
-        from workbench.models import load_base
-        from workbench.params import count_parameters
+        from workbench.engine.models import load_base
+        from workbench.lora.params import count_parameters
 
         self.model_name = model
         self.preset_name = preset
@@ -252,7 +252,7 @@ class Workbench:
         self.compare_plots = widgets.Output()
         self._set_lr_note()
 
-        from workbench.train import resolve_device
+        from workbench.engine.training import resolve_device
 
         device = resolve_device(self.defaults.device)
         blocks = f", {len(self.blocks)} blocks" if self.blocks else ""
@@ -376,7 +376,7 @@ class Workbench:
 
     def _problem(self) -> str | None:
         """What is wrong with the current settings, in words, or None."""
-        from workbench.train import validate
+        from workbench.engine.training import validate
 
         if self.method.value == "lora":
             sel = self.selected_layers()
@@ -506,7 +506,7 @@ class Workbench:
 
     def _run(self, cfg: RunConfig) -> None:
         """Train (in the worker thread, or inline), then report and refresh."""
-        from workbench.train import train
+        from workbench.engine.training import train
 
         try:
             result = train(cfg, on_step=lambda info: self._on_step(info, cfg), stop=self._stop_event,
@@ -548,7 +548,7 @@ class Workbench:
             self._draw_cost = self._last_draw - now
 
     def _draw_live(self, history: pd.DataFrame, cfg: RunConfig) -> None:
-        from workbench.plots import live_loss, run_color
+        from workbench.viz.plots import live_loss, run_color
 
         fig = live_loss(history, f"Training loss: {cfg.label()}", total_steps=cfg.steps, color=run_color(cfg))
         self.live_plot.outputs = (_png_output(fig),)
@@ -595,7 +595,7 @@ class Workbench:
 
     def refresh(self) -> None:
         """Reload every run from the store; redraw the table, the selector and the comparison."""
-        from workbench.store import RunStoreWarning, load_runs, runs_table
+        from workbench.records.store import RunStoreWarning, load_runs, runs_table
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RunStoreWarning)
@@ -611,17 +611,17 @@ class Workbench:
     def _targets_text(self, cfg: RunConfig) -> str:
         if cfg.method != "lora":
             return "–"
-        if isinstance(cfg.targets, str):  # a regex: name the kinds of this model it picks
+        if isinstance(cfg.lora.targets, str):  # a regex: name the kinds of this model it picks
             try:
-                pattern = re.compile(cfg.targets)
+                pattern = re.compile(cfg.lora.targets)
                 kinds = [g.kind for g in self.groups if any(pattern.fullmatch(n) for n in g.names)]
             except re.error:
                 kinds = []
-            text = ",".join(kinds) if kinds else cfg.targets
+            text = ",".join(kinds) if kinds else cfg.lora.targets
         else:
-            text = ",".join(cfg.targets)
-        if cfg.layers:
-            lo, hi = min(cfg.layers), max(cfg.layers)
+            text = ",".join(cfg.lora.targets)
+        if cfg.lora.layers:
+            lo, hi = min(cfg.lora.layers), max(cfg.lora.layers)
             text += f" (block {lo})" if lo == hi else f" (blocks {lo}-{hi})"
         return text
 
@@ -635,8 +635,8 @@ class Workbench:
             rows.append({
                 "run": c.label(),
                 "method": c.method,
-                "rank": c.rank if lora else "–",
-                "alpha": f"{c.alpha:g}" if lora else "–",
+                "rank": c.lora.rank if lora else "–",
+                "alpha": f"{c.lora.alpha:g}" if lora else "–",
                 "targets": self._targets_text(c),
                 "lr": f"{c.lr:g}",
                 "steps": f"{row.steps_done}/{c.steps}",
@@ -681,7 +681,7 @@ class Workbench:
                 self._show(f"Could not draw the comparison: {type(e).__name__}: {e}", "error")
 
     def _draw_compare(self) -> None:
-        from workbench.plots import comparison_figures
+        from workbench.viz.plots import comparison_figures
 
         chosen = self.selected_results()
         if not chosen:
@@ -692,7 +692,7 @@ class Workbench:
         self.compare_plots.outputs = tuple(_png_output(fig) for fig in figures.values())
 
     def _on_export(self, _button: Any = None) -> None:
-        from workbench.report import export_report
+        from workbench.records.report import export_report
 
         chosen = self.selected_results()
         if not chosen:

@@ -1,6 +1,6 @@
 """Where the memory of a training step goes: one measured step beside the analytic estimate.
 
-``workbench.memory`` counts the memory of a training step exactly (``measure_train_step``)
+``workbench.engine.memory`` counts the memory of a training step exactly (``measure_train_step``)
 and predicts it from shapes alone (``estimate_memory``).  This module sets the two side
 by side for a ``RunConfig``, over a grid of batch sizes and sequence lengths, for the
 memory notebook (``notebooks/03_memory.ipynb``):
@@ -44,8 +44,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from workbench.config import RunConfig
-from workbench.memory import (
+from workbench.engine.config import RunConfig
+from workbench.engine.memory import (
     MB,
     MemoryBreakdown,
     estimate_activation_bytes,
@@ -114,7 +114,7 @@ class MemoryComparison:
 
     label: str  # cfg.label(): "LoRA r=8 (query,value)", "full fine-tuning", "head only"
     method: str  # cfg.method
-    rank: int  # cfg.rank for LoRA, 0 otherwise
+    rank: int  # cfg.lora.rank for LoRA, 0 otherwise
     batch_size: int
     seq_len: int
     trainable: int  # numbers that train
@@ -168,8 +168,8 @@ def prepared_model(cfg: RunConfig, seed: int | None = None) -> tuple[nn.Module, 
     train (the same ``prepare_model``).  ``seed`` (default ``cfg.seed``) seeds the random
     weights of the tiny presets and LoRA's A.
     """
-    from workbench.models import load_base
-    from workbench.train import prepare_model, resolve_device, validate
+    from workbench.engine.models import load_base
+    from workbench.engine.training import prepare_model, resolve_device, validate
 
     if not isinstance(cfg, RunConfig):
         raise TypeError(f"cfg must be a RunConfig, got {type(cfg).__name__}")
@@ -217,7 +217,7 @@ def measure_vs_estimate(cfg: RunConfig, batch_size: int, seq_len: int, seed: int
     """One training step of ``cfg`` on exactly ``batch_size`` x ``seq_len`` tokens, measured
     and estimated with the same settings.
 
-    Measured (``workbench.memory.measure_train_step``): weights, the gradients present
+    Measured (``workbench.engine.memory.measure_train_step``): weights, the gradients present
     after backward, AdamW's state after its first step, the bytes autograd saved for
     backward, and the peak.  Estimated (``estimate_memory``): the same four terms from the
     model's shapes and config, for the same batch, dtype (float32), device, dropout on
@@ -261,7 +261,7 @@ def measure_vs_estimate(cfg: RunConfig, batch_size: int, seq_len: int, seed: int
     estimated = estimate_memory(model, batch_size, seq_len, optimizer="adamw", **kw)
     items = estimate_activation_bytes(model, batch_size, seq_len, **kw)
     return MemoryComparison(
-        label=cfg.label(), method=cfg.method, rank=cfg.rank if cfg.method == "lora" else 0,
+        label=cfg.label(), method=cfg.method, rank=cfg.lora.rank if cfg.method == "lora" else 0,
         batch_size=int(batch_size), seq_len=int(seq_len),
         trainable=sum(p.numel() for p in trainable), total_params=sum(p.numel() for p in model.parameters()),
         device=str(device), measured=measured, estimated=estimated, activation_items=items,

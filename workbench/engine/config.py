@@ -6,10 +6,14 @@ notebook panel all speak about runs in the same words.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import pandas as pd
+
+from workbench.engine.memory import MemoryBreakdown
+from workbench.lora.config import LoRAConfig, split_settings
+from workbench.lora.params import ParamCounts
 
 Method = Literal["lora", "full", "head"]
 METHODS: tuple[str, ...] = ("lora", "full", "head")
@@ -24,17 +28,8 @@ class RunConfig:
     """
 
     method: Method = "lora"
-    # LoRA settings (ignored for "full" and "head").
-    rank: int = 8
-    alpha: float = 16.0
-    targets: list[str] | str = field(default_factory=lambda: ["query", "value"])
-    layers: list[int] | None = None  # only these block indices; None = all blocks
-    dropout: float = 0.0  # LoRA dropout
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # LoRA settings (ignored for "full" and "head")
     model_dropout: float | None = None  # the base model's own dropout layers; None keeps the checkpoint's (0.1 for BERT)
-    rslora: bool = False
-    init: str = "kaiming"  # "kaiming" (PEFT's default), "gaussian", or "pissa" (top-r SVD of W)
-    dora: bool = False  # DoRA: a learned magnitude per output, LoRA updates the direction
-    loraplus_ratio: float | None = None  # LoRA+: B learns this many times faster than A
     # Model and data.
     model: str = "minilm"  # "minilm" (bundled), a tiny preset, a Hub name or a local folder
     task: Literal["classification", "causal-lm"] = "classification"
@@ -61,8 +56,8 @@ class RunConfig:
     name: str | None = None  # a label for tables and legends; default built from the settings
 
     def __post_init__(self) -> None:
-        if isinstance(self.targets, tuple):
-            self.targets = list(self.targets)
+        if not isinstance(self.lora, LoRAConfig):
+            raise TypeError(f"lora must be a LoRAConfig (e.g. LoRAConfig(rank=8)), got {type(self.lora).__name__}")
 
     def label(self) -> str:
         """A short human label: 'LoRA r=8 (query,value)', 'full fine-tuning', 'head only'."""
@@ -72,34 +67,38 @@ class RunConfig:
             return "full fine-tuning"
         if self.method == "head":
             return "head only"
-        tg = self.targets if isinstance(self.targets, str) else ",".join(self.targets)
-        kind = "DoRA" if self.dora else "LoRA"
-        extras = "".join([
-            " rsLoRA" if self.rslora else "",
-            " PiSSA" if self.init == "pissa" else "",
-            f" LoRA+x{self.loraplus_ratio:g}" if self.loraplus_ratio else "",
-        ])
-        return f"{kind} r={self.rank}{extras} ({tg})"
+        return self.lora.label()
+
+    def slug(self) -> str:
+        """The settings part of a run id: 'lora-r8', 'dora-r8-pissa', 'full', 'head'."""
+        return self.lora.slug() if self.method == "lora" else self.method
+
+    def with_changes(self, **changes: Any) -> "RunConfig":
+        """A copy with fields changed; LoRA settings (``rank=4``) go into ``lora``."""
+        lora_changes, rest = split_settings(changes)
+        if lora_changes and "lora" in rest:
+            raise TypeError("give either lora=LoRAConfig(...) or LoRA settings such as rank=, not both")
+        if lora_changes:
+            rest["lora"] = self.lora.replace(**lora_changes)
+        return replace(self, **rest)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["lora"] = self.lora.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        """Build from a dict, ignoring keys this version does not know."""
+        """Build from a dict, ignoring keys this version does not know.
+
+        Records written before ``lora`` was one field kept the LoRA settings at the top
+        level (``rank``, ``alpha``, ...); those are read into ``lora``.
+        """
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-@dataclass
-class ParamCounts:
-    trainable: int
-    total: int
-
-    @property
-    def share(self) -> float:
-        """Trainable share of all parameters (0..1)."""
-        return self.trainable / self.total if self.total else 0.0
+        lora_flat, _ = split_settings(d)
+        lora = d.get("lora")
+        lora = LoRAConfig.from_dict(lora) if isinstance(lora, dict) else LoRAConfig.from_dict(lora_flat)
+        return cls(**{k: v for k, v in d.items() if k in known and k != "lora"}, lora=lora)
 
 
 @dataclass
@@ -117,13 +116,13 @@ class RunResult:
     status: Literal["running", "completed", "stopped", "diverged", "failed"]
     history: pd.DataFrame  # step, train_loss, lr, eval_loss, eval_accuracy (NaN between evals)
     params: ParamCounts
-    memory: Any  # workbench.memory.MemoryBreakdown
+    memory: Any  # workbench.engine.memory.MemoryBreakdown
     timing: Timing
     message: str = ""
     run_id: str = ""
     path: str | None = None  # where the run store put it
     environment: dict[str, Any] = field(default_factory=dict)
-    memory_estimate: Any = None  # workbench.memory.MemoryBreakdown predicted from shapes alone
+    memory_estimate: Any = None  # workbench.engine.memory.MemoryBreakdown predicted from shapes alone
     model: Any = field(default=None, repr=False)  # the trained model, when train(keep_model=True)
 
     @property
@@ -154,7 +153,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(which: str, /, **overrides: Any) -> RunConfig:
-    """A RunConfig from a named preset, with any field (``name`` too) overridden."""
+    """A RunConfig from a named preset, with any field (``name`` too) overridden.
+
+    LoRA settings may be given by name (``preset("default", rank=4, alpha=8)``): they go
+    into the config's ``lora``, as ``RunConfig.with_changes`` does.
+    """
     if which not in PRESETS:
         raise ValueError(f"unknown preset {which!r}; presets: {', '.join(PRESETS)}")
-    return RunConfig(**(PRESETS[which] | overrides))
+    return RunConfig(**PRESETS[which]).with_changes(**overrides)

@@ -45,8 +45,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from torch import nn
 
-from workbench.inject import layer_index, lora_layers
-from workbench.lora import LoRALayer
+from workbench.lora.inject import layer_index, lora_layers
+from workbench.lora.layer import LoRALayer
 
 MatrixLike = torch.Tensor | np.ndarray
 

@@ -40,8 +40,8 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, PercentFormatter
 
-from workbench.config import RunConfig, RunResult
-from workbench.fileio import atomic_write
+from workbench.engine.config import RunConfig, RunResult
+from workbench.util.fileio import atomic_write
 
 # --------------------------------------------------------------------------- style
 
@@ -116,7 +116,7 @@ def rank_color(rank: int) -> str:
 def run_color(config: RunConfig) -> str:
     """The colour of a run in every figure: by rank for LoRA, fixed for full and head."""
     if config.method == "lora":
-        return rank_color(config.rank)
+        return rank_color(config.lora.rank)
     if config.method == "full":
         return FULL_COLOR
     if config.method == "head":
@@ -126,7 +126,7 @@ def run_color(config: RunConfig) -> str:
 
 def _color_key(config: RunConfig) -> tuple[str, int]:
     """Runs with the same key share a colour and need another visual cue."""
-    return (config.method, config.rank if config.method == "lora" else 0)
+    return (config.method, config.lora.rank if config.method == "lora" else 0)
 
 
 def _cues(results: Sequence[RunResult], cues: Sequence[str]) -> list[str]:
@@ -153,7 +153,7 @@ def _short_label(config: RunConfig) -> str:
     """A label short enough to sit next to a point: 'r=8', 'full', 'head' (or the name)."""
     if config.name:
         return config.name
-    return {"full": "full", "head": "head"}.get(config.method, f"r={config.rank}")
+    return {"full": "full", "head": "head"}.get(config.method, f"r={config.lora.rank}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -349,8 +349,8 @@ def _as_rank_table(data: Any) -> pd.DataFrame:
 
 def _lora_group(config: RunConfig) -> str:
     """Runs that differ only in rank share a line: same targets, layers."""
-    tg = config.targets if isinstance(config.targets, str) else ",".join(config.targets)
-    layers = "" if config.layers is None else f", layers {','.join(map(str, config.layers))}"
+    tg = config.lora.targets if isinstance(config.lora.targets, str) else ",".join(config.lora.targets)
+    layers = "" if config.lora.layers is None else f", layers {','.join(map(str, config.lora.layers))}"
     return f"LoRA ({tg}{layers})"
 
 
@@ -406,8 +406,8 @@ def params_vs_rank(
         groups.setdefault(_lora_group(r.config), []).append(r)
     markers = iter(_MARKERS * 4)
     for name, members in groups.items():
-        members = sorted(members, key=lambda r: r.config.rank)
-        ranks = [r.config.rank for r in members]
+        members = sorted(members, key=lambda r: r.config.lora.rank)
+        ranks = [r.config.lora.rank for r in members]
         counts = [r.params.trainable for r in members]
         marker = next(markers)
         # The line joins the group; each point keeps its rank colour.
@@ -656,7 +656,7 @@ def figure_to_png_bytes(fig: Figure, dpi: int = 100) -> bytes:
 
 # --------------------------------------------------------------------------- memory scaling
 
-#: The columns ``memory_scaling`` reads (a ``workbench.memory_study.memory_grid`` table).
+#: The columns ``memory_scaling`` reads (a ``workbench.lessons.memory_study.memory_grid`` table).
 SCALING_COLUMNS: tuple[str, ...] = ("method", "batch_size", "seq_len", "component", "measured", "estimated")
 _SCALING_AXES = {"batch_size": "batch size B (sequences)", "seq_len": "sequence length S (tokens)"}
 
@@ -683,7 +683,7 @@ def memory_scaling(
 
     One panel per component (default: the saved activations and the total), one colour
     per method (LoRA by rank, full fine-tuning red, head only grey), MB (10^6 bytes) on y.
-    ``df`` is a long table as ``workbench.memory_study.memory_grid`` returns (columns
+    ``df`` is a long table as ``workbench.lessons.memory_study.memory_grid`` returns (columns
     ``method, batch_size, seq_len, component, measured, estimated`` in bytes, and
     optionally ``kind`` and ``rank`` for the colours).
 

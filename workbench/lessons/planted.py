@@ -81,10 +81,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 from torch import nn
 
-from workbench.analysis import SPECTRUM_FLOOR, base_and_delta, random_orthonormal, singular_values
-from workbench.inject import add_lora, find_targets, layer_index, lora_layers
-from workbench.lora import layer_shape, lora_scaling
-from workbench.plots import FIGSIZE, LORA_CMAP, LORA_CMAP_SPAN, STYLE, label_axes, style_axes
+from workbench.lessons.delta_w import SPECTRUM_FLOOR, base_and_delta, random_orthonormal, singular_values
+from workbench.lora.inject import add_lora, find_targets, layer_index, lora_layers
+from workbench.lora.layer import layer_shape, lora_scaling
+from workbench.viz.plots import FIGSIZE, LORA_CMAP, LORA_CMAP_SPAN, STYLE, label_axes, style_axes
 
 Profile = Literal["equal", "geometric"]
 PROFILES = ("equal", "geometric")
@@ -674,7 +674,7 @@ def rank_sweep(
     if len(set(ranks)) != len(ranks):
         raise ValueError(f"ranks must not repeat, got {ranks!r}")
     if base is None:
-        from workbench.models import load_base
+        from workbench.engine.models import load_base
 
         base, tokenizer = load_base(cfg.model, seed=cfg.seed)
     with _threads(cfg.threads):

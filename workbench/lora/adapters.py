@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workbench.fileio import atomic_write, atomic_write_json, atomic_write_text
-from workbench.inject import add_lora, find_targets, head_names, check_settings, remove_lora
-from workbench.lora import INITS, Conv1D, layer_shape
+from workbench.util.fileio import atomic_write, atomic_write_json, atomic_write_text
+from workbench.lora.config import LoRAConfig
+from workbench.lora.inject import add_lora, find_targets, head_names, remove_lora
+from workbench.lora.layer import Conv1D, layer_shape
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -74,17 +75,10 @@ def adapter_config(model: nn.Module) -> dict:
         "peft_type": "LORA",
         "task_type": _task_type(model),
         "base_model_name_or_path": base,
-        "r": s.rank,
-        "lora_alpha": s.alpha,
-        "lora_dropout": s.dropout,
-        "target_modules": s.targets,
-        "layers_to_transform": s.layers,
+        **s.config.to_peft(),
         "layers_pattern": None,
         "bias": "none",
         "fan_in_fan_out": fan_in_fan_out,
-        "use_rslora": s.rslora,
-        "use_dora": s.dora,
-        "init_lora_weights": True if s.init == "kaiming" else s.init,
         "modules_to_save": list(s.modules_to_save) or None,
         "inference_mode": True,
     }
@@ -95,7 +89,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     s = getattr(model, "lora_settings", None)
     if s is None:
         raise ValueError("the model has no LoRA layers to save; call add_lora first")
-    parts = ("lora_A.weight", "lora_B.weight") + (("lora_magnitude_vector",) if s.dora else ())
+    parts = ("lora_A.weight", "lora_B.weight") + (("lora_magnitude_vector",) if s.config.dora else ())
     keep = {f"{n}.{part}" for n in s.wrapped for part in parts}
     heads = tuple(h + "." for h in s.modules_to_save)
     state = {}
@@ -115,16 +109,16 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike) -> Path:
     atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     atomic_write_json(folder / CONFIG_FILE, config)
     s = model.lora_settings
+    c = s.config
     atomic_write_text(
         folder / "README.md",
         f"# LoRA adapter\n\nWritten by LoRA Workbench in Hugging Face PEFT's format.\n\n"
-        f"- base model: `{config['base_model_name_or_path']}`\n- rank {s.rank}, alpha {s.alpha:g}"
-        f"{', rsLoRA' if s.rslora else ''}{', DoRA' if s.dora else ''}, dropout {s.dropout:g}\n"
-        f"- targets: `{s.targets}`"
-        f"{f' in blocks {s.layers}' if s.layers is not None else ''} ({len(s.wrapped)} layers)\n"
+        f"- base model: `{config['base_model_name_or_path']}`\n- {c.label()}, alpha {c.alpha:g}, dropout {c.dropout:g}\n"
+        f"- targets: `{config['target_modules']}`"
+        f"{f' in blocks {list(c.layers)}' if c.layers is not None else ''} ({len(s.wrapped)} layers)\n"
         f"- trained head: {', '.join(s.modules_to_save) or 'none'}\n\n"
         "Load with `workbench.load_adapter(base, folder)` or `peft.PeftModel.from_pretrained(base, folder)`.\n"
-        + (PISSA_NOTE if s.init == "pissa" else ""),
+        + (PISSA_NOTE if c.init == "pissa" else ""),
     )
     return folder
 
@@ -176,18 +170,18 @@ def read_adapter(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tenso
 
 def _check_fits(model: nn.Module, config: dict, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
     """Raise on the first key or shape that does not fit; return (targets, heads) to load."""
-    rank = config["r"]
     try:
-        check_settings(rank, config["lora_alpha"], config.get("lora_dropout", 0.0))
-        names = find_targets(model, config["target_modules"], config.get("layers_to_transform"))
+        settings = LoRAConfig.from_peft(config)
+        names = find_targets(model, settings.targets, settings.layers)
     except (ValueError, TypeError) as e:
         raise AdapterError(f"the adapter does not fit this {type(model).__name__}: {e}") from None
     expected: dict[str, tuple[int, ...]] = {}
+    rank = settings.rank
     for n in names:
         fan_in, fan_out = layer_shape(model.get_submodule(n))
         expected[f"{PREFIX}{n}.lora_A.weight"] = (rank, fan_in)
         expected[f"{PREFIX}{n}.lora_B.weight"] = (fan_out, rank)
-        if config.get("use_dora"):
+        if settings.dora:
             expected[f"{PREFIX}{n}.lora_magnitude_vector"] = (fan_out,)
     # PEFT lists every usual head name (e.g. both "classifier" and "score") and skips the
     # ones a model lacks; a head's weights in the file with no module to take them fail below.
@@ -226,20 +220,8 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike) -> list[str]:
         raise AdapterError("the model already has LoRA layers; load the adapter into a plain base model")
     config, state = read_adapter(folder)
     names, heads = _check_fits(model, config, state)
-    init = config.get("init_lora_weights", True)
-    targets = config["target_modules"]
-    add_lora(
-        model,
-        rank=config["r"],
-        alpha=config["lora_alpha"],
-        targets=targets if isinstance(targets, str) else list(targets),
-        layers=config.get("layers_to_transform"),
-        dropout=config.get("lora_dropout", 0.0),
-        rslora=bool(config.get("use_rslora", False)),
-        init=init if init in INITS else "kaiming",  # PiSSA rebuilds the residual base; see the module doc
-        train_head=bool(heads),
-        dora=bool(config.get("use_dora", False)),
-    )
+    # PiSSA rebuilds the residual base by the same SVD; see the module doc.
+    add_lora(model, LoRAConfig.from_peft(config), train_head=bool(heads))
     try:
         with torch.no_grad():
             for n in names:
@@ -247,7 +229,7 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike) -> list[str]:
                 for part in ("lora_A", "lora_B"):
                     w = getattr(layer, part).weight
                     w.copy_(state[f"{PREFIX}{n}.{part}.weight"].to(w.dtype))
-                if layer.dora:
+                if layer.config.dora:
                     m = layer.lora_magnitude_vector
                     m.copy_(state[f"{PREFIX}{n}.lora_magnitude_vector"].to(m.dtype))
             for h in heads:

@@ -5,7 +5,7 @@
 frozen base, trained head), and runs AdamW with linear warmup and linear decay,
 gradient clipping, and an evaluation every ``eval_every`` steps.  It measures:
 
-* parameters: trainable and total (``workbench.params``);
+* parameters: trainable and total (``workbench.lora.params``);
 * memory: weights, gradients and optimizer state by exact tensor accounting, the
   activations autograd saves for backward (counted during the first step), and the
   peak (CUDA max allocated, or the process's VmHWM on CPU); plus the analytic estimate;
@@ -18,7 +18,7 @@ where the hardware runs bf16 fast (CUDA, and CPUs with AMX / AVX-512-bf16); in s
 runs a frozen base stored in bf16 once (``store_frozen_in_bf16``) and, on the CPU, the
 plain attention path (``use_plain_attention``); the fused AdamW kernel.  The recipe is
 the config's: ``model_dropout`` (the default preset turns the base model's dropout off,
-see ``workbench.config.PRESETS``).  ``benchmarks/sweep.py`` measures the whole against
+see ``workbench.engine.config.PRESETS``).  ``benchmarks/sweep.py`` measures the whole against
 PEFT and the ``transformers`` Trainer.
 
 A run can be stopped from outside (``stop.set()`` or Ctrl-C): it ends as "stopped" and
@@ -42,12 +42,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from workbench.config import METHODS, ParamCounts, RunConfig, RunResult, Timing
-from workbench.inject import add_lora, head_names, is_probability
-from workbench.lora import check_init
-from workbench.models import set_model_dropout
-from workbench.optim import make_optimizer
-from workbench.params import count_parameters
+from workbench.engine.config import METHODS, ParamCounts, RunConfig, RunResult, Timing
+from workbench.lora.inject import add_lora, head_names
+from workbench.util.checks import is_probability
+from workbench.engine.models import set_model_dropout
+from workbench.engine.optim import make_optimizer
+from workbench.lora.params import count_parameters
 
 HISTORY_COLUMNS = ["step", "train_loss", "lr", "eval_loss", "eval_accuracy"]
 
@@ -160,16 +160,6 @@ def validate(cfg: RunConfig) -> None:
                          f"got {cfg.model_dropout!r}")
     if cfg.eval_every < 0:
         raise ValueError(f"eval_every must be 0 (only at the end) or a positive number of steps, got {cfg.eval_every!r}")
-    if cfg.method == "lora":
-        from workbench.inject import check_settings
-
-        check_settings(cfg.rank, cfg.alpha, cfg.dropout)
-        check_init(cfg.init)
-        ratio = cfg.loraplus_ratio
-        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0):
-            raise ValueError(f"loraplus_ratio must be a positive number (B's learning rate / A's) or None, got {ratio!r}")
-        if not isinstance(cfg.targets, str) and not cfg.targets:
-            raise ValueError("LoRA needs at least one target layer (e.g. query and value); none is selected")
     if cfg.method == "head" and cfg.task != "classification":
         raise ValueError("method 'head' trains a classification head; it needs task='classification'")
 
@@ -185,8 +175,7 @@ def prepare_model(cfg: RunConfig, model: nn.Module) -> None:
     if cfg.model_dropout is not None:
         set_model_dropout(model, cfg.model_dropout)  # before LoRA, whose dropout is its own
     if cfg.method == "lora":
-        add_lora(model, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets, layers=cfg.layers,
-                 dropout=cfg.dropout, rslora=cfg.rslora, init=cfg.init, dora=cfg.dora)
+        add_lora(model, cfg.lora)
     elif cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -251,10 +240,10 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    from workbench import memory as mem
-    from workbench import store
-    from workbench.data import by_length, load_task, make_batches, repeat_batches, tokenize_dataset
-    from workbench.models import load_base
+    from workbench.engine import memory as mem
+    from workbench.records import store
+    from workbench.engine.data import by_length, load_task, make_batches, repeat_batches, tokenize_dataset
+    from workbench.engine.models import load_base
 
     validate(cfg)
     t_start = time.perf_counter()
@@ -284,7 +273,7 @@ def train(
     eval_tokens = by_length(tokenize_dataset(eval_ds, tokenizer, cfg.max_length))
     eval_loader = make_batches(eval_tokens, tokenizer, cfg.batch_size * 2, cfg.max_length, shuffle=False, task=cfg.task)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    ratio = cfg.loraplus_ratio if cfg.method == "lora" else None
+    ratio = cfg.lora.loraplus_ratio if cfg.method == "lora" else None
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, loraplus_ratio=ratio)
     warmup = int(cfg.warmup_ratio * cfg.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, cfg.steps, warmup))
@@ -324,7 +313,7 @@ def train(
         if runs_dir is not None:
             store.save_run(result, runs_dir)
             if cfg.method == "lora" and step > 0:
-                from workbench.adapters import save_adapter
+                from workbench.lora.adapters import save_adapter
 
                 save_adapter(model, os.path.join(result.path, "adapter"))
         if keep_model:

@@ -82,7 +82,7 @@ def set_model_dropout(model: nn.Module, p: float) -> int:
     layers changed.  The attention dropout of ``transformers`` models reads its module's
     ``p`` at each call, so this reaches it too.
     """
-    from workbench.inject import is_probability
+    from workbench.util.checks import is_probability
 
     if not is_probability(p):
         raise ValueError(f"model dropout must be a probability in [0, 1), got {p!r}")

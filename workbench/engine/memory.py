@@ -34,6 +34,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from workbench.util.units import MB, MIB, format_bytes  # noqa: F401  (memory figures are reported in these)
+
 __all__ = [
     "MemoryBreakdown",
     "parameter_bytes",
@@ -53,8 +55,6 @@ __all__ = [
     "MB",
 ]
 
-MIB = 2**20  # a binary megabyte: the unit of the ml-stack guide's tables
-MB = 10**6  # a decimal megabyte: the unit this project prints and plots
 
 
 # --------------------------------------------------------------------------- results
@@ -122,19 +122,6 @@ class MemoryBreakdown:
                 "MB": [b / MB for _, b in rows],
             }
         )
-
-
-def format_bytes(n: int | float | None, digits: int = 1) -> str:
-    """``90855944 -> '90.9 MB'``: decimal megabytes (10**6 bytes), as the plots and the planner.
-
-    (The ml-stack guide's tables divide by 2**20: its "86.6 MB" is 86.6 MiB = 90.9 MB.)
-    Sizes of a GB and above are written in GB.  ``None`` gives "n/a".
-    """
-    if n is None:
-        return "n/a"
-    if abs(n) >= 1e9:
-        return f"{n / 1e9:.{digits}f} GB"
-    return f"{n / MB:.{digits}f} MB"
 
 
 # --------------------------------------------------------------------- exact counting

@@ -27,9 +27,9 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from workbench.lora import SUPPORTED_TYPES, Init, LoRALayer, check_init, layer_shape
+from workbench.lora.config import ALL_LINEAR, LoRAConfig
+from workbench.lora.layer import SUPPORTED_TYPES, LoRALayer, layer_shape
 
-ALL_LINEAR = "all-linear"
 HEAD_NAMES = ("classifier", "score")  # classification heads of transformers models
 OUTPUT_NAMES = ("lm_head",) + HEAD_NAMES  # never LoRA targets under "all-linear"
 _LAYER_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
@@ -39,19 +39,13 @@ _LAYER_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
 class LoRASettings:
     """What ``add_lora`` did to a model; kept on it as ``model.lora_settings``."""
 
-    rank: int
-    alpha: float
-    targets: list[str] | str
-    layers: list[int] | None = None
-    dropout: float = 0.0
-    rslora: bool = False
-    init: str = "kaiming"
-    dora: bool = False
+    config: LoRAConfig
     modules_to_save: list[str] = field(default_factory=list)
     wrapped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"config": self.config.to_dict(), "modules_to_save": list(self.modules_to_save),
+                "wrapped": list(self.wrapped)}
 
 
 def layer_index(name: str) -> int | None:
@@ -217,21 +211,6 @@ def find_targets(
     return names
 
 
-def is_probability(p: object) -> bool:
-    """A number (not a bool) in [0, 1): what a dropout probability may be."""
-    return isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p < 1
-
-
-def check_settings(rank: object, alpha: object, dropout: object) -> None:
-    """Rank a positive integer, alpha positive, dropout in [0, 1)."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
-    if not is_probability(dropout):
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-
-
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
@@ -239,58 +218,42 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def add_lora(
     model: nn.Module,
-    rank: int = 8,
-    alpha: float = 16,
-    targets: Sequence[str] | str = ("query", "value"),
-    layers: Iterable[int] | None = None,
-    dropout: float = 0.0,
-    rslora: bool = False,
-    init: Init = "kaiming",
+    config: LoRAConfig | None = None,
+    /,
+    *,
     train_head: bool = True,
-    dora: bool = False,
+    **settings,
 ) -> list[str]:
     """Wrap the chosen layers with LoRA, in place; freeze the rest; return the wrapped paths.
 
-    Everything is checked before the model is touched, so a bad argument changes nothing.
-    Afterwards only ``lora_A``/``lora_B`` (and the classification head, unless
-    ``train_head=False``) have ``requires_grad``; with ``dora=True`` also each layer's
-    magnitude vector.  ``init="pissa"`` rewrites each wrapped base weight to the residual
-    ``W - s B A`` (``remove_lora`` puts the original back).
+    The settings come as a ``LoRAConfig`` or as its fields by name
+    (``add_lora(model, rank=8, alpha=16, targets=["query", "value"])``).  Everything is
+    checked before the model is touched, so a bad argument changes nothing.  Afterwards
+    only ``lora_A``/``lora_B`` (and the classification head, unless ``train_head=False``)
+    have ``requires_grad``; with ``dora=True`` also each layer's magnitude vector.
+    ``init="pissa"`` rewrites each wrapped base weight to the residual ``W - s B A``
+    (``remove_lora`` puts the original back).
     """
-    check_settings(rank, alpha, dropout)
-    check_init(init)
-    if not isinstance(dora, bool):
-        raise ValueError(f"dora must be True or False, got {dora!r}")
+    cfg = LoRAConfig.build(config, **settings)
     if getattr(model, "lora_settings", None) is not None:
         raise ValueError("this model already has LoRA layers; LoRA cannot be added twice (use remove_lora first)")
-    names = find_targets(model, targets, layers)
+    names = find_targets(model, cfg.targets, cfg.layers)
     for n in names:
         fan_in, fan_out = layer_shape(model.get_submodule(n))
-        if rank > min(fan_in, fan_out):
+        if cfg.rank > min(fan_in, fan_out):
             raise ValueError(
-                f"rank {rank} exceeds min(in, out) = {min(fan_in, fan_out)} of {n} ({fan_in} -> {fan_out}); "
+                f"rank {cfg.rank} exceeds min(in, out) = {min(fan_in, fan_out)} of {n} ({fan_in} -> {fan_out}); "
                 f"a rank above that adds parameters without adding capacity"
             )
     for p in model.parameters():
         p.requires_grad_(False)
     for n in names:
-        _set_module(model, n, LoRALayer(model.get_submodule(n), rank, alpha, dropout, rslora, init, dora))
+        _set_module(model, n, LoRALayer(model.get_submodule(n), cfg))
     heads = head_names(model) if train_head else []
     for h in heads:
         for p in model.get_submodule(h).parameters():
             p.requires_grad_(True)
-    model.lora_settings = LoRASettings(
-        rank=rank,
-        alpha=float(alpha),
-        targets=targets if isinstance(targets, str) else list(targets),
-        layers=sorted(set(int(i) for i in layers)) if layers is not None else None,
-        dropout=float(dropout),
-        rslora=rslora,
-        init=init,
-        dora=dora,
-        modules_to_save=heads,
-        wrapped=names,
-    )
+    model.lora_settings = LoRASettings(config=cfg, modules_to_save=heads, wrapped=names)
     return names
 
 
@@ -336,7 +299,7 @@ def remove_lora(model: nn.Module, merge: bool = False) -> nn.Module:
         elif not merge:
             if layer.merged:
                 layer.unmerge()
-            if layer.init == "pissa":
+            if layer.config.init == "pissa":
                 with torch.no_grad():
                     layer.base_layer.weight.copy_(layer.original_weight())
         _set_module(model, name, layer.base_layer)

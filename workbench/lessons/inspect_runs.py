@@ -1,6 +1,6 @@
 """Comparing the updates of trained runs, layer by layer (notebook 04, "Inside ΔW").
 
-``workbench.analysis`` looks at one matrix or one model at a time.  Section 7 of the
+``workbench.lessons.delta_w`` looks at one matrix or one model at a time.  Section 7 of the
 LoRA paper (Hu et al. 2021, arXiv:2106.09685) mostly *compares*: an adapter of rank 8
 with one of rank 64 (sec. 7.2, Figure 3), two random seeds at the same rank (Figure 4),
 and the r = 4 and r = 64 updates of one weight side by side (sec. 7.3, Table 7).  This
@@ -28,13 +28,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from workbench.analysis import (
+from workbench.lessons.delta_w import (
     _require_layers,
     amplification_report,
     base_and_delta,
     subspace_similarity_grid,
 )
-from workbench.inject import layer_index
+from workbench.lora.inject import layer_index
 
 #: Column groups of ``table7_layout``: whose top-r singular vectors U, V project W.
 TABLE7_SOURCES: tuple[str, ...] = ("ΔW", "W", "random")

@@ -34,19 +34,17 @@ separate addition (see ``_dora_forward`` and ``pissa_init``):
 from __future__ import annotations
 
 import math
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from workbench.lora.config import Init, LoRAConfig, check_init, lora_scaling
 
 try:  # GPT-2 style models store their projections as Conv1D (weight transposed).
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - transformers is a hard dependency
     Conv1D = None  # type: ignore[assignment,misc]
 
-Init = Literal["kaiming", "gaussian", "pissa"]
-INITS: tuple[str, ...] = ("kaiming", "gaussian", "pissa")
 SUPPORTED_TYPES: tuple[type, ...] = (nn.Linear,) + ((Conv1D,) if Conv1D is not None else ())
 
 
@@ -63,18 +61,6 @@ def layer_shape(layer: nn.Module) -> tuple[int, int]:
     )
 
 
-def check_init(init: object) -> None:
-    """``init`` must name one of ``INITS``; the error lists them."""
-    if init not in INITS:
-        allowed = ", ".join(repr(i) for i in INITS)
-        raise ValueError(f"init must be one of {allowed}, got {init!r}")
-
-
-def lora_scaling(rank: int, alpha: float, rslora: bool = False) -> float:
-    """The factor s in  y = W x + s B A x:  alpha / r, or alpha / sqrt(r) with rsLoRA."""
-    return alpha / math.sqrt(rank) if rslora else alpha / rank
-
-
 class LoRALayer(nn.Module):
     """A frozen ``Linear``/``Conv1D`` layer plus a trainable low-rank update ``s * B A``.
 
@@ -83,20 +69,12 @@ class LoRALayer(nn.Module):
     keys PEFT writes in its adapter files.
     """
 
-    def __init__(
-        self,
-        base_layer: nn.Module,
-        rank: int,
-        alpha: float,
-        dropout: float = 0.0,
-        rslora: bool = False,
-        init: Init = "kaiming",
-        dora: bool = False,
-    ) -> None:
+    def __init__(self, base_layer: nn.Module, config: LoRAConfig | None = None, /, **settings) -> None:
         super().__init__()
-        check_init(init)
-        if not isinstance(dora, bool):
-            raise ValueError(f"dora must be True or False, got {dora!r}")
+        config = LoRAConfig.build(config, **settings)
+        rank, alpha, dropout, rslora, init, dora = (config.rank, config.alpha, config.dropout, config.rslora,
+                                                    config.init, config.dora)
+        self.config = config
         if dora and not isinstance(base_layer, SUPPORTED_TYPES):
             allowed = ", ".join(t.__name__ for t in SUPPORTED_TYPES)
             raise TypeError(f"DoRA supports {allowed} layers, not {type(base_layer).__name__}")

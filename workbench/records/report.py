@@ -12,8 +12,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from workbench.config import RunResult
-from workbench.fileio import atomic_write_text
+from workbench.engine.config import RunResult
+from workbench.util.fileio import atomic_write_text
 
 # The columns a report table shows, in order, with readable headers.
 REPORT_COLUMNS = {
@@ -34,7 +34,7 @@ REPORT_COLUMNS = {
 
 def report_table(results: Sequence[RunResult]) -> pd.DataFrame:
     """The runs as a table with the report's columns (one row per run)."""
-    from workbench.store import runs_table
+    from workbench.records.store import runs_table
 
     table = runs_table(list(results))
     cols = [c for c in REPORT_COLUMNS if c in table.columns]
@@ -66,7 +66,7 @@ def export_report(
     results: Sequence[RunResult], out: str | os.PathLike = "reports", formats: Sequence[str] = ("png", "svg")
 ) -> list[Path]:
     """Write the comparison figures (each in ``formats``) and the table (CSV and Markdown) to ``out``."""
-    from workbench.plots import comparison_figures, save_figure
+    from workbench.viz.plots import comparison_figures, save_figure
 
     results = list(results)
     if not results:

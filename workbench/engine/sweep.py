@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Sequence
 
-from workbench.config import RunConfig, RunResult
+from workbench.engine.config import RunConfig, RunResult
 
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32)
 # The LoRA variants a sweep can put side by side, as RunConfig overrides.
@@ -43,8 +43,8 @@ def sweep_configs(
     if unknown:
         raise ValueError(f"unknown LoRA variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}")
     configs = [
-        replace(base, method="lora", rank=int(r), alpha=alpha_per_rank * r if alpha_per_rank else base.alpha,
-                name=None, **VARIANTS[v])
+        base.with_changes(method="lora", rank=int(r), alpha=alpha_per_rank * r if alpha_per_rank else base.lora.alpha,
+                          name=None, **VARIANTS[v])
         for v in variants
         for r in ranks
     ]
@@ -65,7 +65,7 @@ def run_sweep(
     """Train each config in turn (a progress bar over runs); stop early if a run is stopped."""
     from tqdm.auto import tqdm
 
-    from workbench.train import train
+    from workbench.engine.training import train
 
     results = []
     for i, cfg in enumerate(tqdm(configs, desc="sweep", disable=not progress)):

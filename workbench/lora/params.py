@@ -12,14 +12,26 @@ from dataclasses import dataclass
 import pandas as pd
 from torch import nn
 
-from workbench.config import ParamCounts
-from workbench.inject import head_names
-from workbench.lora import LoRALayer, layer_shape
+from workbench.lora.inject import head_names
+from workbench.lora.layer import LoRALayer, layer_shape
 
 
 def lora_parameter_count(in_features: int, out_features: int, rank: int, dora: bool = False) -> int:
     """Closed form for one LoRA layer: r * (in + out), plus DoRA's magnitude vector (out)."""
     return rank * (in_features + out_features) + (out_features if dora else 0)
+
+
+@dataclass
+class ParamCounts:
+    """How many parameters train, of how many in all."""
+
+    trainable: int
+    total: int
+
+    @property
+    def share(self) -> float:
+        """Trainable share of all parameters (0..1)."""
+        return self.trainable / self.total if self.total else 0.0
 
 
 @dataclass

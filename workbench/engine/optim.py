@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.lora import LoRALayer
+from workbench.lora.layer import LoRALayer
 
 
 def _check_number(name: str, value: object, minimum: float, inclusive: bool) -> float:

@@ -15,7 +15,7 @@ started in the same second apart.
 
 Why two files: the curve is a table and reads naturally as CSV (in a spreadsheet, in
 pandas), while everything else is a nested record, which reads naturally as JSON.  Both
-are written atomically (``workbench.fileio``), the curve first and the record second, so
+are written atomically (``workbench.util.fileio``), the curve first and the record second, so
 an interrupted run - Ctrl-C, a crash, a closed notebook - leaves the last checkpoint whole.
 
 ``save_run`` may be called as often as the engine likes during a run: a file whose
@@ -51,8 +51,8 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.config import ParamCounts, RunConfig, RunResult, Timing
-from workbench.fileio import atomic_write_text
+from workbench.engine.config import ParamCounts, RunConfig, RunResult, Timing
+from workbench.util.fileio import atomic_write_text
 
 DEFAULT_ROOT = "runs"
 RUN_FILE = "run.json"
@@ -131,12 +131,8 @@ def _slug(text: str, max_len: int = 24) -> str:
 
 
 def _short_label(config: RunConfig) -> str:
-    """'lora-r8', 'rslora-r16', 'full', 'head', or the slug of the config's own name."""
-    if config.name:
-        return _slug(config.name)
-    if config.method == "lora":
-        return f"{'rslora' if config.rslora else 'lora'}-r{config.rank}"
-    return _slug(str(config.method))
+    """'lora-r8', 'dora-r8-pissa', 'full', 'head' (``RunConfig.slug``), or the slug of the config's own name."""
+    return _slug(config.name if config.name else config.slug())
 
 
 def new_run_id(config: RunConfig, when: datetime | None = None) -> str:
@@ -409,13 +405,13 @@ def _parse_timing(file: Path, d: Any) -> Timing | None:
 
 
 def _parse_memory(file: Path, d: Any) -> Any:
-    """A MemoryBreakdown when ``workbench.memory`` is importable, else the plain dict."""
+    """A MemoryBreakdown when ``workbench.engine.memory`` is importable, else the plain dict."""
     if d is None:
         return None
     if not isinstance(d, dict):
         raise RunStoreError(f"{file}: 'memory' must be an object, found {type(d).__name__}")
     try:
-        from workbench.memory import MemoryBreakdown
+        from workbench.engine.memory import MemoryBreakdown
     except ImportError:
         return d
     try:
@@ -558,10 +554,10 @@ def summary_row(result: RunResult) -> dict[str, Any]:
         "run_id": result.run_id,
         "label": c.label(),
         "method": c.method,
-        "rank": c.rank if lora else None,
-        "alpha": c.alpha if lora else None,
-        "targets": (c.targets if isinstance(c.targets, str) else ",".join(c.targets)) if lora else None,
-        "rslora": c.rslora if lora else None,
+        "rank": c.lora.rank if lora else None,
+        "alpha": c.lora.alpha if lora else None,
+        "targets": (c.lora.targets if isinstance(c.lora.targets, str) else ",".join(c.lora.targets)) if lora else None,
+        "rslora": c.lora.rslora if lora else None,
         "model": c.model,
         "data": c.data,
         "lr": c.lr,

@@ -1,0 +1,44 @@
+"""Units and number formats, declared once: every table and figure speaks the same units.
+
+Memory is reported in decimal units (1 MB = 10**6 bytes, 1 GB = 10**9), as the LoRA
+paper's "350GB" (175e9 parameters x 2 bytes) is.  The ml-stack guide's tables divide
+by 2**20 instead: its "86.6 MB" is 86.6 MiB = 90.9 MB.
+"""
+
+from __future__ import annotations
+
+import math
+
+MIB = 2**20  # a binary megabyte: the unit of the ml-stack guide's tables
+MB = 10**6  # a decimal megabyte: the unit this project prints and plots
+GB = 10**9  # a decimal gigabyte
+
+
+def _missing(n: object) -> bool:
+    if n is None:
+        return True
+    try:
+        return math.isnan(float(n))
+    except (TypeError, ValueError):
+        return True
+
+
+def format_bytes(n: int | float | None, digits: int = 1, missing: str = "n/a") -> str:
+    """``90855944 -> '90.9 MB'``: decimal megabytes; a GB and above in GB.
+
+    ``None`` (or NaN, or pandas' NA) gives ``missing``.
+    """
+    if _missing(n):
+        return missing
+    n = float(n)
+    if abs(n) >= GB:
+        return f"{n / GB:.{digits}f} GB"
+    return f"{n / MB:.{digits}f} MB"
+
+
+def format_count(n: int) -> str:
+    """``22713986 -> '22.7M'``: a parameter count with a k / M / B suffix, 3 significant digits."""
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{suffix}"
+    return str(n)
