@@ -6,8 +6,9 @@ For each dataset (the bundled task, and SST-2 from ../shared when present) and e
 of the sweep (LoRA at every rank, full fine-tuning, head-only), the same run is done
 three ways, interleaved (so background load falls on all alike):
 
-* ours: ``workbench.engine.training`` with the default preset, as a user runs it, model loading
-  and the evaluation included;
+* ours: ``wb.train`` (``workbench.records.recording.train``, not storing the run) with the
+  default preset, as a user runs it: model loading, the evaluation, and (on a CPU) the run's
+  own worker process included;
 * standard: ``peft.get_peft_model`` (LoRA, task SEQ_CLS) or the plain model (full,
   head), trained by ``transformers.Trainer`` with its CPU defaults (fp32, fused AdamW,
   its own dynamic padding) and the checkpoint's own dropout (0.1);
@@ -42,7 +43,7 @@ import workbench as wb  # noqa: E402
 from workbench.engine.data import load_task  # noqa: E402
 from workbench.engine.models import set_model_dropout  # noqa: E402
 from workbench.engine.sweep import sweep_configs  # noqa: E402
-from workbench.engine.training import train  # noqa: E402
+from workbench.records.recording import train  # noqa: E402  (wb.train)
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 
@@ -64,8 +65,7 @@ def standard_run(cfg: wb.RunConfig, out_dir: str, same_recipe: bool) -> tuple[fl
     if same_recipe and cfg.model_dropout is not None:
         set_model_dropout(model, cfg.model_dropout)
     if cfg.method == "lora":
-        model = get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=cfg.targets,
-                                                 lora_dropout=cfg.dropout, use_rslora=cfg.rslora, task_type="SEQ_CLS"))
+        model = get_peft_model(model, LoraConfig(**cfg.lora.to_peft(), task_type="SEQ_CLS"))
     elif cfg.method == "head":
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("classifier"))
@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     if args.steps is not None:
         base = replace(base, steps=args.steps)
     wb.load_base(base.model)  # imports (transformers' model code) once, before any clock starts
+    train(wb.preset("tiny", steps=1), runs_dir=None, progress=False)  # starts the worker processes' fork server
     import peft  # noqa: F401
     from transformers import Trainer  # noqa: F401
     print(f"torch threads {torch.get_num_threads()}; our bf16 = {args.bf16}; steps {base.steps}; "

@@ -23,7 +23,8 @@ import workbench as wb  # noqa: E402
 from workbench.engine.timing import interleaved_timings  # noqa: E402
 from workbench.engine.data import load_texts  # noqa: E402
 from workbench.engine.training import resolve_device  # noqa: E402
-from workbench.engine.memory import SavedActivations, format_bytes, gradient_bytes, optimizer_state_bytes, parameter_bytes  # noqa: E402
+from workbench.engine.memory import SavedActivations, gradient_bytes, optimizer_state_bytes, parameter_bytes  # noqa: E402
+from workbench.util.units import format_bytes  # noqa: E402
 
 
 def batches(tokenizer, n: int, batch_size: int, max_length: int, device: torch.device):

@@ -17,3 +17,5 @@ def test_bad_arguments():
         interleaved_timings({})
     with pytest.raises(ValueError, match="repeats"):
         interleaved_timings({"a": lambda: None}, repeats=0)
+    with pytest.raises(ValueError, match="warmup must be an integer >= 0"):
+        interleaved_timings({"a": lambda: None}, warmup=-1)

@@ -191,7 +191,7 @@ def test_train_eval_split_is_deterministic_and_disjoint():
     assert ev3.texts != ev.texts
     for t, y in zip(ev.texts, ev.labels):  # labels travel with their texts
         assert y == int(t[1:]) % 2
-    with pytest.raises(wd.DataError, match="between 0 and 1"):
+    with pytest.raises(ValueError, match=r"eval_fraction must be a number in \(0, 1\), got 1.0"):
         wd.train_eval_split(ds, 1.0)
 
 
@@ -341,3 +341,23 @@ def test_batch_runs_through_the_classifier(tokenizer):
         out = model(**b.model_inputs())
         ref = torch.nn.functional.cross_entropy(out.logits, torch.tensor(ds.labels))
     assert out.logits.shape == (8, 2) and out.loss.item() == pytest.approx(ref.item())
+
+
+def test_bad_settings_are_refused_with_what_is_allowed(tokenizer):
+    ds = wd.load_texts("default", "validation").head(8)
+    tokens = wd.tokenize_dataset(ds, tokenizer, 16)
+    loader = wd.make_batches(tokens, tokenizer, batch_size=4, shuffle=False)
+    cases = [
+        (lambda: ds.head(0), r"n \(the number of examples to keep, or None for all\) must be a positive integer, got 0"),
+        (lambda: ds.head(2.5), "must be a positive integer, got 2.5"),
+        (lambda: wd.tokenize_dataset(ds, tokenizer, 1), r"max_length \(tokens per example\) must be an integer >= 2"),
+        (lambda: wd.make_batches(tokens, tokenizer, batch_size=0), "batch_size must be a positive integer, got 0"),
+        (lambda: wd.make_batches(tokens, tokenizer, task="regression"),
+         "task must be one of 'classification', 'causal-lm'; got 'regression'"),
+        (lambda: wd.PadCollator(0, task="ner"), "task must be one of"),
+        (lambda: next(wd.repeat_batches(loader, -1)), "num_steps must be an integer >= 0, got -1"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert ds.head(None) is ds and ds.head(100) is ds and len(ds.head(3)) == 3

@@ -20,6 +20,7 @@ from workbench.lessons.memory_study import (
     activation_table,
     compare_breakdowns,
     effective_seq_len,
+    measure_step,
     measure_vs_estimate,
     memory_grid,
     prepared_model,
@@ -106,6 +107,29 @@ def test_reusing_a_model_changes_no_weight_and_leaves_no_gradient(lora_model):
         assert p.grad is None
 
 
+@pytest.mark.parametrize("optimizer,k,counter", [("adamw", 2, 4), ("adam", 2, 4), ("sgd-momentum", 1, 0), ("sgd", 0, 0)])
+def test_measure_step_holds_each_optimizers_state_and_changes_nothing(lora_model, optimizer, k, counter):
+    """optimizer state = k * trainable * 4 bytes (k moments) + a 4-byte step counter per
+    tensor for Adam/AdamW; the planner measures through this same step."""
+    model, tok = lora_model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    m = measure_step(model, synthetic_batch(tok, 2, 8), optimizer)
+    assert m.optimizer == k * F32 * sum(p.numel() for p in trainable) + counter * len(trainable)
+    assert m.gradients == F32 * sum(p.numel() for p in trainable) and m.activations > 0
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) and p.grad is None, n
+    with pytest.raises(ValueError, match="optimizer must be one of 'adamw', 'adam', 'sgd', 'sgd-momentum'; got 'lion'"):
+        measure_step(model, synthetic_batch(tok, 2, 8), "lion")
+
+
+def test_measure_step_needs_something_to_train():
+    model, tok = prepared_model(cfg_of("head"))
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        measure_step(model, synthetic_batch(tok, 2, 8))
+
+
 def test_head_only_activations_are_a_few_batch_sized_tensors():
     b = 4
     c = measure_vs_estimate(cfg_of("head"), b, 16)
@@ -157,8 +181,14 @@ def test_compare_breakdowns_error_is_relative_to_the_measurement():
     assert t.loc["peak (process VmHWM)", "measured MB"] == pytest.approx(0.005)
     assert np.isnan(t.loc["peak (process VmHWM)", "estimated MB"])
     assert compare_breakdowns(m, None)["estimated MB"].isna().all()
+    assert list(t.reset_index().columns) == ["component", "measured MB", "estimated MB", "error %"]
+    partial = compare_breakdowns(m, e, unestimated=["activations"]).set_index("component")  # no formula
+    assert partial["estimated MB"].isna().tolist() == [False, False, False, True, True, True]
+    assert partial.loc["optimizer", "estimated MB"] == pytest.approx(200 / 1e6)
     with pytest.raises(TypeError):
         compare_breakdowns({"weights": 1}, e)
+    with pytest.raises(ValueError, match="unestimated must name components"):
+        compare_breakdowns(m, e, unestimated=["weight"])
 
 
 # ----------------------------------------------------------------- the grid

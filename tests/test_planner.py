@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import BertConfig, GPT2Config
 
-from workbench.engine.memory import estimate_memory
+from workbench.engine.memory import MemoryBreakdown, estimate_memory
+from workbench.lessons.memory_study import compare_breakdowns
 from workbench.lessons.planner import (
-    GB,
     PRECISION_RECIPES,
     Plan,
     architecture,
@@ -24,6 +25,8 @@ from workbench.lessons.planner import (
     precision_table,
     shipped_architectures,
 )
+from workbench.lora.config import LoRAConfig
+from workbench.util.units import GB
 
 SHIPPED = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-175b", "gpt3-175b-gpt2", "llama-8b",
            "roberta-base", "roberta-large", "minilm"]
@@ -65,7 +68,7 @@ def test_gpt3_query_value_r8_is_the_papers_37748736(gpt3):
     # 96 layers x 2 matrices (W_q, W_v: 12288 x 12288) x r (in + out); Table 4: 37.7M
     assert gpt3.lora.adapter_params == 96 * 2 * 8 * (12288 + 12288) == 37_748_736
     assert gpt3.lora.trainable == 37_748_736  # a language model: no new head
-    assert gpt3.settings.targets == ["q_proj", "v_proj"]
+    assert gpt3.settings.lora.targets == ("q_proj", "v_proj")
     assert all(w.endswith(("self_attn.q_proj", "self_attn.v_proj")) for w in gpt3.lora.wrapped)
 
 
@@ -77,7 +80,7 @@ def test_llama_grouped_query_value_projection_counts_its_own_shape():
 
 def test_gpt2_query_value_map_to_the_fused_c_attn_and_say_so():
     p = plan("gpt2", rank=4, targets=("query", "value"))
-    assert p.settings.targets == ["c_attn"]
+    assert p.settings.lora.targets == ("c_attn",)
     assert p.lora.adapter_params == 12 * 4 * (768 + 3 * 768)
     assert any("fuses" in n for n in p.notes)
 
@@ -216,6 +219,34 @@ def test_tiny_gpt2_causal_lm_plan_matches_a_measured_step():
     _check_close(p, measure(p))
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd-momentum", "sgd"])
+def test_every_optimizer_is_measured_as_planned(optimizer):
+    p = plan(BertConfig(**TINY_BERT), rank=4, batch_size=2, seq_len=8, optimizer=optimizer)
+    _check_close(p, measure(p))
+
+
+def test_compare_is_the_memory_studys_table_per_method():
+    """One measure-beside-estimate table: the same columns, rows and numbers as
+    ``compare_breakdowns`` for each method, with the method in front."""
+    p = plan(BertConfig(**TINY_BERT), rank=4, batch_size=2, seq_len=8)
+    measured = measure(p)
+    table = p.compare(measured)
+    assert list(table.columns) == ["method", *compare_breakdowns(measured["lora"], p.lora.memory).columns]
+    for method in ("lora", "full"):
+        part = table[table["method"] == method].drop(columns="method").reset_index(drop=True)
+        pd.testing.assert_frame_equal(part, compare_breakdowns(measured[method], getattr(p, method).memory))
+    assert list(p.compare({"full": measured["full"]})["method"].unique()) == ["full"]
+    with pytest.raises(ValueError, match="'lora' and/or 'full'"):
+        p.compare({})
+
+
+def test_compare_leaves_unknown_activations_blank(gpt3):
+    fake = MemoryBreakdown(weights=1, gradients=1, optimizer=1, activations=1)
+    t = gpt3.compare({"lora": fake}).set_index("component")
+    assert np.isnan(t.loc["activations", "estimated MB"]) and np.isnan(t.loc["total", "estimated MB"])
+    assert t.loc["weights", "estimated MB"] == gpt3.lora.memory.weights / 1e6
+
+
 @pytest.mark.slow
 def test_minilm_plan_is_within_10_percent_of_the_measured_step(minilm):
     """The real bundled MiniLM at batch 16 x 64 (about one to a few seconds per step)."""
@@ -249,6 +280,29 @@ def test_table_and_figure():
     rows = plan_table([p, plan("gpt2", batch_size=1, seq_len=8)])
     assert list(rows["architecture"]) == ["minilm", "gpt2"]
     assert rows.loc[0, "LoRA adapter params"] == 6 * 2 * 8 * (384 + 384)
+
+
+def test_lora_settings_come_as_a_config_or_by_name():
+    by_name = plan("minilm", rank=4, alpha=8, targets=("query",), rslora=True)
+    whole = plan("minilm", LoRAConfig(rank=4, alpha=8, targets=("query",), rslora=True))
+    assert by_name.settings.lora == whole.settings.lora == LoRAConfig(rank=4, alpha=8, targets=("query",), rslora=True)
+    assert by_name.lora.adapter_params == whole.lora.adapter_params == 6 * 4 * (384 + 384)
+    assert by_name.settings.to_dict()["lora"] == whole.settings.lora.to_dict()
+    with pytest.raises(TypeError, match="not both"):
+        plan("minilm", LoRAConfig(), rank=4)
+    with pytest.raises(TypeError, match="unknown LoRA setting"):
+        plan("minilm", ranks=4)
+
+
+def test_variants_and_lora_dropout_reach_the_plan():
+    qv = plan("roberta-base")
+    dora = plan("roberta-base", dora=True)
+    # DoRA trains one magnitude per output of each adapted layer on top of A and B
+    assert dora.lora.adapter_params == qv.lora.adapter_params + 24 * 768
+    assert dora.lora_label.startswith("DoRA r=8") and plan("roberta-base", init="pissa").lora_label == "LoRA r=8 PiSSA (query,value)"
+    dropped = plan("gpt2", LoRAConfig(dropout=0.1), batch_size=2, seq_len=16)
+    assert dropped.settings.lora.dropout == 0.1 and dropped.settings.dropout is True  # LoRA's and the model's
+    assert dropped.lora.activations > plan("gpt2", batch_size=2, seq_len=16).lora.activations  # its masks
 
 
 def test_method_picks_the_reported_side():

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from workbench.lessons.delta_w import effective_rank, singular_values
 from workbench.engine.models import load_base
+from workbench.lora.config import LoRAConfig
 from workbench.lessons.planted import (
     PlantedConfig,
     captured_energy,
@@ -141,12 +142,24 @@ def test_negative_layers_count_from_the_end_and_missing_blocks_are_refused(tiny)
 
 @pytest.mark.parametrize("field, value", [
     ("true_rank", 0), ("scale", -0.1), ("scale", float("nan")), ("profile", "flat"), ("decay", 1.5),
-    ("targets", []), ("targets", ""), ("layers", []), ("steps", 0), ("lr", 0), ("alpha", -1), ("batch_size", 2.5),
-    ("threads", 0),
+    ("targets", []), ("targets", ""), ("layers", []), ("steps", 0), ("lr", 0), ("batch_size", 2.5),
+    ("threads", 0), ("lora", {"alpha": 8}), ("lora", LoRAConfig(layers=(0,))),
 ])
 def test_bad_settings_are_refused_with_the_field_named(field, value):
     with pytest.raises(ValueError, match=field):
         PlantedConfig(**{**TINY, field: value})
+
+
+def test_lora_settings_are_one_loraconfig():
+    """The students' LoRA settings are a LoRAConfig (bad values are refused by it), not copies."""
+    with pytest.raises(TypeError):
+        PlantedConfig(**{**TINY, "alpha": 8})  # no field of its own for alpha
+    with pytest.raises(ValueError, match="alpha must be a positive number"):
+        PlantedConfig(**{**TINY, "lora": LoRAConfig(alpha=-1)})
+    cfg = PlantedConfig(**{**TINY, "lora": LoRAConfig(alpha=8, rslora=True, dropout=0.1)})
+    assert cfg.student_lora(4, ["a.b"]) == LoRAConfig(rank=4, alpha=8, targets=("a.b",), rslora=True, dropout=0.1)
+    assert PlantedConfig(**TINY).student_lora(3, ["a.b"]) == LoRAConfig(rank=3, alpha=3, targets=("a.b",))
+    assert cfg.to_dict()["lora"] == cfg.lora.to_dict()
 
 
 # --------------------------------------------------------------------------- the task and the student
@@ -208,10 +221,11 @@ def test_alpha_defaults_to_the_rank_so_the_scaling_is_one(tiny):
     for r in (1, 4):
         res = fit_student(base, teacher, cfg, r, task=task)
         assert (res.alpha, res.scaling, res.trainable) == (r, 1.0, r * (32 + 64))
-    fixed = fit_student(base, teacher, PlantedConfig(**{**TINY, "steps": 1, "alpha": 8}), 4, task=task)
-    assert fixed.scaling == 2.0
-    rs = fit_student(base, teacher, PlantedConfig(**{**TINY, "steps": 1, "alpha": 8, "rslora": True}), 4, task=task)
-    assert rs.scaling == 4.0
+    fixed = fit_student(base, teacher, PlantedConfig(**{**TINY, "steps": 1, "lora": LoRAConfig(alpha=8)}), 4, task=task)
+    assert (fixed.alpha, fixed.scaling) == (8.0, 2.0)
+    rs = fit_student(base, teacher, PlantedConfig(**{**TINY, "steps": 1, "lora": LoRAConfig(alpha=8, rslora=True)}),
+                     4, task=task)
+    assert rs.scaling == 4.0 and rs.lora.rslora and rs.lora.targets == (FFN_IN,)
 
 
 def test_students_of_rank_k_or_more_learn_the_teacher_and_lower_ranks_cannot(sweep):

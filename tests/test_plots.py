@@ -14,10 +14,13 @@ import pandas as pd
 import pytest
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.container import BarContainer
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from workbench.viz import plots
 from workbench.engine.config import ParamCounts, RunConfig, RunResult, Timing
+from workbench.lora.config import LoRAConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -62,10 +65,10 @@ def _run(config: RunConfig, trainable: int, mem: FakeMemory | None, start: float
 @pytest.fixture()
 def runs() -> list[RunResult]:
     return [
-        _run(RunConfig(method="lora", rank=2), 38_402,
+        _run(RunConfig(method="lora", lora=LoRAConfig(rank=2)), 38_402,
              FakeMemory(90_000_000, 150_000, 300_000, 40_000_000, 131_000_000, "cuda allocated"),
              0.70, 0.84),
-        _run(RunConfig(method="lora", rank=8), 148_994,
+        _run(RunConfig(method="lora", lora=LoRAConfig(rank=8)), 148_994,
              FakeMemory(91_000_000, 600_000, 1_200_000, 41_000_000), 0.69, 0.87),
         _run(RunConfig(method="full"), 22_713_986,
              FakeMemory(91_000_000, 91_000_000, 182_000_000, 45_000_000, 420_000_000,
@@ -123,7 +126,7 @@ def test_loss_curves_drop_non_finite_and_mark_status(runs):
 
 
 def test_same_rank_runs_get_distinct_line_styles(runs):
-    twin = _run(RunConfig(method="lora", rank=8, targets=["query", "key", "value"]),
+    twin = _run(RunConfig(method="lora", lora=LoRAConfig(rank=8, targets=["query", "key", "value"])),
                 200_000, None, 0.6, 0.8)
     ax = plots.loss_curves([runs[1], twin]).axes[0]
     a, b = ax.get_lines()
@@ -226,7 +229,7 @@ def test_memory_peak_far_above_the_stacks_is_off_scale(runs):
     (marker,) = [ln for ln in ax.get_lines() if "above the axis" in ln.get_label()]
     assert "process RSS" in marker.get_label()
     assert list(marker.get_xdata()) == [1.0] and marker.get_ydata()[0] == pytest.approx(0.965 * top)
-    assert ax.texts[1].get_text() == "134 MB\n(peak 1,650 MB)"
+    assert ax.texts[1].get_text() == "134 MB\n(peak 1.65 GB)"  # format_bytes: GB from 10**9 bytes
     (peaks,) = [c for c in ax.collections if isinstance(c, LineCollection)]
     assert [s[0][1] for s in peaks.get_segments()] == [131.0, 420.0]
 
@@ -252,6 +255,48 @@ def test_accuracy_points_are_final_eval_accuracy(runs):
         np.testing.assert_allclose(pc.get_offsets(), [[r.params.trainable, final_acc]])
         assert pc.get_label() == r.config.label()
     assert [t.get_text() for t in ax.texts] == ["r=2", "r=8", "full", "head"]
+
+
+def _sweep_at_the_top() -> list[RunResult]:
+    """The default sweep as it comes out on the bundled task: every LoRA run and full
+    fine-tuning at or near 100 %, head only at chance (the README's numbers)."""
+    lora = [(1, 1.0), (2, 0.996), (4, 1.0), (8, 1.0), (16, 0.992), (32, 1.0)]
+    out = [_run(RunConfig(method="lora", lora=LoRAConfig(rank=r)), 770 + r * 9_216, None, 0.7, acc)
+           for r, acc in lora]
+    return out + [_run(RunConfig(method="full"), 22_713_986, None, 0.7, 1.0),
+                  _run(RunConfig(method="head"), 770, None, 0.7, 0.514)]
+
+
+def _extents(fig: Figure):
+    """Draw with the Agg renderer; the window extents (pixels) of the title, the point labels, the axes."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    title = ax.get_title(loc="left")
+    (title_text,) = [t for t in ax.get_children() if isinstance(t, Text) and t.get_text() == title]
+    labels = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+    return title_text.get_window_extent(renderer), labels, ax.get_window_extent(renderer)
+
+
+@pytest.mark.parametrize("case", ["sweep at 100%", "fixture runs"])
+def test_accuracy_labels_stay_clear_of_the_title(case, runs):
+    """Defect: the labels of points at 100 % were drawn over the title; each label must sit inside the axes."""
+    results = _sweep_at_the_top() if case == "sweep at 100%" else runs
+    fig = plots.accuracy_vs_params(results)
+    title, labels, axes = _extents(fig)
+    assert len(labels) == len(results)
+    for text, box in labels.items():
+        assert not box.overlaps(title), f"label {text!r} {box.bounds} overlaps the title {title.bounds}"
+        assert box.y1 <= axes.y1 and box.y0 >= axes.y0, f"label {text!r} leaves the axes {axes.bounds}"
+    # Neighbouring ranks of a sweep lie a factor 2 apart: their labels must not run into each other.
+    boxes = list(labels.items())
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1:]:
+            assert not box_a.overlaps(box_b), f"labels {a!r} and {b!r} overlap"
+    # The room above 100 % is not accuracy: no tick there.
+    ticks = [v for v in fig.axes[0].get_yticks() if fig.axes[0].get_ylim()[0] <= v <= fig.axes[0].get_ylim()[1]]
+    assert max(ticks) == pytest.approx(1.0) if case == "sweep at 100%" else max(ticks) <= 1.0
 
 
 def test_accuracy_skips_unevaluated_runs(runs):

@@ -18,6 +18,7 @@ from workbench.engine.memory import SavedActivations, estimate_memory, parameter
 from workbench.engine.models import set_model_dropout
 from workbench.engine.optim import make_optimizer
 from workbench.engine.training import restore_frozen_to_fp32, store_frozen_in_bf16, train, use_plain_attention
+from workbench.records.recording import StoreSink
 
 
 def tiny_lora(rank: int = 4):
@@ -82,14 +83,14 @@ def test_restore_gives_fp32_with_the_bf16_values():
 
 def test_bf16_run_keeps_frozen_base_in_bf16_and_hands_back_fp32(tmp_path):
     cfg = preset("tiny", bf16=True, method="lora", rank=2, alpha=4, steps=4, eval_every=2)
-    result = train(cfg, runs_dir=str(tmp_path), progress=False, keep_model=True)
+    result = train(cfg, progress=False, keep_model=True, sinks=[StoreSink(tmp_path)])
     assert result.status == "completed" and result.environment["frozen_dtype"] == "bfloat16"
     model = result.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     assert result.memory.weights == 2 * frozen + 4 * trainable  # measured while it trained
     assert all(p.dtype == torch.float32 for p in model.parameters())  # handed back in fp32
-    full = train(preset("tiny", bf16=True, method="full", steps=2, eval_every=0), runs_dir=None, progress=False)
+    full = train(preset("tiny", bf16=True, method="full", steps=2, eval_every=0), progress=False)
     assert full.environment["frozen_dtype"] == "float32"  # full fine-tuning keeps fp32 master weights
     assert full.memory.weights == 4 * full.params.total
 
@@ -195,4 +196,4 @@ def test_model_dropout_is_part_of_preparing_the_model_and_checked_first():
     kept, _ = prepared_model(preset("tiny", method="lora", rank=2, alpha=4, model_dropout=None))
     assert {m.p for m in kept.modules() if isinstance(m, nn.Dropout)} == {kept.config.hidden_dropout_prob} != {0.0}
     with pytest.raises(ValueError, match="model_dropout must be None"):
-        train(preset("tiny", model_dropout=1.5), runs_dir=None, progress=False)
+        train(preset("tiny", model_dropout=1.5), progress=False)

@@ -6,33 +6,21 @@ import json
 import math
 import re
 import warnings
-from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.records import store
 from workbench.engine.config import ParamCounts, RunConfig, RunResult, Timing
+from workbench.engine.memory import MemoryBreakdown
+from workbench.lora.config import LoRAConfig
+from workbench.records import store
 
 
-@dataclass
-class FakeMemory:
-    """Stands in for workbench.engine.memory.MemoryBreakdown (same fields)."""
-
-    weights: int
-    gradients: int
-    optimizer: int
-    activations: int
-    peak: int | None
-    peak_kind: str
-
-
-def _memory_fields(memory) -> dict:
-    """The six fields, whether memory came back as a MemoryBreakdown, a dataclass or a dict."""
-    d = memory if isinstance(memory, dict) else asdict(memory)
-    return {k: d[k] for k in ("weights", "gradients", "optimizer", "activations", "peak", "peak_kind")}
+def lora_run(**settings) -> RunConfig:
+    """A LoRA RunConfig with these LoRA settings (the rest RunConfig's defaults)."""
+    return RunConfig().with_changes(method="lora", **settings)
 
 
 def _history(n: int, eval_every: int = 2) -> pd.DataFrame:
@@ -52,11 +40,11 @@ def _history(n: int, eval_every: int = 2) -> pd.DataFrame:
 
 def _result(config: RunConfig | None = None, n: int = 6, status: str = "completed", **kw) -> RunResult:
     return RunResult(
-        config=config or RunConfig(rank=4, alpha=8.0, targets=["query", "key"], steps=50, seed=3),
+        config=config or lora_run(rank=4, alpha=8.0, targets=["query", "key"], steps=50, seed=3),
         status=status,
         history=_history(n),
         params=ParamCounts(trainable=74_498, total=22_788_484),
-        memory=FakeMemory(86_900_000, 280_000, 570_000, 161_000_000, 798_000_000, "process"),
+        memory=MemoryBreakdown(86_900_000, 280_000, 570_000, 161_000_000, 798_000_000, "process"),
         timing=Timing(seconds_per_step=0.492, tokens_per_second=1234.5, total_seconds=61.0),
         **kw,
     )
@@ -71,7 +59,7 @@ def _started(minutes: int) -> dict:
 
 
 def test_save_load_round_trip(tmp_path):
-    cfg = RunConfig(rank=4, alpha=8.0, targets=["query", "key"], layers=[0, 5], rslora=True, steps=50, seed=3)
+    cfg = lora_run(rank=4, alpha=8.0, targets=["query", "key"], layers=[0, 5], rslora=True, steps=50, seed=3)
     result = _result(cfg, message="fine", environment={"device": "cpu", "threads": 2})
     folder = store.save_run(result, tmp_path)
 
@@ -84,7 +72,7 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.status == "completed" and loaded.message == "fine"
     assert loaded.params == result.params
     assert loaded.timing == result.timing
-    assert _memory_fields(loaded.memory) == asdict(result.memory)
+    assert loaded.memory == result.memory
     assert loaded.run_id == result.run_id and loaded.path == str(folder)
     assert loaded.environment["device"] == "cpu" and loaded.environment["threads"] == 2
     # Floats come back bit for bit; NaN between evaluations stays NaN.
@@ -94,21 +82,19 @@ def test_save_load_round_trip(tmp_path):
     assert store.load_run(folder / "run.json").run_id == result.run_id
 
 
-def test_memory_as_dict_and_none_round_trip(tmp_path):
-    as_dict = _result()
-    as_dict.memory = {"weights": 1, "gradients": 2, "optimizer": 3, "activations": 4, "peak": None, "peak_kind": ""}
+def test_memory_none_round_trips_and_anything_else_is_refused(tmp_path):
     none = _result()
     none.memory = None
-    loaded_dict = store.load_run(store.save_run(as_dict, tmp_path))
-    loaded_none = store.load_run(store.save_run(none, tmp_path))
-    assert _memory_fields(loaded_dict.memory) == as_dict.memory
-    assert loaded_none.memory is None
+    assert store.load_run(store.save_run(none, tmp_path)).memory is None
+    as_dict = _result()
+    as_dict.memory = {"weights": 1, "gradients": 2, "optimizer": 3, "activations": 4}  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="must be a workbench.engine.memory.MemoryBreakdown or None, got dict"):
+        store.save_run(as_dict, tmp_path)
 
 
 def test_memory_loads_as_memory_breakdown(tmp_path):
-    memory = pytest.importorskip("workbench.engine.memory")
     loaded = store.load_run(store.save_run(_result(), tmp_path))
-    assert isinstance(loaded.memory, memory.MemoryBreakdown)
+    assert isinstance(loaded.memory, MemoryBreakdown)
     assert (loaded.memory.weights, loaded.memory.peak, loaded.memory.peak_kind) == (86_900_000, 798_000_000, "process")
 
 
@@ -220,14 +206,77 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path):
 def test_run_id_is_sortable_labelled_and_unique():
     early = datetime(2026, 11, 28, 9, 5, 1)
     late = datetime(2026, 11, 28, 13, 45, 1)
-    lora = store.new_run_id(RunConfig(rank=8), when=early)
+    lora = store.new_run_id(lora_run(rank=8), when=early)
     assert re.fullmatch(r"20261128-090501-lora-r8-[0-9a-f]{4}", lora)
     assert re.fullmatch(r"20261128-134501-full-[0-9a-f]{4}", store.new_run_id(RunConfig(method="full"), when=late))
-    assert re.fullmatch(r"\d{8}-\d{6}-rslora-r16-[0-9a-f]{4}", store.new_run_id(RunConfig(rank=16, rslora=True)))
+    assert re.fullmatch(r"\d{8}-\d{6}-lora-r16-rslora-[0-9a-f]{4}", store.new_run_id(lora_run(rank=16, rslora=True)))
     assert store.new_run_id(RunConfig(name="My run: r=2 / try #3")).split("-", 2)[2][:-5] == "my-run-r-2-try-3"
     assert sorted([store.new_run_id(RunConfig(), when=late), lora])[0] == lora
     ids = {store.new_run_id(RunConfig(), when=late) for _ in range(50)}
     assert len(ids) > 40  # 16 random bits: 50 draws almost never collide more than a few times
+
+
+@pytest.mark.parametrize(
+    "settings, slug, label",
+    [
+        (dict(dora=True), "dora-r8", "DoRA r=8 (query,value)"),
+        (dict(init="pissa"), "lora-r8-pissa", "LoRA r=8 PiSSA (query,value)"),
+        (dict(rslora=True), "lora-r8-rslora", "LoRA r=8 rsLoRA (query,value)"),
+        (dict(dora=True, rslora=True, init="pissa", loraplus_ratio=16.0), "dora-r8-rslora-pissa-plus16",
+         "DoRA r=8 rsLoRA PiSSA LoRA+x16 (query,value)"),
+    ],
+    ids=["dora", "pissa", "rslora", "all"],
+)
+def test_a_variant_run_is_stored_with_its_own_id_label_and_settings(tmp_path, settings, slug, label):
+    # Defect 4 of issue 9: a DoRA run was stored as "...-lora-r8-..." with plain LoRA's label.
+    cfg = lora_run(rank=8, targets=["query", "value"], **settings)
+    result = _result(cfg)
+    folder = store.save_run(result, tmp_path)
+    assert re.fullmatch(rf"\d{{8}}-\d{{6}}-{slug}-[0-9a-f]{{4}}", folder.name)
+    assert json.loads((folder / "run.json").read_text())["label"] == label
+    loaded = store.load_run(folder)
+    assert loaded.config.lora == LoRAConfig(rank=8, targets=("query", "value"), **settings)
+    row = store.runs(tmp_path).iloc[0]
+    assert row["label"] == label
+    expected = {"dora": False, "init": "kaiming", "rslora": False, "loraplus_ratio": float("nan"), **settings}
+    for column, value in expected.items():
+        assert (pd.isna(row[column]) if value != value else row[column] == value), column
+
+
+def test_an_old_flat_record_still_loads(tmp_path):
+    # Records written before the LoRA settings became one LoRAConfig kept them at the top
+    # of "config".  Written by hand as that version wrote them.
+    folder = tmp_path / "20261120-101010-rslora-r4-abcd"
+    folder.mkdir()
+    config = {
+        "method": "lora", "rank": 4, "alpha": 8.0, "targets": ["query", "key"], "layers": [1], "dropout": 0.05,
+        "model_dropout": None, "rslora": True, "init": "kaiming", "dora": False, "loraplus_ratio": None,
+        "model": "minilm", "task": "classification", "data": "default", "eval_data": None, "text_column": "text",
+        "label_column": "label", "max_length": 64, "max_train_examples": None, "max_eval_examples": 500,
+        "steps": 100, "lr": 0.0005, "batch_size": 16, "weight_decay": 0.0, "warmup_ratio": 0.06,
+        "max_grad_norm": 1.0, "eval_every": 50, "seed": 1, "device": "auto", "bf16": "auto", "threads": None,
+        "name": None,
+    }
+    record = {
+        "format": 1, "run_id": folder.name, "label": "rsLoRA r=4 (query,key)", "created": "2026-11-20T10:10:10+00:00",
+        "status": "completed", "message": "", "config": config, "params": {"trainable": 12_290, "total": 22_726_276},
+        "memory": {"weights": 90_905_104, "gradients": 49_160, "optimizer": 98_320, "activations": 1_000_000,
+                   "peak": 700_000_000, "peak_kind": "process VmHWM", "total": 92_052_584},
+        "memory_estimate": None,
+        "timing": {"seconds_per_step": 0.25, "tokens_per_second": 900.0, "total_seconds": 30.0},
+        "environment": {"started": "2026-11-20T10:10:10+00:00", "device": "cpu"},
+    }
+    (folder / "run.json").write_text(json.dumps(record))
+    (folder / "history.csv").write_text("step,train_loss,lr,eval_loss,eval_accuracy\n1,0.7,0.0005,,\n2,0.6,0.0004,0.65,0.5\n")
+    loaded = store.load_run(folder)
+    assert loaded.config.lora == LoRAConfig(rank=4, alpha=8.0, targets=("query", "key"), layers=(1,), dropout=0.05,
+                                            rslora=True)
+    assert (loaded.config.method, loaded.config.steps, loaded.config.seed, loaded.config.lr) == ("lora", 100, 1, 5e-4)
+    assert loaded.memory == MemoryBreakdown(90_905_104, 49_160, 98_320, 1_000_000, 700_000_000, "process VmHWM")
+    row = store.runs(tmp_path).iloc[0]
+    assert (row["rank"], row["alpha"], row["targets"], row["layers"], row["dropout"], row["rslora"]) == (
+        4, 8.0, "query,key", "1", 0.05, True)
+    assert row["label"] == "LoRA r=4 rsLoRA (query,key)" and row["eval_accuracy"] == 0.5
 
 
 def test_same_second_saves_get_distinct_folders(tmp_path):
@@ -274,9 +323,11 @@ def test_runs_table_columns_and_values(tmp_path):
     assert l["status"] == "completed" and l["path"] == str(tmp_path / lora.run_id)
     assert l["created"] == pd.Timestamp(datetime.fromisoformat(_started(10)["started"]).astimezone().replace(tzinfo=None))
 
-    # No LoRA in full fine-tuning: rank, alpha, targets and rslora are empty, not "8".
+    # No LoRA in full fine-tuning: every LoRA setting is empty, not "8".
     assert f["method"] == "full" and f["status"] == "stopped" and f["message"] == "stop"
-    assert pd.isna(f["rank"]) and pd.isna(f["alpha"]) and pd.isna(f["targets"]) and pd.isna(f["rslora"])
+    assert all(pd.isna(f[c]) for c in store.LORA_COLUMNS)
+    assert list(store.LORA_COLUMNS) == list(LoRAConfig.field_names())  # one column per LoRA setting, same names
+    assert l["dora"] == False and l["init"] == "kaiming" and pd.isna(l["layers"]) and l["dropout"] == 0.0  # noqa: E712
     assert f["trainable_share"] == 1.0 and f["lr"] == 5e-5
     assert table["created"].is_monotonic_increasing
 
@@ -439,11 +490,13 @@ def test_environment_records_versions_device_threads():
 
     import torch
 
-    env = store.environment(device="cpu", threads=3)
+    from workbench.engine.provenance import environment
+
+    env = environment(device="cpu", threads=3)
     assert env["python"] == platform.python_version()
     assert env["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert env["transformers"] and env["hostname"]
     assert env["device"] == "cpu" and env["threads"] == 3
     assert datetime.fromisoformat(env["started"]).tzinfo is not None
-    assert store.environment()["threads"] == torch.get_num_threads()
+    assert environment()["threads"] == torch.get_num_threads()
     json.dumps(env)  # the record must be able to hold it

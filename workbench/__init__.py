@@ -4,44 +4,73 @@
     model, tokenizer = wb.load_base("minilm", num_labels=2)
     wb.add_lora(model, rank=8, alpha=16, targets=["query", "value"])
     wb.count_parameters(model)
+
+The package is layered; an import only ever points down this list (``tests/test_layout.py``
+checks it):
+
+    lessons   studies built on the rest: memory, planner, planted rank, inside delta W
+    ui        the widget panel (a widget-free state plus a thin view) and the CLI
+    records   the run store and reports
+    viz       figures from results, one house style
+    engine    models, data, optimizer, the training loop, sweeps, memory accounting
+    lora      the idea itself: LoRAConfig, the layer and its variants, targets, injection, counting, adapter files
+    util      atomic files, checks on user input, units
+
+This module re-exports the public API.  The LoRA core loads at once; the rest loads on
+first use, so ``import workbench`` stays quick.  A lazily loaded name is cached here the
+first time, and no subpackage shares a name with a public function, so every public name
+stays what it is however often it is used and whatever was imported before.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from workbench.lora.adapters import AdapterError, load_adapter, read_adapter, save_adapter
-from workbench.engine.config import METHODS, ParamCounts, RunConfig, RunResult, Timing
-from workbench.lora.inject import (
-    LoRASettings,
-    add_lora,
-    describe_layers,
-    find_targets,
-    lora_layers,
-    merge_lora,
-    remove_lora,
-    unmerge_lora,
-)
-from workbench.lora.layer import LoRALayer, lora_scaling
-from workbench.engine.models import load_base, load_tokenizer
-from workbench.lora.params import ParameterReport, count_parameters, lora_parameter_count
+from workbench.lora.config import LoRAConfig, lora_scaling
+from workbench.lora.inject import LoRASettings, add_lora, lora_layers, merge_lora, remove_lora, unmerge_lora
+from workbench.lora.layer import LoRALayer
+from workbench.lora.targets import describe_layers, find_targets
+from workbench.lora.params import ParamCounts, ParameterReport, count_parameters, lora_parameter_count
 
 __version__ = "0.1.0"
 
+# Public name -> the module that defines it (loaded on first use).
+_LAZY: dict[str, str] = {
+    "METHODS": "workbench.engine.config",
+    "RunConfig": "workbench.engine.config",
+    "RunResult": "workbench.engine.config",
+    "Timing": "workbench.engine.config",
+    "preset": "workbench.engine.config",
+    "load_base": "workbench.engine.models",
+    "load_tokenizer": "workbench.engine.models",
+    "StepInfo": "workbench.engine.events",
+    "sweep_configs": "workbench.engine.sweep",
+    "train": "workbench.records.recording",  # the engine's train with the run store listening
+    "run_sweep": "workbench.records.recording",
+    "runs": "workbench.records.store",
+    "load_runs": "workbench.records.store",
+    "export_report": "workbench.records.report",
+    "Workbench": "workbench.ui.panel",
+    "plan": "workbench.lessons.planner",
+}
 
-def __getattr__(name: str):
-    """Heavier parts load on first use, so ``import workbench`` stays quick."""
-    lazy = {
-        "train": ("workbench.engine.training", "train"),
-        "StepInfo": ("workbench.engine.training", "StepInfo"),
-        "runs": ("workbench.records.store", "runs"),
-        "load_runs": ("workbench.records.store", "load_runs"),
-        "preset": ("workbench.engine.config", "preset"),
-        "sweep_configs": ("workbench.engine.sweep", "sweep_configs"),
-        "run_sweep": ("workbench.engine.sweep", "run_sweep"),
-        "export_report": ("workbench.records.report", "export_report"),
-        "plan": ("workbench.lessons.planner", "plan"),
-        "Workbench": ("workbench.ui.panel", "Workbench"),
-    }
-    if name in lazy:
-        import importlib
+__all__ = [
+    "AdapterError", "LoRAConfig", "LoRALayer", "LoRASettings", "ParamCounts", "ParameterReport",
+    "add_lora", "count_parameters", "describe_layers", "find_targets", "load_adapter", "lora_layers",
+    "lora_parameter_count", "lora_scaling", "merge_lora", "read_adapter", "remove_lora", "save_adapter",
+    "unmerge_lora", *_LAZY,
+]
 
-        module, attr = lazy[name]
-        return getattr(importlib.import_module(module), attr)
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # cached: later lookups never come back here
+        return value
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

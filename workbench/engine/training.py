@@ -6,11 +6,19 @@ frozen base, trained head), and runs AdamW with linear warmup and linear decay,
 gradient clipping, and an evaluation every ``eval_every`` steps.  It measures:
 
 * parameters: trainable and total (``workbench.lora.params``);
-* memory: weights, gradients and optimizer state by exact tensor accounting, the
-  activations autograd saves for backward (counted during the first step), and the
-  peak (CUDA max allocated, or the process's VmHWM on CPU); plus the analytic estimate;
+* memory (``workbench.engine.memory.MemoryProbe``, which watches the first step through
+  hooks): weights, gradients and optimizer state by exact tensor accounting, the
+  activations autograd saves for backward, the analytic estimate for the measured
+  batch's shape, and the peak: CUDA's max allocated, or on the CPU the VmHWM of the run's
+  own process (``workbench.engine.worker``: by default a CPU run trains in a fresh worker
+  process, so that its peak does not depend on what ran before it);
 * time: median seconds per step (the first step, which warms caches, left out) and
   non-padding tokens per second.
+
+The loop (``train_here``) is only about training.  Everything else happens at its edges,
+in *sinks* (``workbench.engine.events``): the caller's ``on_step``, the progress bar, the
+run store's checkpoints (``workbench.records.recording``: ``wb.train`` is this ``train``
+with the store attached).  This module stores nothing.
 
 Speed comes from not doing needless work, never from measuring less: batches padded to
 their own longest sequence (evaluation batches sorted by length first); bf16 autocast
@@ -22,52 +30,43 @@ see ``workbench.engine.config.PRESETS``).  ``benchmarks/sweep.py`` measures the 
 PEFT and the ``transformers`` Trainer.
 
 A run can be stopped from outside (``stop.set()`` or Ctrl-C): it ends as "stopped" and
-keeps its curve.  A NaN or infinite loss ends it as "diverged" at that step.  The run
-is written to the run store as it goes, so nothing recorded is lost.
+keeps its curve.  A NaN or infinite loss ends it as "diverged" at that step.  An error
+ends it as "failed" and is raised again after the sinks have seen the end.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from workbench.engine.config import METHODS, ParamCounts, RunConfig, RunResult, Timing
-from workbench.lora.inject import add_lora, head_names
-from workbench.util.checks import is_probability
-from workbench.engine.models import set_model_dropout
+from workbench.engine.config import HISTORY_COLUMNS, METHODS, ParamCounts, RunConfig, RunResult, Timing
+from workbench.engine.data import TASKS, Batch, by_length, load_task, make_batches, repeat_batches, tokenize_dataset
+from workbench.engine.events import RunSink, StepInfo, sinks_for
+from workbench.engine.memory import MemoryProbe
+from workbench.engine.models import load_base, set_model_dropout
 from workbench.engine.optim import make_optimizer
+from workbench.engine.provenance import environment
+from workbench.lora.inject import add_lora, head_names
 from workbench.lora.params import count_parameters
+from workbench.util.checks import (check_bool, check_choice, check_integer, check_number, check_positive_int,
+                                   check_positive_number, is_probability)
 
-HISTORY_COLUMNS = ["step", "train_loss", "lr", "eval_loss", "eval_accuracy"]
-
-
-@dataclass
-class StepInfo:
-    """What the step callback receives after every optimizer step (and each evaluation)."""
-
-    step: int
-    steps: int
-    train_loss: float
-    lr: float
-    seconds: float  # since the run started
-    eval_loss: float | None = None
-    eval_accuracy: float | None = None
-    history: list[dict] = field(default_factory=list)  # every row so far (step, train_loss, ...)
+__all__ = ["train", "train_here", "StepInfo", "HISTORY_COLUMNS", "validate", "prepare_model", "resolve_device",
+           "resolve_bf16", "evaluate", "training_step", "set_up", "Setup"]
 
 
-class RunDiverged(RuntimeError):
-    pass
+# --------------------------------------------------------------------------- hardware choices
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -143,23 +142,31 @@ def restore_frozen_to_fp32(model: nn.Module) -> None:
             p.data = p.data.float()
 
 
+# --------------------------------------------------------------------------- the config and the model
+
+
 def validate(cfg: RunConfig) -> None:
     """Check a config before anything loads; say what is wrong and what is allowed."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"train needs a RunConfig (e.g. wb.preset('default', rank=8)), got {type(cfg).__name__}")
+    check_choice("method", cfg.method, METHODS)
+    check_choice("task", cfg.task, TASKS)
     for name in ("steps", "batch_size", "max_length"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ValueError(f"lr (learning rate) must be a positive number, got {cfg.lr!r}")
-    if not 0 <= cfg.warmup_ratio < 1:
-        raise ValueError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio!r}")
+        check_positive_int(name, getattr(cfg, name))
+    for name in ("max_train_examples", "max_eval_examples"):
+        if getattr(cfg, name) is not None:
+            check_positive_int(name, getattr(cfg, name), what="None keeps every example")
+    check_positive_number("lr", cfg.lr, what="learning rate")
+    check_number("warmup_ratio", cfg.warmup_ratio, 0, 1, high_open=True)
+    check_number("weight_decay", cfg.weight_decay, 0)
+    check_number("max_grad_norm", cfg.max_grad_norm, 0, what="0 turns clipping off")
+    check_integer("eval_every", cfg.eval_every, 0, what="0 evaluates only at the end")
+    check_integer("seed", cfg.seed)
+    if cfg.threads is not None:
+        check_positive_int("threads", cfg.threads, what="None keeps torch's default")
     if cfg.model_dropout is not None and not is_probability(cfg.model_dropout):
         raise ValueError("model_dropout must be None (the checkpoint's own) or a probability in [0, 1), "
                          f"got {cfg.model_dropout!r}")
-    if cfg.eval_every < 0:
-        raise ValueError(f"eval_every must be 0 (only at the end) or a positive number of steps, got {cfg.eval_every!r}")
     if cfg.method == "head" and cfg.task != "classification":
         raise ValueError("method 'head' trains a classification head; it needs task='classification'")
 
@@ -187,6 +194,9 @@ def prepare_model(cfg: RunConfig, model: nn.Module) -> None:
             p.requires_grad_(False)
         for h in heads:
             model.get_submodule(h).requires_grad_(True)
+
+
+# --------------------------------------------------------------------------- one step, the schedule, evaluation
 
 
 def linear_schedule(step: int, total: int, warmup: int) -> float:
@@ -222,31 +232,28 @@ def evaluate(model: nn.Module, batches, device: torch.device, use_bf16: bool) ->
     return loss_sum / max(1, n_loss), correct / max(1, n_items)
 
 
-def train(
-    cfg: RunConfig,
-    on_step: Callable[[StepInfo], None] | None = None,
-    stop: threading.Event | None = None,
-    runs_dir: str | None = "runs",
-    progress: bool = True,
-    keep_model: bool = False,
-) -> RunResult:
-    """Run one fine-tuning as ``cfg`` says; return (and store under ``runs_dir``) its result.
+# --------------------------------------------------------------------------- a run
 
-    ``on_step`` is called after each step with a ``StepInfo``.  Setting ``stop`` (a
-    ``threading.Event``) or pressing Ctrl-C ends the run early as "stopped".
-    ``runs_dir=None`` keeps the run out of the store.  A LoRA run's adapter is saved in
-    PEFT's format beside its record (``<run folder>/adapter``).  ``keep_model=True``
-    returns the trained model too, as ``result.model`` (for looking inside ΔW).
-    """
-    from tqdm.auto import tqdm
 
-    from workbench.engine import memory as mem
-    from workbench.records import store
-    from workbench.engine.data import by_length, load_task, make_batches, repeat_batches, tokenize_dataset
-    from workbench.engine.models import load_base
+@dataclass
+class Setup:
+    """What a run trains with, made from its config by ``set_up``."""
 
-    validate(cfg)
-    t_start = time.perf_counter()
+    model: nn.Module
+    trainable: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    batches: Iterator[Batch]  # exactly cfg.steps training batches, reshuffled each pass
+    eval_batches: Iterable[Batch]
+    device: torch.device
+    use_bf16: bool
+    params: ParamCounts
+    environment: dict = field(default_factory=dict)
+    frozen_in_bf16: bool = False
+
+
+def set_up(cfg: RunConfig) -> Setup:
+    """Load the model and the data, apply the method, and make the optimizer and the schedule."""
     device = resolve_device(cfg.device)
     use_bf16 = resolve_bf16(cfg.bf16, device)
     if cfg.threads:
@@ -256,8 +263,7 @@ def train(
     label_column = cfg.label_column if cfg.task == "classification" else None
     train_ds, eval_ds = load_task(cfg.data, cfg.eval_data, cfg.text_column, label_column, cfg.seed)
     train_ds, eval_ds = train_ds.head(cfg.max_train_examples), eval_ds.head(cfg.max_eval_examples)
-    num_labels = max(2, train_ds.num_labels)
-    model, tokenizer = load_base(cfg.model, num_labels=num_labels, task=cfg.task, seed=cfg.seed)
+    model, tokenizer = load_base(cfg.model, num_labels=max(2, train_ds.num_labels), task=cfg.task, seed=cfg.seed)
     prepare_model(cfg, model)
     model.to(device).train()
     # bf16 runs of a frozen base: store it in bf16 once (see store_frozen_in_bf16).
@@ -265,125 +271,181 @@ def train(
     if use_bf16 and device.type == "cpu":
         use_plain_attention(model)
     counts = count_parameters(model)
-    params = ParamCounts(trainable=counts.trainable, total=counts.total)
 
     train_loader = make_batches(train_ds, tokenizer, cfg.batch_size, cfg.max_length, shuffle=True, seed=cfg.seed,
                                 task=cfg.task)
     # Evaluation order does not change its result: batch similar lengths to pad less.
     eval_tokens = by_length(tokenize_dataset(eval_ds, tokenizer, cfg.max_length))
-    eval_loader = make_batches(eval_tokens, tokenizer, cfg.batch_size * 2, cfg.max_length, shuffle=False, task=cfg.task)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    eval_batches = make_batches(eval_tokens, tokenizer, cfg.batch_size * 2, cfg.max_length, shuffle=False,
+                                task=cfg.task)
     ratio = cfg.lora.loraplus_ratio if cfg.method == "lora" else None
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, loraplus_ratio=ratio)
     warmup = int(cfg.warmup_ratio * cfg.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, cfg.steps, warmup))
 
-    env = store.environment(device=str(device), threads=torch.get_num_threads())
+    env = environment(device=str(device), threads=torch.get_num_threads())
     env["bf16"] = use_bf16
     env["frozen_dtype"] = "bfloat16" if frozen_in_bf16 else str(next(model.parameters()).dtype).removeprefix("torch.")
+    return Setup(model=model, trainable=[p for p in model.parameters() if p.requires_grad], optimizer=optimizer,
+                 scheduler=scheduler, batches=repeat_batches(train_loader, cfg.steps), eval_batches=eval_batches,
+                 device=device, use_bf16=use_bf16, params=ParamCounts(trainable=counts.trainable, total=counts.total),
+                 environment=env, frozen_in_bf16=frozen_in_bf16)
 
-    def estimate_for(batch_size: int, seq_len: int):
-        """The analytic estimate for the batch the measurement saw (BERT/GPT-2 blocks only)."""
-        try:
-            est = mem.estimate_memory(model, batch_size=batch_size, seq_len=seq_len, device=device.type)
-            env["estimate_shape"] = [batch_size, seq_len]
-            return est
-        except (ValueError, NotImplementedError, TypeError) as e:
-            env["estimate_note"] = str(e)
-            return None
 
-    estimate = None
-    memory = mem.MemoryBreakdown(weights=mem.parameter_bytes(model))
-    history: list[dict] = []
-    result = RunResult(config=cfg, status="running", history=pd.DataFrame(columns=HISTORY_COLUMNS), params=params,
-                       memory=memory, timing=Timing(float("nan"), float("nan"), 0.0), environment=env,
-                       memory_estimate=estimate)
+def training_step(run: Setup, inputs: dict[str, torch.Tensor], max_grad_norm: float) -> float:
+    """One optimizer step on one batch; returns its loss.
 
-    def finish(status: str, message: str = "") -> RunResult:
-        result.status, result.message = status, message
-        result.history = pd.DataFrame(history, columns=HISTORY_COLUMNS)
-        steady = step_times[1:] or step_times
-        train_time = sum(step_times)
-        result.timing = Timing(
+    forward (under bf16 autocast when the run uses it) -> backward -> clip the gradient
+    norm -> AdamW step -> next learning rate -> drop the gradients.  A NaN or infinite
+    loss returns before backward: the weights are left as they were.
+    """
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
+        loss = run.model(**inputs).loss
+    value = loss.detach().item()
+    if not math.isfinite(value):
+        return value
+    loss.backward()
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(run.trainable, max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)  # so the step's time is the step's
+    return value
+
+
+@dataclass
+class RunLog:
+    """What the loop has done so far: the curve, and the time and real tokens of each step."""
+
+    history: list[dict] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+    tokens: int = 0
+
+    def curve(self) -> pd.DataFrame:
+        return pd.DataFrame(self.history, columns=list(HISTORY_COLUMNS))
+
+    def timing(self, started: float) -> Timing:
+        """Median step time without the first step (it warms caches up); tokens per second of training."""
+        steady = self.step_times[1:] or self.step_times
+        train_time = sum(self.step_times)
+        return Timing(
             seconds_per_step=statistics.median(steady) if steady else float("nan"),
-            tokens_per_second=tokens / train_time if train_time > 0 else float("nan"),
-            total_seconds=time.perf_counter() - t_start,
+            tokens_per_second=self.tokens / train_time if train_time > 0 else float("nan"),
+            total_seconds=time.perf_counter() - started,
         )
-        memory.peak, memory.peak_kind = mem.peak_memory(device)
-        if runs_dir is not None:
-            store.save_run(result, runs_dir)
-            if cfg.method == "lora" and step > 0:
-                from workbench.lora.adapters import save_adapter
 
-                save_adapter(model, os.path.join(result.path, "adapter"))
-        if keep_model:
-            if frozen_in_bf16:
-                restore_frozen_to_fp32(model)
-            result.model = model.eval()
-        return result
 
-    step_times: list[float] = []
-    tokens = 0
-    step = 0
-    mem.reset_peak_memory(device)  # this run's peak, not the whole session's
-    bar = tqdm(total=cfg.steps, desc=cfg.label(), disable=not progress, leave=False)
-    batches = repeat_batches(train_loader, cfg.steps)
+def train_here(cfg: RunConfig, sinks: RunSink | None = None, stop: threading.Event | None = None,
+               keep_model: bool = False, *, own_process: bool = False) -> RunResult:
+    """Run one fine-tuning in this process: set up, the loop, and the end the sinks see.
+
+    ``sinks`` hear the run's edges (``workbench.engine.events``); ``stop`` ends it before
+    the next step; ``keep_model`` hands the trained model back as ``result.model``.
+    ``own_process``: this process exists for this run alone (``workbench.engine.worker``),
+    so its resident peak is the run's own.
+    """
+    validate(cfg)
+    started = time.perf_counter()
+    sinks = sinks if sinks is not None else RunSink()
+    run = set_up(cfg)
+    log = RunLog()
+    probe = MemoryProbe(run.model, run.optimizer, run.device, own_process=own_process)  # measures the first step
+    result = RunResult(config=cfg, status="running", history=log.curve(), params=run.params, memory=probe.memory,
+                       timing=log.timing(started), environment=run.environment)
+    error: Exception | None = None
     try:
-        while step < cfg.steps:
-            if stop is not None and stop.is_set():
-                return finish("stopped", f"stopped by the user after {step} of {cfg.steps} steps")
-            batch = next(batches)
-            if step == 0:  # dynamic padding: the measured step saw this batch's own length
-                result.memory_estimate = estimate_for(*batch.input_ids.shape)
-            n_tokens = batch.num_tokens
-            batch = batch.to(device).model_inputs()
-            t0 = time.perf_counter()
-            saved = mem.SavedActivations(model) if step == 0 else None
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                if saved is not None:
-                    with saved:
-                        loss = model(**batch).loss
-                else:
-                    loss = model(**batch).loss
-            loss_value = loss.detach().item()
-            if not math.isfinite(loss_value):
-                history.append({"step": step + 1, "train_loss": loss_value, "lr": scheduler.get_last_lr()[0]})
-                return finish("diverged", f"the loss became {loss_value} at step {step + 1}; "
-                                          f"try a lower learning rate than {cfg.lr:g}")
-            loss.backward()
-            if saved is not None:
-                memory.activations = saved.bytes
-                memory.gradients = mem.gradient_bytes(model)
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step_times.append(time.perf_counter() - t0)
-            tokens += n_tokens
-            if step == 0:
-                memory.optimizer = mem.optimizer_state_bytes(optimizer)
-            step += 1
-            row = {"step": step, "train_loss": loss_value, "lr": lr}
-            history.append(row)
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                row["eval_loss"], row["eval_accuracy"] = evaluate(model, eval_loader, device, use_bf16)
-                if runs_dir is not None and step < cfg.steps:  # checkpoint the record and curve
-                    result.history = pd.DataFrame(history, columns=HISTORY_COLUMNS)
-                    store.save_run(result, runs_dir)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            if on_step is not None:
-                on_step(StepInfo(step, cfg.steps, loss_value, lr, time.perf_counter() - t_start,
-                                 row.get("eval_loss"), row.get("eval_accuracy"), history))
+        sinks.on_start(result)
+        status, message = _loop(cfg, run, log, result, sinks, stop, started)
     except KeyboardInterrupt:
-        return finish("stopped", f"interrupted after {step} of {cfg.steps} steps")
-    except Exception as e:
-        finish("failed", f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        bar.close()
-    return finish("completed")
+        status, message = "stopped", f"interrupted after {len(log.step_times)} of {cfg.steps} steps"
+    except Exception as e:  # noqa: BLE001 - recorded as "failed", then raised again below
+        status, message, error = "failed", f"{type(e).__name__}: {e}", e
+
+    result.status, result.message = status, message
+    result.history, result.timing = log.curve(), log.timing(started)
+    result.memory, result.memory_estimate = probe.close(), probe.estimate
+    result.environment.update(probe.notes)
+    if keep_model:
+        if run.frozen_in_bf16:
+            restore_frozen_to_fp32(run.model)
+        result.model = run.model.eval()
+    sinks.on_finish(result, run.model)
+    if error is not None:
+        raise error
+    return result
+
+
+def _loop(cfg: RunConfig, run: Setup, log: RunLog, result: RunResult, sinks: RunSink,
+          stop: threading.Event | None, started: float) -> tuple[str, str]:
+    """The training loop, one optimizer step per pass; returns how it ended: (status, message)."""
+    for step in range(1, cfg.steps + 1):
+        if stop is not None and stop.is_set():
+            return "stopped", f"stopped by the user after {step - 1} of {cfg.steps} steps"
+        batch = next(run.batches)
+        inputs = batch.to(run.device).model_inputs()
+        lr = run.scheduler.get_last_lr()[0]
+        t0 = time.perf_counter()
+        loss = training_step(run, inputs, cfg.max_grad_norm)
+        row = {"step": step, "train_loss": loss, "lr": lr}
+        log.history.append(row)
+        if not math.isfinite(loss):
+            return "diverged", f"the loss became {loss} at step {step}; try a lower learning rate than {cfg.lr:g}"
+        log.step_times.append(time.perf_counter() - t0)
+        log.tokens += batch.num_tokens
+        if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
+            row["eval_loss"], row["eval_accuracy"] = evaluate(run.model, run.eval_batches, run.device, run.use_bf16)
+            result.history = log.curve()
+            sinks.on_eval(result)
+        sinks.on_step(StepInfo(step, cfg.steps, loss, lr, time.perf_counter() - started,
+                               row.get("eval_loss"), row.get("eval_accuracy"), log.history))
+    return "completed", ""
+
+
+def use_fresh_process(cfg: RunConfig, fresh_process: bool | None = None) -> bool:
+    """Whether a run trains in a worker process of its own (``workbench.engine.worker``).
+
+    None (the default) decides by the device.  On the CPU (Linux) yes: the only peak a CPU
+    run has is the resident memory of a whole process, and a process that ran other runs
+    keeps their memory (measured in one process, the same head-only run on the tiny preset
+    peaked at 545 MB alone and at 665 MB right after a full fine-tuning).  On CUDA no:
+    ``max_memory_allocated`` after a reset is the run's own in any process.
+    """
+    linux = sys.platform.startswith("linux")
+    if fresh_process is None:
+        return linux and resolve_device(cfg.device).type == "cpu"
+    check_bool("fresh_process", fresh_process)
+    if fresh_process and not linux:
+        raise ValueError("fresh_process=True needs Linux (the worker is forked, and the peak read from /proc); "
+                         "use fresh_process=False")
+    return fresh_process
+
+
+def train(
+    cfg: RunConfig,
+    on_step: Callable[[StepInfo], None] | None = None,
+    stop: threading.Event | None = None,
+    progress: bool = True,
+    keep_model: bool = False,
+    *,
+    sinks: Iterable[RunSink] = (),
+    fresh_process: bool | None = None,
+) -> RunResult:
+    """Run one fine-tuning as ``cfg`` says and return its result.  Nothing is stored here:
+    ``wb.train`` (``workbench.records.recording.train``) is this with the run store attached.
+
+    ``on_step`` is called after each step with a ``StepInfo``; ``progress`` shows a bar;
+    ``sinks`` are further listeners on the run's edges (``workbench.engine.events``).
+    Setting ``stop`` (a ``threading.Event``) or pressing Ctrl-C ends the run early as
+    "stopped".  ``keep_model=True`` returns the trained model too, as ``result.model``.
+    ``fresh_process``: train in a worker process of its own (see ``use_fresh_process``;
+    the default: yes on the CPU, no on CUDA); the sinks and ``on_step`` run here either way.
+    """
+    validate(cfg)
+    group = sinks_for(sinks, on_step, progress)
+    if use_fresh_process(cfg, fresh_process):
+        from workbench.engine.worker import train_in_worker
+
+        return train_in_worker(cfg, group, stop=stop, keep_model=keep_model)
+    return train_here(cfg, group, stop=stop, keep_model=keep_model)

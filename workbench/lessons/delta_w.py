@@ -45,8 +45,11 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from torch import nn
 
-from workbench.lora.inject import layer_index, lora_layers
+from workbench.lora.inject import lora_layers
+from workbench.lora.targets import layer_index
 from workbench.lora.layer import LoRALayer
+from workbench.util.checks import check_number, check_positive_int, is_integer
+from workbench.viz.plots import FIGSIZE
 
 MatrixLike = torch.Tensor | np.ndarray
 
@@ -78,7 +81,6 @@ REPORT_COLUMNS: dict[str, str] = {
 SPECTRUM_FLOOR = 1e-10
 #: Heat maps with at most this many cells print each value in its cell.
 ANNOTATE_MAX_CELLS = 100
-FIGSIZE: tuple[float, float] = (7.0, 4.2)
 #: Up to this many layers the spectrum has one legend entry per layer; above it, colour
 #: shows the block number (colour bar) and line style the role (query, value, ...).
 LEGEND_MAX_LINES = 10
@@ -118,7 +120,7 @@ def _as_float64(x: Any, name: str) -> tuple[torch.Tensor, float]:
 
 
 def _check_count(value: Any, name: str, low: int, high: int, why: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not is_integer(value):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if not low <= int(value) <= high:
         raise ValueError(f"{name} must be in {low}..{high} ({why}), got {value}")
@@ -162,8 +164,8 @@ def effective_rank(delta: MatrixLike, tol: float | None = None) -> int:
     s = torch.linalg.svdvals(m)
     if tol is None:
         tol = max(m.shape) * eps * float(s[0])
-    elif isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    else:
+        check_number("tol", tol, low=0)
     return int((s > tol).sum())
 
 
@@ -266,8 +268,7 @@ def delta_report(model: nn.Module, top: int = 3) -> pd.DataFrame:
     again (see ``base_and_delta``), so the report reads the same before and after a merge.
     A freshly initialised adapter (B = 0) has Delta W = 0: ratio 0 and rank 0.
     """
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be a positive integer (how many singular values to list), got {top!r}")
+    check_positive_int("top", top, what="how many singular values to list")
     rows = []
     for path, layer in _require_layers(model).items():
         w, delta = base_and_delta(layer)
@@ -429,7 +430,7 @@ def _amplification(
     wt: torch.Tensor, u: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor, eps: float, seed: int
 ) -> dict[str, float]:
     """The numbers of Table 7, given W and the top-r singular triplets (U, sigma, V) of Delta W."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    if not is_integer(seed):
         raise TypeError(f"seed must be an integer, got {seed!r}")
     r = u.shape[1]
     if float(sigma[0]) == 0.0:

@@ -34,7 +34,8 @@ from workbench.lessons.delta_w import (
     base_and_delta,
     subspace_similarity_grid,
 )
-from workbench.lora.inject import layer_index
+from workbench.lora.targets import layer_index
+from workbench.util.checks import check_number, check_positive_int, is_integer
 
 #: Column groups of ``table7_layout``: whose top-r singular vectors U, V project W.
 TABLE7_SOURCES: tuple[str, ...] = ("ΔW", "W", "random")
@@ -59,7 +60,7 @@ def find_layer(model: nn.Module, role: str = "value", block: int = -1) -> str:
     """
     if not isinstance(role, str) or not role:
         raise ValueError(f"role must be the end of a layer name such as 'query' or 'value', got {role!r}")
-    if isinstance(block, bool) or not isinstance(block, (int, np.integer)):
+    if not is_integer(block):
         raise TypeError(f"block must be an integer (0 = first block, -1 = top block), got {block!r}")
     found = _require_layers(model)
     matches = {
@@ -124,8 +125,8 @@ def delta_difference(model1: nn.Module, model2: nn.Module) -> float:
 
 
 def _check_positive(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    """``value`` as a plain int, once ``check_positive_int`` has accepted it."""
+    check_positive_int(name, value)
     return int(value)
 
 
@@ -208,10 +209,7 @@ def random_projection_norm(weight_fro: float, r: int, out_features: int, in_feat
     paper's 0.02 and 0.33; a small model's W, with far fewer dimensions, keeps a much larger
     share of itself in r random directions.
     """
-    if isinstance(weight_fro, bool) or not isinstance(weight_fro, (int, float, np.floating)) or not (
-        math.isfinite(weight_fro) and weight_fro >= 0
-    ):
-        raise ValueError(f"weight_fro must be a finite number >= 0 (a Frobenius norm), got {weight_fro!r}")
+    check_number("weight_fro", weight_fro, low=0, what="a Frobenius norm")
     r = _check_positive(r, "r")
     out_features = _check_positive(out_features, "out_features")
     in_features = _check_positive(in_features, "in_features")

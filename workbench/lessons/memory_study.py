@@ -14,6 +14,12 @@ memory notebook (``notebooks/03_memory.ipynb``):
 * ``activation_table(model, batch_size, seq_len)``: the estimate's per-tensor list of
   saved activations, with what each tensor is and how it grows with B and S.
 
+This is the one place where a measured step is set beside the estimate: ``measure_step``
+runs and accounts one training step of a model as it stands, and ``compare_breakdowns``
+puts a measurement beside an estimate in one table (``component``, ``measured MB``,
+``estimated MB``, ``error %``).  The planner (``workbench.lessons.planner``: ``measure``
+and ``Plan.compare``) uses both.
+
 Why a synthetic batch: real data is padded per batch to that batch's longest sentence
 (dynamic padding), so "sequence length 64" of a real run means "at most 64", and the
 measured activations follow the first batch's longest sentence.  Random token ids with a
@@ -46,17 +52,21 @@ from torch import nn
 
 from workbench.engine.config import RunConfig
 from workbench.engine.memory import (
-    MB,
+    OPTIMIZER_STATES,
     MemoryBreakdown,
     estimate_activation_bytes,
     estimate_memory,
     measure_train_step,
 )
+from workbench.util.checks import check_choice, check_positive_int
+from workbench.util.units import MB
 
 __all__ = [
     "COMPONENTS",
     "MemoryComparison",
     "compare_breakdowns",
+    "measure_step",
+    "step_optimizer",
     "prepared_model",
     "synthetic_batch",
     "measure_vs_estimate",
@@ -74,22 +84,32 @@ COMPONENTS: tuple[str, ...] = ("weights", "gradients", "optimizer", "activations
 # --------------------------------------------------------------------------- results
 
 
-def compare_breakdowns(measured: MemoryBreakdown, estimated: MemoryBreakdown | None) -> pd.DataFrame:
+def compare_breakdowns(measured: MemoryBreakdown, estimated: MemoryBreakdown | None,
+                       unestimated: Iterable[str] = ()) -> pd.DataFrame:
     """Measured beside estimated, one row per component: MB (10**6 bytes) and error in %.
 
-    ``error %`` = 100 * (estimated - measured) / measured (NaN when nothing was measured,
-    or when there is no estimate).  A ``peak`` row follows when the measurement has one:
-    it has no estimate (the peak includes memory that is not tensors; see
-    ``MemoryBreakdown``).  Works for a ``RunResult``'s ``memory`` and ``memory_estimate``.
+    Columns, in this order: ``component``, ``measured MB``, ``estimated MB``, ``error %``
+    = 100 * (estimated - measured) / measured (NaN when nothing was measured, or when
+    there is no estimate).  ``unestimated``: components the estimate does not cover (the
+    planner has no activation formula for some architectures): NaN there, and in the
+    total.  A ``peak`` row follows when the measurement has one: it has no estimate (the
+    peak includes memory that is not tensors; see ``MemoryBreakdown``).  Works for a
+    ``RunResult``'s ``memory`` and ``memory_estimate`` too.
     """
     if not isinstance(measured, MemoryBreakdown):
         raise TypeError(f"measured must be a MemoryBreakdown, got {type(measured).__name__}")
     if estimated is not None and not isinstance(estimated, MemoryBreakdown):
         raise TypeError(f"estimated must be a MemoryBreakdown or None, got {type(estimated).__name__}")
+    missing = set(unestimated)
+    unknown = missing - set(COMPONENTS)
+    if unknown:
+        raise ValueError(f"unestimated must name components among {COMPONENTS}, got {sorted(unknown)}")
+    if missing:
+        missing.add("total")
     rows = []
     for name in COMPONENTS:
         m = getattr(measured, name)
-        e = getattr(estimated, name) if estimated is not None else None
+        e = getattr(estimated, name) if estimated is not None and name not in missing else None
         rows.append({
             "component": name,
             "measured MB": m / MB,
@@ -99,7 +119,7 @@ def compare_breakdowns(measured: MemoryBreakdown, estimated: MemoryBreakdown | N
     if measured.peak is not None:
         rows.append({"component": f"peak ({measured.peak_kind})" if measured.peak_kind else "peak",
                      "measured MB": measured.peak / MB, "estimated MB": np.nan, "error %": np.nan})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["component", "measured MB", "estimated MB", "error %"])
 
 
 @dataclass
@@ -148,9 +168,44 @@ class MemoryComparison:
 # --------------------------------------------------------------------------- one step
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def step_optimizer(name: str, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer ``name`` ("adamw", "adam", "sgd", "sgd-momentum") at learning rate 0.
+
+    It allocates and updates its state in ``step`` as in any training step (the state
+    sizes are ``workbench.engine.memory.OPTIMIZER_STATES``), but no weight moves, so one
+    model can be measured again and again.
+    """
+    check_choice("optimizer", name, tuple(OPTIMIZER_STATES))
+    params = list(params)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=0.0, weight_decay=0.0)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=0.0)
+    return torch.optim.SGD(params, lr=0.0, momentum=0.9 if name == "sgd-momentum" else 0.0)
+
+
+def measure_step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizer: str = "adamw",
+                 seed: int = 0) -> MemoryBreakdown:
+    """One training step of ``model`` as it stands, accounted exactly.
+
+    Its ``requires_grad`` flags say what trains and its mode says whether dropout runs;
+    ``batch`` (with labels) is on the model's device.  Forward, backward and one step of
+    ``step_optimizer(optimizer)`` under ``workbench.engine.memory.measure_train_step``:
+    weights, the gradients present after backward, the optimizer's state after its first
+    step, the bytes autograd saved for backward, and the peak.  ``seed`` fixes the dropout
+    masks.  The gradients are cleared afterwards and no weight changes (learning rate 0).
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameter: nothing to measure")
+    device = trainable[0].device
+    model.zero_grad(set_to_none=True)
+    opt = step_optimizer(optimizer, trainable)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # the dropout masks
+        measured = measure_train_step(model, opt, batch, device=device)
+    model.zero_grad(set_to_none=True)
+    return measured
 
 
 def _max_positions(model: nn.Module) -> int | None:
@@ -193,10 +248,9 @@ def synthetic_batch(tokenizer: Any, batch_size: int, seq_len: int, task: str = "
     class per sequence for classification, the ids themselves for causal-lm (the model
     shifts them).  Memory depends on these shapes only, not on the values.
     """
-    _check_positive("batch_size", batch_size)
-    _check_positive("seq_len", seq_len)
-    if task not in ("classification", "causal-lm"):
-        raise ValueError(f"task must be 'classification' or 'causal-lm', got {task!r}")
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("seq_len", seq_len)
+    check_choice("task", task, ("classification", "causal-lm"))
     vocab = len(tokenizer)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     allowed = torch.tensor([i for i in range(vocab) if i not in special], dtype=torch.long)
@@ -232,8 +286,8 @@ def measure_vs_estimate(cfg: RunConfig, batch_size: int, seq_len: int, seed: int
     """
     if not isinstance(cfg, RunConfig):
         raise TypeError(f"cfg must be a RunConfig, got {type(cfg).__name__}")
-    _check_positive("batch_size", batch_size)
-    _check_positive("seq_len", seq_len)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("seq_len", seq_len)
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer (from prepared_model), or neither")
     if model is None:
@@ -245,18 +299,12 @@ def measure_vs_estimate(cfg: RunConfig, batch_size: int, seq_len: int, seed: int
         torch.set_num_threads(cfg.threads)
     device = next(model.parameters()).device
     model.train()
-    model.zero_grad(set_to_none=True)
-    batch = {k: v.to(device) for k, v in synthetic_batch(tokenizer, batch_size, seq_len, cfg.task, seed=seed).items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(f"{cfg.label()} leaves no parameter trainable: nothing to measure")
-    # lr = 0: AdamW allocates and updates its moments as always, but no weight moves.
-    optimizer = torch.optim.AdamW(trainable, lr=0.0, weight_decay=0.0)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)  # the dropout masks
-        measured = measure_train_step(model, optimizer, batch, device=device)
-    model.zero_grad(set_to_none=True)
-    del optimizer, batch
+    batch = {k: v.to(device) for k, v in synthetic_batch(tokenizer, batch_size, seq_len, cfg.task, seed=seed).items()}
+    measured = measure_step(model, batch, "adamw", seed)
+    del batch
     kw = dict(dropout=True, device=device.type, padded=False)
     estimated = estimate_memory(model, batch_size, seq_len, optimizer="adamw", **kw)
     items = estimate_activation_bytes(model, batch_size, seq_len, **kw)
@@ -285,9 +333,9 @@ def memory_grid(cfg_by_method: Mapping[str, RunConfig], batch_sizes: Iterable[in
     if not bs or not ss:
         raise ValueError("batch_sizes and seq_lens must each hold at least one value")
     for b in bs:
-        _check_positive("every batch size", b)
+        check_positive_int("every batch size", b)
     for s in ss:
-        _check_positive("every sequence length", s)
+        check_positive_int("every sequence length", s)
     rows: list[dict[str, Any]] = []
     for name, cfg in cfg_by_method.items():
         if not isinstance(cfg, RunConfig):
@@ -393,8 +441,8 @@ def activation_table(model: nn.Module, batch_size: int, seq_len: int, *, dropout
     ``requires_grad`` flags say what trains, so the same model before and after LoRA
     gives the two tables to compare.
     """
-    _check_positive("batch_size", batch_size)
-    _check_positive("seq_len", seq_len)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("seq_len", seq_len)
     kw = dict(dropout=dropout, device=device, padded=padded)
     base = estimate_activation_bytes(model, batch_size, seq_len, **kw)
     twice_b = estimate_activation_bytes(model, 2 * batch_size, seq_len, **kw)
@@ -446,8 +494,8 @@ def effective_seq_len(model: nn.Module, batch_size: int, activation_bytes: int, 
     (None when no length gives exactly that many bytes, and when the estimate does not
     depend on S at all, as for head-only training, whose saved tensors are B x H).
     """
-    _check_positive("batch_size", batch_size)
-    _check_positive("max_seq_len", max_seq_len)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("max_seq_len", max_seq_len)
     kw = dict(dropout=dropout, device=device, padded=padded)
 
     def act(s: int) -> int:

@@ -1,6 +1,6 @@
 """Plan a fine-tuning run of a model too big to load: parameters and memory, LoRA beside full.
 
-``plan("gpt3-175b", rank=8, targets=("query", "value"))`` answers, in seconds and without
+``plan("gpt3-175b", rank=8, targets=("query", "value"))`` (or ``plan("gpt3-175b", LoRAConfig(...))``) answers, in seconds and without
 a single weight in memory, the two questions the LoRA paper (Hu et al. 2021,
 arXiv:2106.09685) is about: how many numbers train, and how much memory training takes.
 
@@ -29,7 +29,9 @@ bundled MiniLM (``"minilm"``), any ``transformers.PretrainedConfig``, a local fo
 config file, or a Hugging Face Hub name when a network is there.
 
 ``measure(plan)`` runs one real training step of the same configuration (small models
-only) and ``Plan.compare`` sets the estimate beside the measurement.
+only) and ``Plan.compare`` sets the estimate beside the measurement, both through the
+memory study's one measure-beside-estimate path (``workbench.lessons.memory_study``:
+``measure_step`` and ``compare_breakdowns``).
 
 Units: the tables write GB = 10**9 bytes and MB = 10**6 bytes (decimal, as the LoRA paper's
 "350GB" = 175e9 parameters x 2 bytes).
@@ -52,19 +54,19 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from workbench.lora.inject import add_lora, check_settings, head_names
+from workbench.engine.memory import OPTIMIZER_STATES, MemoryBreakdown, estimate_activation_bytes
+from workbench.engine.models import BUNDLED
+from workbench.lessons.memory_study import compare_breakdowns, measure_step
+from workbench.engine.data import TASKS as ENGINE_TASKS
+from workbench.lora.config import LoRAConfig
+from workbench.lora.inject import add_lora
 from workbench.lora.layer import LoRALayer
-from workbench.engine.memory import (
-    OPTIMIZER_STATES,
-    MemoryBreakdown,
-    estimate_activation_bytes,
-    measure_train_step,
-)
+from workbench.lora.targets import head_names
+from workbench.util.checks import check_choice, check_positive_int
+from workbench.util.units import GB, format_bytes, format_count
 from workbench.viz.plots import FULL_COLOR, MEMORY_COMPONENTS, STYLE, rank_color, style_axes
 
 __all__ = [
-    "GB",
-    "MB",
     "TASKS",
     "DTYPES",
     "Architecture",
@@ -85,10 +87,7 @@ __all__ = [
     "measure",
 ]
 
-GB = 1e9  # decimal gigabyte: the LoRA paper's "350GB" is 175e9 x 2 bytes
-MB = 1e6  # decimal megabyte, as the project's figures report memory
-TASKS = ("classification", "causal-lm", "base")
-BUNDLED = "minilm"
+TASKS = ENGINE_TASKS + ("base",)  # what a plan builds: a head for one of the engine's tasks, or the bare model
 _STEP_COUNTER_BYTES = 4  # torch.optim.Adam/AdamW keep `step` as a float32 0-dim tensor
 _ADAM = ("adam", "adamw")
 
@@ -291,8 +290,7 @@ def build_meta_model(config: Any, task: str = "classification", num_labels: int 
     """
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+    check_choice("task", task, TASKS)
     auto = {"classification": AutoModelForSequenceClassification,
             "causal-lm": AutoModelForCausalLM, "base": AutoModel}[task]
     cfg = copy.deepcopy(config)
@@ -399,16 +397,18 @@ class MethodPlan:
 
 @dataclass
 class PlanSettings:
-    """The question a plan answers (what ``plan`` was called with, targets resolved)."""
+    """The question a plan answers (what ``plan`` was called with, targets resolved).
+
+    ``lora``: the LoRA settings, with the targets as this architecture names them
+    (``resolve_targets``).  ``dropout``: whether the activation estimate counts the base
+    model's dropout masks (LoRA's own dropout is ``lora.dropout``).
+    """
 
     architecture: str
     model_class: str
     task: str
     method: str
-    rank: int
-    alpha: float
-    targets: list[str] | str
-    layers: list[int] | None
+    lora: LoRAConfig
     batch_size: int
     seq_len: int
     dtype: str
@@ -417,10 +417,11 @@ class PlanSettings:
     device: str
     dropout: bool
     padded: bool
-    lora_dropout: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["lora"] = self.lora.to_dict()
+        return d
 
 
 @dataclass
@@ -456,9 +457,8 @@ class Plan:
 
     @property
     def lora_label(self) -> str:
-        s = self.settings
-        where = ",".join(s.targets) if isinstance(s.targets, list) else s.targets
-        return f"LoRA r={s.rank} ({where})"
+        """'LoRA r=8 (query,value)' (``LoRAConfig.label``: DoRA, rsLoRA, PiSSA say so)."""
+        return self.settings.lora.label()
 
     def table(self) -> pd.DataFrame:
         """Memory in GB (10**9 bytes), one row per component, LoRA and full side by side.
@@ -509,23 +509,23 @@ class Plan:
     def compare(self, measured: Mapping[str, MemoryBreakdown]) -> pd.DataFrame:
         """Estimate against a measurement (``measure(plan)``): MB (10**6 bytes) and error in %.
 
-        One row per method and component; ``error %`` = 100 * (estimate - measured) / measured.
+        One block per method ("lora", "full") of ``memory_study.compare_breakdowns``, the
+        one measure-beside-estimate table: columns ``method``, ``component``, ``measured MB``,
+        ``estimated MB``, ``error %`` = 100 * (estimate - measured) / measured.  Unknown
+        activations (no formula for the architecture) are NaN, and so is their total.
         """
-        rows = []
+        blocks = []
         for method in ("lora", "full"):
             if method not in measured:
                 continue
-            est, got = getattr(self, method), measured[method]
-            for attr, label, _ in MEMORY_COMPONENTS + (("total", "total", ""),):
-                e = getattr(est.memory, attr) if (attr not in ("activations", "total") or est.activations_known) else None
-                m = getattr(got, attr)
-                rows.append({
-                    "method": method, "component": label,
-                    "estimated MB": np.nan if e is None else e / MB,
-                    "measured MB": m / MB,
-                    "error %": np.nan if (e is None or m == 0) else 100 * (e - m) / m,
-                })
-        return pd.DataFrame(rows)
+            est = getattr(self, method)
+            table = compare_breakdowns(measured[method], est.memory,
+                                       unestimated=() if est.activations_known else ("activations",))
+            table.insert(0, "method", method)
+            blocks.append(table)
+        if not blocks:
+            raise ValueError(f"measured must hold 'lora' and/or 'full' (from measure(plan)), got {sorted(measured)}")
+        return pd.concat(blocks, ignore_index=True)
 
     def figure(self) -> Figure:
         """Stacked bars, LoRA beside full fine-tuning: weights, gradients, optimizer, activations (GB).
@@ -545,12 +545,12 @@ class Plan:
             ax.bar(x, h, 0.55, bottom=bottoms, color=color, label=label, edgecolor="white", linewidth=0.6)
             bottoms += h
         for i, m in enumerate(sides):
-            note = _fmt_gb(bottoms[i]) + ("" if m.activations_known else "\n+ activations: no estimate")
+            note = format_bytes(bottoms[i] * GB) + ("" if m.activations_known else "\n+ activations: no estimate")
             ax.annotate(note, (x[i], bottoms[i]), xytext=(0, 3), textcoords="offset points", ha="center",
                         va="bottom", fontsize=STYLE["annotation_size"], color=STYLE["text_color"])
-        edge = [rank_color(s.rank), FULL_COLOR]
-        ticks = [f"{self.lora_label}\n{_count(self.lora.trainable)} trainable",
-                 f"full fine-tuning\n{_count(self.full.trainable)} trainable"]
+        edge = [rank_color(s.lora.rank), FULL_COLOR]
+        ticks = [f"{self.lora_label}\n{format_count(self.lora.trainable)} trainable",
+                 f"full fine-tuning\n{format_count(self.full.trainable)} trainable"]
         ax.set_xticks(x, ticks)
         for tick, c in zip(ax.get_xticklabels(), edge):
             tick.set_color(c)
@@ -566,23 +566,7 @@ class Plan:
         return fig
 
 
-def _fmt_gb(gb: float) -> str:
-    return f"{gb:,.0f} GB" if gb >= 100 else f"{gb:.3g} GB"
-
-
-def _count(n: int) -> str:
-    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            return f"{n / div:.3g}{suffix}"
-    return str(n)
-
-
 # ------------------------------------------------------------------ planning
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _side(model: nn.Module, method: str, s: torch.dtype, optimizer: str, batch_size: int, seq_len: int,
@@ -595,8 +579,7 @@ def _side(model: nn.Module, method: str, s: torch.dtype, optimizer: str, batch_s
     weights = sum(p.numel() * p.element_size() for p in params)
     grads = sum(p.numel() * p.element_size() for p in train)
     opt = OPTIMIZER_STATES[optimizer] * grads + (_STEP_COUNTER_BYTES * len(train) if optimizer in _ADAM else 0)
-    adapters = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and
-                   (".lora_A." in name or ".lora_B." in name))
+    adapters = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and ".lora_" in name)
     heads = head_names(model)
     head = sum(p.numel() for h in heads for p in model.get_submodule(h).parameters() if p.requires_grad)
     note = None
@@ -616,50 +599,47 @@ def _side(model: nn.Module, method: str, s: torch.dtype, optimizer: str, batch_s
 
 def plan(
     config: Any,
+    lora: LoRAConfig | None = None,
+    /,
+    *,
     method: str = "lora",
-    rank: int = 8,
-    alpha: float = 16,
-    targets: Sequence[str] | str = ("query", "value"),
-    layers: Iterable[int] | None = None,
     batch_size: int = 1,
     seq_len: int = 512,
     dtype: torch.dtype | str = torch.float32,
     optimizer: str = "adamw",
     task: str | None = None,
     num_labels: int = 2,
-    *,
     device: str = "cpu",
     dropout: bool = True,
     padded: bool = True,
-    lora_dropout: float = 0.0,
     name: str | None = None,
+    **lora_settings: Any,
 ) -> Plan:
     """Parameters and training memory of LoRA and of full fine-tuning, from a config alone.
 
     ``config``: a ``transformers`` config, a shipped name (``shipped_architectures()``), a
-    local folder or config file, or a Hub name (needs a network).  ``method`` picks which
-    side ``.trainable``/``.total``/``.memory`` report; both are always computed.
-    ``targets`` as ``add_lora`` takes them; the roles "query", "key", "value" are mapped
-    to this architecture's names (``q_proj``, GPT-2's fused ``c_attn``).  ``task``: None
-    for the architecture's natural one (classification for encoders, causal-lm for
-    decoders), or one of ``TASKS``.  ``dtype``: training wholly in that dtype (weights,
-    gradients, optimizer state and activations); see ``precision_table`` for mixed
-    precision.  ``device``, ``dropout``, ``padded``: the activation estimate's assumptions
-    (``workbench.engine.memory.estimate_memory``).  ``name`` labels the plan (default: the
-    shipped name, the Hub name, or the config's model type).
+    local folder or config file, or a Hub name (needs a network).  The LoRA settings come
+    as a ``LoRAConfig`` or as its fields by name (``plan("gpt2", rank=8, alpha=16,
+    targets=("query", "value"))``; LoRA's own dropout only through ``LoRAConfig(dropout=...)``,
+    since ``dropout`` here is the base model's).  The roles "query", "key", "value" in the
+    targets are mapped to this architecture's names (``q_proj``, GPT-2's fused ``c_attn``).
+    ``method`` picks which side ``.trainable``/``.total``/``.memory`` report; both are
+    always computed.  ``task``: None for the architecture's natural one (classification
+    for encoders, causal-lm for decoders), or one of ``TASKS``.  ``dtype``: training
+    wholly in that dtype (weights, gradients, optimizer state and activations); see
+    ``precision_table`` for mixed precision.  ``device``, ``dropout``, ``padded``: the
+    activation estimate's assumptions (``workbench.engine.memory.estimate_memory``).
+    ``name`` labels the plan (default: the shipped name, the Hub name, or the config's
+    model type).
     """
-    if method not in ("lora", "full"):
-        raise ValueError(f"method must be 'lora' or 'full', not {method!r}")
-    check_settings(rank, alpha, lora_dropout)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("seq_len", seq_len)
-    _check_positive_int("num_labels", num_labels)
-    if optimizer not in OPTIMIZER_STATES:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATES)}, not {optimizer!r}")
-    if task is not None and task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS} (or None for the architecture's own), not {task!r}")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
+    lora = LoRAConfig.build(lora, **lora_settings)
+    check_choice("method", method, ("lora", "full"))
+    for what, value in (("batch_size", batch_size), ("seq_len", seq_len), ("num_labels", num_labels)):
+        check_positive_int(what, value)
+    check_choice("optimizer", optimizer, tuple(OPTIMIZER_STATES))
+    if task is not None:
+        check_choice("task", task, TASKS)
+    check_choice("device", device, ("cpu", "cuda"))
     s = _parse_dtype(dtype)
     cfg, label, natural = load_config(config)
     label = name or label
@@ -678,23 +658,22 @@ def plan(
     kw = dict(dropout=dropout, device=device, padded=padded)
     full, full_note = _side(model, "full", s, optimizer, batch_size, seq_len, **kw)
 
-    resolved, target_notes = resolve_targets(model, targets)
+    resolved, target_notes = resolve_targets(model, lora.targets)
     notes += target_notes
-    add_lora(model, rank=rank, alpha=alpha, targets=resolved, layers=layers, dropout=lora_dropout)
-    lora, lora_note = _side(model, "lora", s, optimizer, batch_size, seq_len, **kw)
+    lora = lora.replace(targets=resolved)
+    add_lora(model, lora)
+    lora_side, lora_note = _side(model, "lora", s, optimizer, batch_size, seq_len, **kw)
     for note in dict.fromkeys(n for n in (full_note, lora_note) if n):  # each message once
         notes.append(f"activations not estimated: {note}")
-    if not (lora.activations_known and full.activations_known):
+    if not (lora_side.activations_known and full.activations_known):
         notes.append("weights, gradients and optimizer state are exact closed forms for any architecture; "
                      "workbench.engine.memory has activation formulas for BERT-style encoders and GPT-2-style decoders")
     settings = PlanSettings(
-        architecture=label, model_class=type(model).__name__, task=task, method=method, rank=rank,
-        alpha=float(alpha), targets=resolved if isinstance(resolved, str) else list(resolved),
-        layers=sorted(set(int(i) for i in layers)) if layers is not None else None,
+        architecture=label, model_class=type(model).__name__, task=task, method=method, lora=lora,
         batch_size=batch_size, seq_len=seq_len, dtype=_DTYPE_LABEL[s], optimizer=optimizer,
-        num_labels=num_labels, device=device, dropout=dropout, padded=padded, lora_dropout=float(lora_dropout),
+        num_labels=num_labels, device=device, dropout=dropout, padded=padded,
     )
-    return Plan(settings=settings, lora=lora, full=full, config=cfg, notes=notes)
+    return Plan(settings=settings, lora=lora_side, full=full, config=cfg, notes=notes)
 
 
 def plan_table(plans: Iterable[Plan]) -> pd.DataFrame:
@@ -720,7 +699,7 @@ def plan_table(plans: Iterable[Plan]) -> pd.DataFrame:
             "model class": s.model_class,
             "total params": p.full.total,
             "published": published,
-            "LoRA targets": ",".join(s.targets) if isinstance(s.targets, list) else s.targets,
+            "LoRA targets": s.lora.targets_text(),
             "LoRA adapter params": p.lora.adapter_params,
             "LoRA trainable": p.lora.trainable,
             "LoRA (GB)": lora_gb,
@@ -783,16 +762,6 @@ def precision_table(p: Plan, recipes: Sequence[Recipe] = PRECISION_RECIPES) -> p
 _MAX_MEASURE_BYTES = 2 * 10**9  # a real model above this is not built here
 
 
-def _optimizer(name: str, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=1e-4)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=1e-4)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=1e-4)
-    return torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-
-
 def _batch(p: Plan, vocab: int, seed: int) -> dict[str, torch.Tensor]:
     """Random token ids; when ``padded``, the last sequence is half padding (mask 0)."""
     s = p.settings
@@ -815,9 +784,9 @@ def measure(p: Plan, model: nn.Module | None = None, seed: int = 0) -> dict[str,
     ``model``: a real model of the plan's config (e.g. the bundled MiniLM, loaded with its
     weights); it is copied, not changed.  Without it the model is built from the plan's
     config with random weights: memory depends on shapes, not values.  Small models
-    only (weights up to 2 GB).  Uses ``workbench.engine.memory.measure_train_step``: forward
-    with the model in train mode (dropout on when ``settings.dropout``), backward,
-    one optimizer step.
+    only (weights up to 2 GB).  Each side is measured by ``memory_study.measure_step``
+    (the memory study's measured step): forward with the model in train mode (dropout on
+    when ``settings.dropout``), backward, one step of ``settings.optimizer``.
     """
     if not isinstance(p, Plan):
         raise TypeError(f"measure takes a Plan, got {type(p).__name__}")
@@ -856,16 +825,11 @@ def measure(p: Plan, model: nn.Module | None = None, seed: int = 0) -> dict[str,
         else:
             m.eval()
         if method == "lora":
-            add_lora(m, rank=s.rank, alpha=s.alpha, targets=s.targets, layers=s.layers, dropout=s.lora_dropout)
+            add_lora(m, s.lora)
         else:
-            for q in m.parameters():
-                q.requires_grad_(True)
-        opt = _optimizer(s.optimizer, [q for q in m.parameters() if q.requires_grad])
-        b = {k: v.to(s.device) for k, v in batch.items()}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            out[method] = measure_train_step(m, opt, b, device=s.device)
-        del m, opt
+            m.requires_grad_(True)
+        out[method] = measure_step(m, {k: v.to(s.device) for k, v in batch.items()}, s.optimizer, seed)
+        del m
     return out
 
 

@@ -38,8 +38,8 @@ Design choices, each for a clean "knee" at r = k (measured on MiniLM, k = 4, 300
   Adam each entry of B moves by about the learning rate per step whatever r is, so each
   of the r directions of Delta W = B A grows at the same speed and ranks differ only in
   capacity, not in step size.  (With a fixed alpha, s = alpha / r shrinks the update of
-  high ranks; rsLoRA's alpha / sqrt(r) is in between.)  ``alpha`` and ``rslora`` in the
-  config change this to show the effect.
+  high ranks; rsLoRA's alpha / sqrt(r) is in between.)  A ``LoRAConfig`` given as the
+  config's ``lora`` (its alpha, rsLoRA, dropout, init, DoRA) changes this to show the effect.
 * Inputs are random token sequences from the tokenizer's vocabulary (no data needed) with
   no padding; the same seeded batches serve every rank.  Train and evaluation batches
   are distinct; the reported loss is on the evaluation batches.
@@ -82,8 +82,18 @@ from matplotlib.ticker import FixedLocator, NullLocator
 from torch import nn
 
 from workbench.lessons.delta_w import SPECTRUM_FLOOR, base_and_delta, random_orthonormal, singular_values
-from workbench.lora.inject import add_lora, find_targets, layer_index, lora_layers
-from workbench.lora.layer import layer_shape, lora_scaling
+from workbench.lora.config import LoRAConfig
+from workbench.lora.inject import add_lora, lora_layers
+from workbench.lora.layer import layer_shape
+from workbench.lora.targets import find_targets, layer_index
+from workbench.util.checks import (
+    check_choice,
+    check_integer,
+    check_number,
+    check_positive_int,
+    check_positive_number,
+    is_integer,
+)
 from workbench.viz.plots import FIGSIZE, LORA_CMAP, LORA_CMAP_SPAN, STYLE, label_axes, style_axes
 
 Profile = Literal["equal", "geometric"]
@@ -107,9 +117,16 @@ REFERENCES: tuple[tuple[str, str, str, str], ...] = (
 class PlantedConfig:
     """Everything that defines a planted-rank experiment, except the student's rank.
 
-    ``layers`` are block indices; negative ones count from the end (-1 is the last
-    block); ``None`` means every block.  ``scale`` is ||Delta W*||_F / ||W||_F in each
-    planted layer.  ``alpha=None`` means alpha = r (LoRA scaling 1 for every rank).
+    ``targets`` and ``layers`` say where Delta W* is planted, and so where each student's
+    LoRA goes: layer names or a regex of module paths, and block indices, negative ones
+    counting from the end (-1 is the last block; ``None``: every block).  ``scale`` is
+    ||Delta W*||_F / ||W||_F in each planted layer.
+
+    ``lora``: the students' LoRA settings, a ``LoRAConfig`` whose rank and targets each
+    student replaces by its own (rank r, in exactly the planted layers); its alpha,
+    rsLoRA, dropout, init and DoRA apply to every student.  ``None`` (the default): alpha
+    = r, so the LoRA scaling s = alpha / r is 1 at every rank, and LoRA's defaults
+    otherwise (``student_lora``).
     """
 
     model: str = "minilm"
@@ -126,8 +143,7 @@ class PlantedConfig:
     eval_batches: int = 2
     steps: int = 300
     lr: float = 3e-2
-    alpha: float | None = None
-    rslora: bool = False
+    lora: LoRAConfig | None = None
     cache_prefix: bool = True
     threads: int | None = None  # torch CPU threads while training; None leaves torch's setting
 
@@ -136,13 +152,8 @@ class PlantedConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field that is out of range."""
-        def positive_int(name: str) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
         for name in ("true_rank", "batch_size", "seq_len", "train_batches", "eval_batches", "steps"):
-            positive_int(name)
+            check_positive_int(name, getattr(self, name))
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a model name such as 'minilm' or 'tiny-bert', got {self.model!r}")
         if isinstance(self.targets, str):
@@ -151,33 +162,35 @@ class PlantedConfig:
         elif not self.targets or not all(isinstance(t, str) and t for t in self.targets):
             raise ValueError(f"targets must be a non-empty list of layer names such as ['value'], got {self.targets!r}")
         if self.layers is not None:
-            if isinstance(self.layers, (str, int)) or not list(self.layers) or not all(
-                isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in self.layers
-            ):
+            if isinstance(self.layers, (str, int)) or not list(self.layers) or not all(is_integer(i) for i in self.layers):
                 raise ValueError(f"layers must be None (every block) or a non-empty list of block indices, got {self.layers!r}")
-        for name in ("scale", "lr"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
-        if self.profile not in PROFILES:
-            raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
-        if isinstance(self.decay, bool) or not isinstance(self.decay, (int, float)) or not 0 < self.decay <= 1:
-            raise ValueError(f"decay must be in (0, 1] (the ratio s_(i+1) / s_i), got {self.decay!r}")
-        if self.alpha is not None and (
-            isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0
-        ):
-            raise ValueError(f"alpha must be None (alpha = r) or a positive number, got {self.alpha!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        check_positive_number("scale", self.scale)
+        check_positive_number("lr", self.lr)
+        check_choice("profile", self.profile, PROFILES)
+        check_number("decay", self.decay, 0, 1, low_open=True, what="the ratio s_(i+1) / s_i")
+        check_integer("seed", self.seed)
+        if self.lora is not None and not isinstance(self.lora, LoRAConfig):
+            raise ValueError(f"lora must be None (alpha = r) or a LoRAConfig, got {type(self.lora).__name__}")
+        if self.lora is not None and self.lora.layers is not None:
+            raise ValueError(f"lora.layers must be None: the students sit in the planted layers, chosen by "
+                             f"PlantedConfig.layers (got lora.layers={list(self.lora.layers)})")
         if self.threads is not None:
-            positive_int("threads")
+            check_positive_int("threads", self.threads)
 
-    def alpha_for(self, rank: int) -> float:
-        """The LoRA alpha used at this rank: ``alpha``, or r itself when ``alpha`` is None."""
-        return float(rank) if self.alpha is None else float(self.alpha)
+    def student_lora(self, rank: int, paths: Sequence[str]) -> LoRAConfig:
+        """The LoRA settings of the student of rank ``rank``, in exactly the layers ``paths``.
+
+        ``lora`` with that rank and those targets, or (``lora`` None) alpha = r: s = 1.
+        """
+        check_positive_int("rank", rank)
+        if self.lora is None:
+            return LoRAConfig(rank=int(rank), alpha=float(rank), targets=tuple(paths))
+        return self.lora.replace(rank=int(rank), targets=tuple(paths))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["lora"] = None if self.lora is None else self.lora.to_dict()
+        return d
 
 
 # --------------------------------------------------------------------------- planting
@@ -422,18 +435,30 @@ class PlantedResult:
     hidden state) at every step; ``final_loss`` the same error on the evaluation batches
     after training; ``relative_loss`` = final_loss / base_loss, the share of the
     teacher's difference from the base model that the student did not learn.
-    ``learned[path]`` is s * B A (out x in, float64).
+    ``learned[path]`` is s * B A (out x in, float64).  ``lora`` is the student's LoRA
+    settings (``rank``, ``alpha`` and ``scaling`` read from it).
     """
 
-    rank: int
-    alpha: float
-    scaling: float
+    lora: LoRAConfig
     trainable: int
     losses: list[float]
     final_loss: float
     base_loss: float
     learned: "OrderedDict[str, torch.Tensor]"
     seconds: float
+
+    @property
+    def rank(self) -> int:
+        return self.lora.rank
+
+    @property
+    def alpha(self) -> float:
+        return self.lora.alpha
+
+    @property
+    def scaling(self) -> float:
+        """s = alpha / r (rsLoRA: alpha / sqrt(r))."""
+        return self.lora.scaling
 
     @property
     def relative_loss(self) -> float:
@@ -456,8 +481,7 @@ def fit_student(
     exactly the planted layers.  Pass ``task`` (from ``prepare_task``) to share the
     batches and teacher outputs between ranks; without it one is made.
     """
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    check_positive_int("rank", rank)
     with _threads(cfg.threads):
         return _fit(base, teacher, cfg, int(rank), task if task is not None else _prepare(base, teacher, cfg, tokenizer))
 
@@ -465,11 +489,14 @@ def fit_student(
 def _fit(base: nn.Module, teacher: nn.Module, cfg: PlantedConfig, rank: int, task: PlantedTask) -> PlantedResult:
     t0 = time.perf_counter()
     student = copy.deepcopy(_encoder(base)).eval()
-    alpha = cfg.alpha_for(rank)
+    lora = cfg.student_lora(rank, task.paths)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.seed) + 777)  # the same A for a given rank, whatever ran before
-        add_lora(student, rank=rank, alpha=alpha, targets=task.paths, rslora=cfg.rslora, train_head=False)
+        add_lora(student, lora, train_head=False)
     params = [p for p in student.parameters() if p.requires_grad]
+    adapters = list(lora_layers(student).values())
+    for layer in adapters:  # the base stays in eval mode (no dropout of its own); LoRA's dropout trains
+        layer.train()
     run = _runner(student, task)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / cfg.steps)))
@@ -482,12 +509,13 @@ def _fit(base: nn.Module, teacher: nn.Module, cfg: PlantedConfig, rank: int, tas
         opt.step()
         sched.step()
         losses.append(loss.item())
+    for layer in adapters:
+        layer.eval()
     with torch.no_grad():
         final = float(np.mean([_mse(run(x), y).item() for x, y in _eval_pairs(task)]))
     learned = OrderedDict((p, base_and_delta(layer)[1]) for p, layer in lora_layers(student).items())
     return PlantedResult(
-        rank=rank, alpha=alpha, scaling=lora_scaling(rank, alpha, cfg.rslora),
-        trainable=sum(p.numel() for p in params), losses=losses, final_loss=final,
+        lora=lora, trainable=sum(p.numel() for p in params), losses=losses, final_loss=final,
         base_loss=task.base_loss, learned=learned, seconds=time.perf_counter() - t0,
     )
 
@@ -511,8 +539,7 @@ def eckart_young_fraction(s: torch.Tensor | Sequence[float], rank: int) -> float
 
 
 def _tail_and_total(s: torch.Tensor | Sequence[float], rank: int) -> tuple[float, float]:
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 0:
-        raise ValueError(f"rank must be an integer >= 0, got {rank!r}")
+    check_integer("rank", rank, minimum=0)
     sv = torch.as_tensor(s, dtype=torch.float64).flatten().sort(descending=True).values
     if len(sv) and float(sv[0]) > 0:  # values under SPECTRUM_FLOOR * s_1 are rounding of exact zeros
         sv = torch.where(sv > SPECTRUM_FLOOR * sv[0], sv, torch.zeros_like(sv))
@@ -669,7 +696,7 @@ def rank_sweep(
     with each result as it finishes (e.g. to print a line).  Ranks run in increasing order.
     """
     ranks = list(ranks)
-    if not ranks or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1 for r in ranks):
+    if not ranks or any(not is_integer(r) or r < 1 for r in ranks):
         raise ValueError(f"ranks must be a non-empty list of positive integers, got {ranks!r}")
     if len(set(ranks)) != len(ranks):
         raise ValueError(f"ranks must not repeat, got {ranks!r}")
@@ -716,8 +743,7 @@ def loss_vs_rank_figure(table: pd.DataFrame, true_rank: int, column: str = "rela
         raise ValueError(f"table lacks the columns {sorted(missing)}; it has {list(table.columns)}")
     if table.empty:
         raise ValueError("table has no rows: run at least one rank")
-    if isinstance(true_rank, bool) or not isinstance(true_rank, (int, np.integer)) or true_rank < 1:
-        raise ValueError(f"true_rank must be a positive integer, got {true_rank!r}")
+    check_positive_int("true_rank", true_rank)
     t = table.sort_values("rank")
     ranks = t["rank"].to_numpy(dtype=int)
     y = t[column].to_numpy(dtype=float)

@@ -32,7 +32,8 @@ from torch import nn
 
 from workbench.util.fileio import atomic_write, atomic_write_json, atomic_write_text
 from workbench.lora.config import LoRAConfig
-from workbench.lora.inject import add_lora, find_targets, head_names, remove_lora
+from workbench.lora.inject import add_lora, remove_lora
+from workbench.lora.targets import find_targets
 from workbench.lora.layer import Conv1D, layer_shape
 
 CONFIG_FILE = "adapter_config.json"

@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, Sequence
 
-from workbench.util.checks import check_bool, check_positive_int, check_positive_number, check_probability
+from workbench.util.checks import is_integer, check_bool, check_positive_int, check_positive_number, check_probability
 
 Init = Literal["kaiming", "gaussian", "pissa"]
 INITS: tuple[str, ...] = ("kaiming", "gaussian", "pissa")
@@ -82,7 +82,7 @@ class LoRAConfig:
         object.__setattr__(self, "targets", targets)
         if self.layers is not None:
             layers = tuple(self.layers)
-            bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+            bad = [i for i in layers if not is_integer(i) or i < 0]
             if bad or not layers:
                 raise ValueError(f"layers must be None (all blocks) or block indices >= 0, got {self.layers!r}")
             object.__setattr__(self, "layers", tuple(sorted(set(layers))))

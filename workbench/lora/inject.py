@@ -1,38 +1,38 @@
-"""Putting LoRA layers into a model, choosing which layers, and merging them.
+"""Putting LoRA layers into a model, merging them, and taking them out again.
 
 ``add_lora`` replaces each chosen ``Linear``/``Conv1D`` with a ``LoRALayer`` that wraps
 it, freezes everything else, and keeps a classification head trainable (as PEFT's
-``modules_to_save`` does: a new head has to learn its task).
+``modules_to_save`` does: a new head has to learn its task).  Which layers are chosen is
+``workbench.lora.targets``' business (PEFT's rules: names, a regex, "all-linear", blocks).
 
-Targets are chosen as PEFT chooses them, so an adapter means the same thing in both:
-
-* a list of names: a module matches a name when its path *is* the name or *ends with*
-  ``"." + name`` (``"query"`` matches ``bert.encoder.layer.0.attention.self.query``);
-* a string: a regular expression that must match the whole module path;
-* ``"all-linear"``: every Linear/Conv1D except the model's output head;
-* ``layers``: optionally, only blocks with these indices (the first number in the path,
-  e.g. ``encoder.layer.4`` or ``transformer.h.4``).
-
-Variants: ``dora=True`` (a learned magnitude per output, see ``LoRALayer._dora_forward``)
-and ``init="pissa"`` (start from the top-r singular directions of W, see ``pissa_init``).
+Variants: ``dora=True`` (a learned magnitude per output) and ``init="pissa"`` (start from
+the top-r singular directions of W); see ``workbench.lora.variants``.
 """
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from workbench.lora.config import ALL_LINEAR, LoRAConfig
-from workbench.lora.layer import SUPPORTED_TYPES, LoRALayer, layer_shape
+from workbench.lora.config import LoRAConfig
+from workbench.lora.layer import LoRALayer, layer_shape
+# Target selection lives in targets.py; these names are re-exported for code that imported them from here.
+from workbench.lora.targets import (  # noqa: F401
+    HEAD_NAMES,
+    OUTPUT_NAMES,
+    LayerGroup,
+    describe_layers,
+    find_targets,
+    head_names,
+    layer_groups,
+    layer_index,
+    targets_for,
+)
 
-HEAD_NAMES = ("classifier", "score")  # classification heads of transformers models
-OUTPUT_NAMES = ("lm_head",) + HEAD_NAMES  # never LoRA targets under "all-linear"
-_LAYER_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
+__all__ = ["LoRASettings", "add_lora", "lora_layers", "merge_lora", "unmerge_lora", "remove_lora"]
 
 
 @dataclass
@@ -46,169 +46,6 @@ class LoRASettings:
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "modules_to_save": list(self.modules_to_save),
                 "wrapped": list(self.wrapped)}
-
-
-def layer_index(name: str) -> int | None:
-    """The block index in a module path: 4 for ``bert.encoder.layer.4.attention.self.query``."""
-    m = _LAYER_INDEX.search(name)
-    return int(m.group(1)) if m else None
-
-
-def head_names(model: nn.Module) -> list[str]:
-    """Names of the classification head modules of a ``...ForSequenceClassification`` model."""
-    if not type(model).__name__.endswith(("ForSequenceClassification", "ForTokenClassification")):
-        return []
-    return [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)]
-
-
-def _candidates(model: nn.Module) -> "OrderedDict[str, nn.Module]":
-    """Every named module except the inside of existing LoRA layers."""
-    out: OrderedDict[str, nn.Module] = OrderedDict()
-    inside: list[str] = []
-    for name, module in model.named_modules():
-        if not name or any(name.startswith(p + ".") for p in inside):
-            continue
-        out[name] = module
-        if isinstance(module, LoRALayer):
-            inside.append(name)
-    return out
-
-
-def _name_matches(name: str, target: str) -> bool:
-    return name == target or name.endswith("." + target)
-
-
-# What a layer does, by the end of its path, for the architectures people meet first.
-KINDS: dict[str, str] = {
-    "attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
-    "attention.output.dense": "attention output", "intermediate.dense": "FFN in", "output.dense": "FFN out",
-    "attn.c_attn": "query/key/value (fused)", "attn.c_proj": "attention output",
-    "mlp.c_fc": "FFN in", "mlp.c_proj": "FFN out",
-    "q_proj": "query", "k_proj": "key", "v_proj": "value", "o_proj": "attention output",
-    "out_proj": "attention output", "gate_proj": "FFN gate", "up_proj": "FFN in", "down_proj": "FFN out",
-    "fc1": "FFN in", "fc2": "FFN out", "pooler.dense": "pooler",
-}
-
-
-@dataclass
-class LayerGroup:
-    """LoRA-capable layers that play the same part in every block (e.g. all 6 queries)."""
-
-    pattern: str  # the path with block numbers shown as N
-    kind: str  # "query", "FFN out", ... or the last path component
-    type: str  # Linear or Conv1D
-    shape: tuple[int, int]  # (in, out)
-    names: list[str]
-    target: str  # a target that selects exactly this group: a name suffix, or a regex
-    is_regex: bool
-
-
-def _group_key(name: str) -> str:
-    return _LAYER_INDEX.sub(lambda m: m.group(0).replace(m.group(1), "N"), name)
-
-
-def layer_groups(model: nn.Module) -> list[LayerGroup]:
-    """The model's LoRA-capable layers grouped by role, each with a target that selects it."""
-    by_key: OrderedDict[str, list[tuple[str, nn.Module]]] = OrderedDict()
-    for name, module in _candidates(model).items():
-        if isinstance(module, SUPPORTED_TYPES + (LoRALayer,)):
-            by_key.setdefault(_group_key(name), []).append((name, module))
-    every = [n for items in by_key.values() for n, _ in items]
-    groups = []
-    for key, items in by_key.items():
-        names = [n for n, _ in items]
-        parts = key.split(".")
-        target, is_regex = None, False
-        for k in range(1, len(parts) + 1):  # the shortest suffix that picks exactly this group
-            suffix = ".".join(parts[-k:])
-            if "N" in parts[-k:]:
-                break
-            if [n for n in every if _name_matches(n, suffix)] == names:
-                target = suffix
-                break
-        if target is None:
-            target, is_regex = re.escape(key).replace("N", r"\d+"), True
-        kind = next((v for k, v in KINDS.items() if key == k or key.endswith("." + k)), parts[-1])
-        layer = items[0][1]
-        layer = layer.base_layer if isinstance(layer, LoRALayer) else layer
-        groups.append(LayerGroup(key, kind, type(layer).__name__, layer_shape(layer), names, target, is_regex))
-    return groups
-
-
-def targets_for(groups: Sequence[LayerGroup]) -> list[str] | str:
-    """One target spec selecting exactly the given groups: a list of names, or one regex."""
-    if not groups:
-        raise ValueError("no layer groups chosen: pick at least one kind of layer")
-    if not any(g.is_regex for g in groups):
-        return [g.target for g in groups]
-    alternatives = [g.target if g.is_regex else r"(?:.*\.)?" + re.escape(g.target) for g in groups]
-    return "|".join(f"(?:{a})" for a in alternatives)
-
-
-def describe_layers(model: nn.Module) -> str:
-    """The LoRA-capable layers of a model, grouped by path with block numbers as N."""
-    lines = []
-    for g in layer_groups(model):
-        count = f" (x{len(g.names)})" if len(g.names) > 1 else ""
-        how = f"regex {g.target!r}" if g.is_regex else f"target {g.target!r}"
-        lines.append(f"  {g.pattern}{count}  [{g.type} {g.shape[0]}->{g.shape[1]}, {g.kind}; {how}]")
-    return "\n".join(lines) if lines else "  (none)"
-
-
-def find_targets(
-    model: nn.Module,
-    targets: Sequence[str] | str,
-    layers: Iterable[int] | None = None,
-) -> list[str]:
-    """Paths of the modules that ``targets`` (and ``layers``) select, checked for type.
-
-    Raises ``ValueError`` when nothing matches (listing what exists) and ``TypeError``
-    when a match is a module LoRA cannot wrap, or ``ValueError`` when it already has LoRA.
-    """
-    cands = _candidates(model)
-    outputs = set(head_names(model)) | {n for n in cands if n.rsplit(".", 1)[-1] in OUTPUT_NAMES}
-    if isinstance(targets, str) and targets == ALL_LINEAR:
-        names = [n for n, m in cands.items() if isinstance(m, SUPPORTED_TYPES) and n not in outputs]
-        what = "'all-linear'"
-    elif isinstance(targets, str):
-        try:
-            pattern = re.compile(targets)
-        except re.error as e:
-            raise ValueError(f"target regex {targets!r} does not compile: {e}") from None
-        names = [n for n in cands if pattern.fullmatch(n)]
-        what = f"regex {targets!r}"
-    else:
-        targets = list(targets)
-        if not targets:
-            raise ValueError("no target layers given: name at least one, e.g. ['query', 'value']")
-        bad = [t for t in targets if not isinstance(t, str) or not t]
-        if bad:
-            raise ValueError(f"target names must be non-empty strings, got {bad!r}")
-        unmatched = [t for t in targets if not any(_name_matches(n, t) for n in cands)]
-        if unmatched:
-            raise ValueError(
-                f"target {unmatched[0]!r} matches no module of {type(model).__name__}. "
-                f"Layers that can take LoRA:\n{describe_layers(model)}"
-            )
-        names = [n for n in cands if any(_name_matches(n, t) for t in targets)]
-        what = f"targets {targets!r}"
-    if layers is not None:
-        wanted = sorted(set(int(i) for i in layers))
-        present = sorted({i for n in names if (i := layer_index(n)) is not None})
-        missing = [i for i in wanted if i not in present]
-        if missing:
-            raise ValueError(f"layers {missing} do not exist among the matched modules; blocks present: {present}")
-        names = [n for n in names if layer_index(n) in wanted]
-    if not names:
-        raise ValueError(f"{what} matched no module. Layers that can take LoRA:\n{describe_layers(model)}")
-    for n in names:
-        m = cands[n]
-        if isinstance(m, LoRALayer):
-            raise ValueError(f"{n} already has a LoRA layer; LoRA cannot be added twice to one layer")
-        if not isinstance(m, SUPPORTED_TYPES):
-            allowed = ", ".join(t.__name__ for t in SUPPORTED_TYPES)
-            raise TypeError(f"{what} matched {n}, a {type(m).__name__}; LoRA supports {allowed} layers")
-    return names
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -299,9 +136,8 @@ def remove_lora(model: nn.Module, merge: bool = False) -> nn.Module:
         elif not merge:
             if layer.merged:
                 layer.unmerge()
-            if layer.config.init == "pissa":
-                with torch.no_grad():
-                    layer.base_layer.weight.copy_(layer.original_weight())
+            with torch.no_grad():  # a variant may have rewritten W (PiSSA keeps the residual)
+                layer.base_layer.weight.copy_(layer.original_weight())
         _set_module(model, name, layer.base_layer)
     model.lora_settings = None
     return model

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 from torch import nn
 
-from workbench.lora.inject import head_names
+from workbench.lora.targets import head_names
 from workbench.lora.layer import LoRALayer, layer_shape
 
 

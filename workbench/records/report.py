@@ -13,7 +13,9 @@ from typing import Sequence
 import pandas as pd
 
 from workbench.engine.config import RunResult
+from workbench.engine.memory import describe_peak
 from workbench.util.fileio import atomic_write_text
+from workbench.util.units import MB
 
 # The columns a report table shows, in order, with readable headers.
 REPORT_COLUMNS = {
@@ -28,6 +30,7 @@ REPORT_COLUMNS = {
     "eval_accuracy": "val. accuracy",
     "seconds_per_step": "s / step",
     "peak_bytes": "peak memory (MB)",
+    "peak_kind": "peak measured as",
     "status": "status",
 }
 
@@ -40,8 +43,14 @@ def report_table(results: Sequence[RunResult]) -> pd.DataFrame:
     cols = [c for c in REPORT_COLUMNS if c in table.columns]
     table = table[cols].copy()
     table["trainable_share"] = table["trainable_share"] * 100
-    table["peak_bytes"] = table["peak_bytes"].astype("Float64") / 1e6  # decimal MB, as the plots
+    table["peak_bytes"] = table["peak_bytes"].astype("Float64") / MB  # decimal MB, as the plots
     return table.rename(columns=REPORT_COLUMNS)
+
+
+def peak_notes(results: Sequence[RunResult]) -> list[str]:
+    """What each kind of peak among the runs measures, one sentence per kind (for a note under a table)."""
+    kinds = dict.fromkeys(r.memory.peak_kind for r in results if r.memory is not None and r.memory.peak is not None)
+    return [f"peak ({kind}): {describe_peak(kind)}." for kind in kinds]
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -77,5 +86,6 @@ def export_report(
         written += save_figure(fig, out / name, formats=formats)
     table = report_table(results)
     written.append(atomic_write_text(out / "runs.csv", table.to_csv(index=False)))
-    written.append(atomic_write_text(out / "runs.md", to_markdown(table)))
+    notes = "".join(f"\n* {note}" for note in peak_notes(results))
+    written.append(atomic_write_text(out / "runs.md", to_markdown(table) + (f"\nNotes:\n{notes}\n" if notes else "")))
     return written

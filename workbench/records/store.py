@@ -37,21 +37,21 @@ import io
 import json
 import math
 import os
-import platform
 import re
 import secrets
 import shutil
-import socket
 import typing
 import warnings
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from workbench.engine.config import ParamCounts, RunConfig, RunResult, Timing
+from workbench.engine.config import HISTORY_COLUMNS, ParamCounts, RunConfig, RunResult, Timing
+from workbench.engine.memory import MemoryBreakdown
+from workbench.engine.provenance import now as _now
+from workbench.lora.config import LoRAConfig
 from workbench.util.fileio import atomic_write_text
 
 DEFAULT_ROOT = "runs"
@@ -62,10 +62,28 @@ FORMAT_VERSION = 1
 # The statuses RunResult allows, read from its annotation so that the two never drift apart.
 STATUSES: tuple[str, ...] = typing.get_args(typing.get_type_hints(RunResult)["status"])
 
-HISTORY_COLUMNS: tuple[str, ...] = ("step", "train_loss", "lr", "eval_loss", "eval_accuracy")
 # A run.json without these is not a run record.
 REQUIRED_FIELDS: tuple[str, ...] = ("config", "status", "params")
 MEMORY_FIELDS: tuple[str, ...] = ("weights", "gradients", "optimizer", "activations")
+
+
+
+def _column_dtype(hint: Any) -> str:
+    """The pandas dtype of a column holding a setting of this type (nullable: None is missing)."""
+    kinds = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+    if kinds == [bool]:
+        return "boolean"
+    if kinds == [int]:
+        return "Int64"
+    if kinds and all(t in (int, float) for t in kinds):
+        return "float64"
+    return "object"
+
+
+# One column per LoRA setting, named as in LoRAConfig (so a setting added there shows up here),
+# empty for full fine-tuning and head-only runs.
+LORA_COLUMNS: dict[str, str] = {name: _column_dtype(hint) for name, hint in typing.get_type_hints(LoRAConfig).items()
+                                if name in LoRAConfig.field_names()}
 
 # The columns of ``runs()``, with their dtypes (nullable where a value may be missing:
 # rank is meaningless for full fine-tuning, a run that failed early has no memory figures).
@@ -73,10 +91,7 @@ RUN_COLUMNS: dict[str, str] = {
     "run_id": "object",
     "label": "object",
     "method": "object",
-    "rank": "Int64",
-    "alpha": "float64",
-    "targets": "object",
-    "rslora": "boolean",
+    **LORA_COLUMNS,
     "model": "object",
     "data": "object",
     "lr": "float64",
@@ -119,11 +134,6 @@ class RunStoreWarning(UserWarning):
 # --------------------------------------------------------------------------- run ids
 
 
-def _now() -> datetime:
-    """Local time with its UTC offset, so stored times stay unambiguous across time zones."""
-    return datetime.now().astimezone()
-
-
 def _slug(text: str, max_len: int = 24) -> str:
     """Lower-case letters, digits and single dashes: safe in a folder name on every OS."""
     s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
@@ -131,8 +141,8 @@ def _slug(text: str, max_len: int = 24) -> str:
 
 
 def _short_label(config: RunConfig) -> str:
-    """'lora-r8', 'dora-r8-pissa', 'full', 'head' (``RunConfig.slug``), or the slug of the config's own name."""
-    return _slug(config.name if config.name else config.slug())
+    """'lora-r8', 'dora-r8-rslora-pissa' (``RunConfig.slug``, whole), 'full', 'head', or the config's own name, shortened."""
+    return _slug(config.name) if config.name else _slug(config.slug(), max_len=64)
 
 
 def new_run_id(config: RunConfig, when: datetime | None = None) -> str:
@@ -158,67 +168,6 @@ def _check_run_id(run_id: str) -> str:
     return run_id
 
 
-# --------------------------------------------------------------------------- environment
-
-
-def _version(package: str) -> str | None:
-    """Installed version from package metadata (no import: importing transformers is slow)."""
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo on Linux, else whatever ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: Any = None, threads: int | None = None) -> dict[str, Any]:
-    """What the numbers of a run depend on besides its config: versions, hardware, host.
-
-    Step times and memory are only comparable between runs on the same kind of machine
-    with the same library versions, so every run records them.  ``device`` is the device
-    the run uses (default: CUDA when available, else CPU); ``threads`` the torch CPU
-    thread count (default: ``torch.get_num_threads()``).  ``started`` is now; the store
-    adds ``ended`` when it saves a run that is no longer running.
-    """
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "peft": _version("peft"),
-        "hostname": socket.gethostname(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        import torch
-
-        dev = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        env["device"] = dev
-        if dev.startswith("cuda") and torch.cuda.is_available():
-            env["device_name"] = torch.cuda.get_device_name(torch.device(dev))
-            env["cuda"] = torch.version.cuda
-        else:
-            env["device_name"] = env["cpu"]
-        env["threads"] = int(threads) if threads is not None else torch.get_num_threads()
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        env["device"] = str(device) if device is not None else "cpu"
-        env["device_name"] = env["cpu"]
-        env["threads"] = threads
-    env["started"] = _now().isoformat(timespec="milliseconds")
-    return env
-
-
 # --------------------------------------------------------------------------- saving
 
 
@@ -233,20 +182,14 @@ def _finite_or_none(x: Any) -> Any:
     return x
 
 
-def _memory_to_dict(memory: Any) -> dict[str, Any] | None:
-    """MemoryBreakdown (or any dataclass, or a dict) as a plain dict, without importing it."""
+def _memory_to_dict(memory: MemoryBreakdown | None) -> dict[str, Any] | None:
+    """A MemoryBreakdown as plain values for run.json (None stays None)."""
     if memory is None:
         return None
-    if hasattr(memory, "to_dict"):
-        return dict(memory.to_dict())
-    if dataclasses.is_dataclass(memory) and not isinstance(memory, type):
-        return dataclasses.asdict(memory)
-    if isinstance(memory, dict):
-        return dict(memory)
-    raise TypeError(
-        f"RunResult.memory must be a MemoryBreakdown, a dataclass, a dict or None, "
-        f"got {type(memory).__name__}"
-    )
+    if not isinstance(memory, MemoryBreakdown):
+        raise TypeError(f"RunResult.memory must be a workbench.engine.memory.MemoryBreakdown or None, "
+                        f"got {type(memory).__name__}")
+    return memory.to_dict()
 
 
 def _last(history: pd.DataFrame, column: str) -> float:
@@ -404,16 +347,11 @@ def _parse_timing(file: Path, d: Any) -> Timing | None:
         raise RunStoreError(f"{file}: 'timing' has a value that is not a number ({e})") from e
 
 
-def _parse_memory(file: Path, d: Any) -> Any:
-    """A MemoryBreakdown when ``workbench.engine.memory`` is importable, else the plain dict."""
+def _parse_memory(file: Path, d: Any) -> MemoryBreakdown | None:
     if d is None:
         return None
     if not isinstance(d, dict):
         raise RunStoreError(f"{file}: 'memory' must be an object, found {type(d).__name__}")
-    try:
-        from workbench.engine.memory import MemoryBreakdown
-    except ImportError:
-        return d
     try:
         return MemoryBreakdown.from_dict(d)
     except (TypeError, ValueError, KeyError) as e:
@@ -539,25 +477,30 @@ def load_runs(root: str | os.PathLike = DEFAULT_ROOT) -> list[RunResult]:
 # --------------------------------------------------------------------------- the table
 
 
+def _lora_cell(value: Any) -> Any:
+    """A LoRA setting as a table cell: a list of names or block indices as 'query,value'."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return value
+
+
 def summary_row(result: RunResult) -> dict[str, Any]:
     """One row of the ``runs()`` table for a result (saved or not).
 
-    ``rank``, ``alpha``, ``targets`` and ``rslora`` are left empty for full fine-tuning and
-    head-only runs: those runs have no LoRA, and a table that said 'rank 8' would mislead.
+    The LoRA settings (``LORA_COLUMNS``: rank, alpha, targets, layers, dropout, rslora,
+    init, dora, loraplus_ratio) are left empty for full fine-tuning and head-only runs:
+    those runs have no LoRA, and a table that said 'rank 8' would mislead.
     ``trainable_share`` = trainable / total parameters.
     """
     c = result.config
-    lora = c.method == "lora"
+    lora = c.lora.to_dict() if c.method == "lora" else {}
     mem = _memory_to_dict(result.memory) or {}
     t = result.timing
     return {
         "run_id": result.run_id,
         "label": c.label(),
         "method": c.method,
-        "rank": c.lora.rank if lora else None,
-        "alpha": c.lora.alpha if lora else None,
-        "targets": (c.lora.targets if isinstance(c.lora.targets, str) else ",".join(c.lora.targets)) if lora else None,
-        "rslora": c.lora.rslora if lora else None,
+        **{name: _lora_cell(lora.get(name)) for name in LORA_COLUMNS},
         "model": c.model,
         "data": c.data,
         "lr": c.lr,

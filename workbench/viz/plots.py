@@ -38,10 +38,12 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, PercentFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter
 
 from workbench.engine.config import RunConfig, RunResult
+from workbench.util.checks import check_positive_int
 from workbench.util.fileio import atomic_write
+from workbench.util.units import GB, MB, format_bytes
 
 # --------------------------------------------------------------------------- style
 
@@ -85,7 +87,6 @@ MEMORY_COMPONENTS: tuple[tuple[str, str, str], ...] = (
     ("optimizer", "optimizer state", "#55a868"),
     ("activations", "activations", "#8172b3"),
 )
-MB = 1e6  # decimal megabyte, as memory is reported in this project
 #: A measured peak above this multiple of the tallest stack is drawn off the scale.
 PEAK_OFF_SCALE = 2.0
 
@@ -104,8 +105,7 @@ def rank_color(rank: int) -> str:
     position = span_lo + (span_hi - span_lo) * (log2 r - log2 r_min) / (log2 r_max - log2 r_min),
     clipped to the span, so doubling the rank always moves the colour by the same step.
     """
-    if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or rank < 1:
-        raise ValueError(f"a LoRA rank is a positive integer, got {rank!r}")
+    check_positive_int("rank", rank, what="a LoRA rank")
     lo, hi = (math.log2(r) for r in LORA_RANK_RANGE)
     t = (min(max(math.log2(rank), lo), hi) - lo) / (hi - lo)
     span_lo, span_hi = LORA_CMAP_SPAN
@@ -270,7 +270,13 @@ def _log_count_axis(axis: Any) -> None:
 
 
 def _fmt_mb(mb: float) -> str:
-    return f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.1f} MB" if mb >= 0.1 else f"{mb:.2f} MB"
+    """A bar's note: ``format_bytes`` with about three significant digits (0.05 MB, 4.2 MB, 134 MB, 1.65 GB)."""
+    n = mb * MB
+    if n >= GB:
+        digits = 2 if n < 10 * GB else 1
+    else:
+        digits = 0 if mb >= 10 else 1 if mb >= 0.1 else 2
+    return format_bytes(n, digits=digits)
 
 
 def _history_xy(history: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -380,8 +386,8 @@ def params_vs_rank(
     title = "Trainable parameters against LoRA rank"
     pred = _as_rank_table(predicted) if predicted is not None else None
     for name, value in (("full_total", full_total), ("head_total", head_total)):
-        if value is not None and (not isinstance(value, (int, np.integer)) or value <= 0):
-            raise ValueError(f"{name} must be a positive integer count, got {value!r}")
+        if value is not None:
+            check_positive_int(name, value, what="a count of parameters")
 
     lora = [r for r in runs if r.config.method == "lora" and r.params is not None]
     full = next((r for r in runs if r.config.method == "full" and r.params is not None), None)
@@ -521,12 +527,35 @@ def memory_breakdown(results: Iterable[RunResult]) -> Figure:
     return fig
 
 
+#: Share of the accuracy axis's height kept free above the highest point for its label
+#: (a label is about 17 pt tall with its offset; the axes is about 230 pt high).
+ACCURACY_LABEL_ROOM = 0.12
+
+
+class _TicksUpTo(MaxNLocator):
+    """``MaxNLocator`` without ticks above ``most``: the accuracy axis runs past 100 % to make
+    room for the labels, but a tick reading 105 % would be nonsense."""
+
+    def __init__(self, most: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.most = most
+
+    def tick_values(self, vmin: float, vmax: float) -> np.ndarray:
+        ticks = super().tick_values(vmin, vmax)
+        return ticks[ticks <= self.most + 1e-9]
+
+
 def accuracy_vs_params(results: Iterable[RunResult]) -> Figure:
     """Final validation accuracy against trainable parameters (log x), one labelled point per run.
 
     The question this answers: how much accuracy does each order of magnitude of trainable
     parameters buy?  A run's accuracy is its last recorded ``eval_accuracy``; runs never
     evaluated are left out.
+
+    Each point's label ("r=8", "full", "head") sits just above it, so the labels of a
+    sweep whose runs all reach 100 % must fit inside the axes: the y axis runs to
+    ``ACCURACY_LABEL_ROOM`` of its height above the highest point, and its ticks stop at
+    100 %.  A label outside the axes would run into the title.
     """
     runs = _check_results(results)
     title = "Validation accuracy against trainable parameters"
@@ -540,9 +569,10 @@ def accuracy_vs_params(results: Iterable[RunResult]) -> Figure:
         ax.scatter([xv], [yv], color=run_color(r.config), marker=marker,
                    s=(STYLE["marker_size"] + 1.5) ** 2, edgecolors="#333333", linewidths=0.8,
                    zorder=3, label=run_label(r))
-        # Up and to the left: accuracy usually rises with parameters, so that corner is free.
-        ax.annotate(_short_label(r.config), (xv, yv), xytext=(-6, 6), textcoords="offset points",
-                    ha="right", va="bottom", fontsize=STYLE["annotation_size"],
+        # Centred above the point: a sweep's ranks lie a factor 2 apart on the log axis,
+        # about 24 pt at this size, which a label such as "r=16" fits into.
+        ax.annotate(_short_label(r.config), (xv, yv), xytext=(0, 7), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=STYLE["annotation_size"],
                     color=STYLE["text_color"])
     ax.set_xscale("log")
     _log_count_axis(ax.xaxis)
@@ -550,7 +580,12 @@ def accuracy_vs_params(results: Iterable[RunResult]) -> Figure:
     ax.set_xlim(min(xs) / 4.0, max(xs) * 2.0)  # room for the labels beside the points
     ys = [r.eval_accuracy for r in runs]
     pad = max(0.02, 0.15 * (max(ys) - min(ys)))
-    ax.set_ylim(max(0.0, min(ys) - pad), min(1.0, max(ys) + pad) + 0.01)
+    low = max(0.0, min(ys) - pad)
+    span = max(max(ys) - low, pad)  # not zero when every run scored 0
+    # The highest point at (1 - room) of the axis height:  top = low + (1 - room) * (high - low).
+    high = low + span / (1.0 - ACCURACY_LABEL_ROOM)
+    ax.set_ylim(low, high)
+    ax.yaxis.set_major_locator(_TicksUpTo(1.0, nbins="auto", steps=[1, 2, 5, 10]))
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     label_axes(ax, title, "trainable parameters (count, log scale)", "validation accuracy (%)")
     _legend(ax, loc="lower right")
@@ -585,8 +620,7 @@ def live_loss(
                 markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.6,
                 label="eval loss")
     if total_steps is not None:
-        if not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
-            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        check_positive_int("total_steps", total_steps)
         ax.set_xlim(0, total_steps)
     else:
         ax.set_xlim(left=0)

@@ -1,0 +1,141 @@
+"""A user's install: a wheel in a fresh virtual environment, used from a folder outside the checkout.
+
+The bundled task lives at the top of the repository (``data/``), outside the package; an
+editable install hides a wheel that forgets it, because the checkout is still there.  So
+this builds the wheel from a copy of the sources, installs it into a new virtual
+environment and runs the CLI and the API from a temporary folder, offline.
+
+Nothing is downloaded: the wheel is built with this environment's setuptools
+(``--no-build-isolation``), installed with ``--no-index --no-deps``, and the new
+environment sees this one's packages (torch, transformers, the bundled model) through a
+``.pth`` file.  That file adds this environment's ``site-packages`` to ``sys.path`` but does
+not run its ``.pth`` files, so the editable install of the checkout stays out of sight and
+``import workbench`` finds the wheel's copy (each test checks that it does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a wheel is built from (a source distribution carries the same); absent ones are skipped.
+SOURCES = ("workbench", "data", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
+TASK_FILES = ("labels.json", "train.jsonl", "validation.jsonl", "test.jsonl")
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run offline, without this checkout on the path; fail with the command's output."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PIP_DISABLE_PIP_VERSION_CHECK="1", MPLCONFIGDIR=str(cwd / ".mpl"))
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (
+        f"{' '.join(map(str, cmd))} exited with {done.returncode}\n--- stdout\n{done.stdout[-4000:]}"
+        f"\n--- stderr\n{done.stderr[-4000:]}"
+    )
+    return done
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A fresh venv with the wheel installed; returns its python, site-packages and a work folder."""
+    base = tmp_path_factory.mktemp("install")
+    src = base / "src"
+    src.mkdir()
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    for name in SOURCES:
+        path = ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=skip)
+        elif path.is_file():
+            shutil.copy2(path, src / name)
+    wheels = base / "wheels"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+          "-q", "-w", str(wheels), str(src)], cwd=base)
+    (wheel,) = wheels.glob("*.whl")
+
+    venv = base / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=base)
+    python = venv / "bin" / "python"
+    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                     cwd=base).stdout.strip())
+    (site / "project_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # pip comes from this environment (through the .pth) and installs into the new one.
+    _run([str(python), "-m", "pip", "install", "--no-index", "--no-deps", "--ignore-installed", "-q",
+          str(wheel)], cwd=base)
+    work = base / "elsewhere"  # outside the checkout and outside the sources the wheel came from
+    work.mkdir()
+    return {"python": python, "site": site, "work": work}
+
+
+def test_a_checkout_reads_its_own_data_folder():
+    """In the repository (and an editable install) the task is read from data/, never from a copy."""
+    from workbench.engine.bundled import PACKAGED_DATA_DIR, bundled_data_dir
+
+    assert bundled_data_dir() == ROOT / "data"
+    assert not PACKAGED_DATA_DIR.exists(), "workbench/_data belongs in built packages only"
+
+
+@pytest.mark.slow  # builds and installs a wheel
+def test_the_installed_package_carries_the_bundled_task(installed):
+    """The wheel's ``workbench`` is the one imported, and its task files are the checkout's, byte for byte."""
+    script = textwrap.dedent("""
+        import json, workbench
+        from workbench.engine import data
+        val = data.load_default("validation")
+        print(json.dumps({"package": workbench.__file__, "task_dir": str(data.DEFAULT_TASK_DIR),
+                          "n_validation": len(val.texts), "first": val.texts[0], "labels": val.label_names}))
+    """)
+    out = json.loads(_run([str(installed["python"]), "-c", script], cwd=installed["work"]).stdout.splitlines()[-1])
+    package = Path(out["package"]).parent
+    assert package == installed["site"] / "workbench", "the checkout was imported, not the installed wheel"
+    task_dir = Path(out["task_dir"])
+    assert package in task_dir.parents, f"the task is read from {task_dir}, outside the installed package"
+    for name in TASK_FILES:
+        assert (task_dir / name).read_bytes() == (ROOT / "data" / "who_acts" / name).read_bytes(), name
+    rows = (ROOT / "data" / "who_acts" / "validation.jsonl").read_text(encoding="utf-8").splitlines()
+    assert out["n_validation"] == len(rows)
+    assert out["first"] == json.loads(rows[0])["text"]
+    assert out["labels"] == json.loads((ROOT / "data" / "who_acts" / "labels.json").read_text())["label_names"]
+
+
+@pytest.mark.slow  # the CLI trains the bundled MiniLM
+def test_cli_trains_on_the_bundled_task_from_another_folder(installed):
+    """``python -m workbench train --steps 5``: the default preset (bundled MiniLM, bundled task)."""
+    work = installed["work"] / "cli"
+    work.mkdir()
+    _run([str(installed["python"]), "-m", "workbench", "train", "--steps", "5", "--quiet"], cwd=work, timeout=240)
+    (record,) = (work / "runs").glob("*/run.json")  # the default store, relative to the working folder
+    run = json.loads(record.read_text())
+    assert run["status"] == "completed"
+    config = run["config"]
+    assert (config["model"], config["data"], config["steps"]) == ("minilm", "default", 5)
+    history = (record.parent / "history.csv").read_text().splitlines()
+    assert history[0].startswith("step,") and len(history) - 1 >= 5  # a row per step (and the evaluation)
+
+
+@pytest.mark.slow  # builds and installs a wheel
+def test_api_from_another_folder_twice(installed):
+    """``import workbench as wb`` as the README shows it, ``wb.train`` called twice, the store read back."""
+    script = textwrap.dedent("""
+        import workbench as wb
+        cfg = wb.preset("tiny", steps=2)
+        first = wb.train(cfg, runs_dir="runs", progress=False)
+        second = wb.train(cfg, runs_dir="runs", progress=False)
+        assert (first.status, second.status) == ("completed", "completed"), (first.message, second.message)
+        assert list(first.history["train_loss"].dropna()) == list(second.history["train_loss"].dropna())
+        table = wb.runs("runs")
+        assert len(table) == 2, table
+        print("ok")
+    """)
+    out = _run([str(installed["python"]), "-c", script], cwd=installed["work"])
+    assert out.stdout.strip().splitlines()[-1] == "ok"
