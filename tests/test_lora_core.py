@@ -34,7 +34,7 @@ from toy_models import (
     randomize_peft,
     rel_error,
     scale_of,
-    skip_unless,
+    where,
     tiny_bert_classifier,
     train_head,
 )
@@ -258,11 +258,10 @@ def test_each_layer_computes_the_formula_by_hand(toy):
             assert_close(p.grad.double(), hand.grad, REL, n)
 
 
-@pytest.mark.parametrize("toy", params())
+@pytest.mark.parametrize("toy", params(where(lambda c: c.init != "pissa")))  # PiSSA: test_pissa_closed_form
 def test_initial_weights(toy):
     """kaiming: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming-uniform with a = sqrt(5)), B = 0;
     gaussian: A ~ N(0, 1/r^2) (std 1/r, PEFT's), B = 0."""
-    skip_unless(toy.config.init != "pissa", "PiSSA starts from the SVD of W (test_variants.test_pissa_closed_form)")
     layers = wb.lora_layers(toy.ours(toy.build())).values()
     assert all(torch.equal(l.lora_B.weight, torch.zeros_like(l.lora_B.weight)) for l in layers)
     if toy.config.init == "kaiming":

@@ -2,8 +2,8 @@
 
 The checks every row shares (outputs, gradients, merging, adapter files, counts) are in
 ``test_lora_core``; here are the ones particular to a variant.  Each runs over the same
-table of toy setups (``toy_models.TOYS``) and skips the rows that do not have its
-variant, saying so.  Checks of bad settings use one tiny model.
+table of toy setups (``toy_models.TOYS``), restricted to the rows that have its
+variant (``toy_models.where``).  Checks of bad settings use one tiny model.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from toy_models import (
     peft_name,
     randomize_lora,
     rel_error,
-    skip_unless,
+    where,
     tiny_bert_classifier,
 )
 from workbench.engine.optim import learning_rates, loraplus_groups, make_optimizer
@@ -39,14 +39,6 @@ from workbench.lora.layer import LoRALayer
 from workbench.lora.variants import DoRA, PiSSA, variants_for
 
 REL = 1e-5  # outputs and gradients, relative to their scale (largest differences seen: about 1e-6)
-
-
-def _dora(toy) -> None:
-    skip_unless(toy.config.dora, "not a DoRA row")
-
-
-def _pissa(toy) -> None:
-    skip_unless(toy.config.init == "pissa", "not a PiSSA row")
 
 
 # ---- every row -----------------------------------------------------------------------------------------------------
@@ -75,11 +67,10 @@ def test_the_config_picks_the_variants(toy):
     assert hasattr(layer, "pissa_A0") == (toy.config.init == "pissa")
 
 
-@pytest.mark.parametrize("toy", params())
+@pytest.mark.parametrize("toy", params(where(lambda c: c.dropout > 0)))
 def test_training_mode_with_dropout_matches_peft(toy):
     """Dropout on the LoRA input, in train mode: the same masks give the same outputs (DoRA:
     the (g - 1) W x term sees the dropped input too)."""
-    skip_unless(toy.config.dropout > 0, "no LoRA dropout in this row")
     base = toy.build()
     ours, theirs = toy.ours(base), toy.peft(base)
     randomize_lora(ours)
@@ -97,10 +88,9 @@ def test_training_mode_with_dropout_matches_peft(toy):
 
 # ---- DoRA ---------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("toy", params())
+@pytest.mark.parametrize("toy", params(where(lambda c: c.dora)))
 def test_dora_magnitude_starts_at_the_row_norm_as_peft(toy):
     """m0 = ||W + s B A|| per output row (with PiSSA: residual + s B A = W), PEFT's m0 too."""
-    _dora(toy)
     base = toy.build()
     ours, theirs = toy.ours(base), toy.peft(base)
     for n, layer in wb.lora_layers(ours).items():
@@ -110,11 +100,10 @@ def test_dora_magnitude_starts_at_the_row_norm_as_peft(toy):
         assert_close(layer.lora_magnitude_vector, peft_layer(theirs, n).lora_magnitude_vector["default"].weight, REL, n)
 
 
-@pytest.mark.parametrize("toy", params())
+@pytest.mark.parametrize("toy", params(where(lambda c: c.dora)))
 def test_dora_norm_is_a_constant_in_backward(toy):
     """The paper's section 4.3: ||W + s B A|| is detached.  Differentiating through it would
     give A another gradient; ours is the detached one (the formula by hand is in test_lora_core)."""
-    _dora(toy)
     model = toy.ours(toy.build())
     randomize_lora(model, seed=1)
     name, layer = next(iter(wb.lora_layers(model).items()))
@@ -129,11 +118,10 @@ def test_dora_norm_is_a_constant_in_backward(toy):
     assert rel_error(layer.lora_A.weight.grad, a.grad) > 100 * REL, name
 
 
-@pytest.mark.parametrize("toy", params())
+@pytest.mark.parametrize("toy", params(where(lambda c: c.dora)))
 def test_dora_adapter_without_magnitudes_is_refused(toy, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    _dora(toy)
     base = toy.build()
     wb.save_adapter(toy.ours(base), tmp_path / "a")
     state = load_file(tmp_path / "a" / "adapter_model.safetensors")
@@ -148,9 +136,8 @@ def test_dora_adapter_without_magnitudes_is_refused(toy, tmp_path):
 
 # ---- PiSSA --------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("toy", params())
+@pytest.mark.parametrize("toy", params(where(lambda c: c.init == "pissa")))
 def test_pissa_init_equals_peft(toy):
-    _pissa(toy)
     base = toy.build()
     ours, theirs = toy.ours(base), toy.peft(base)
     for n, layer in wb.lora_layers(ours).items():
@@ -162,12 +149,11 @@ def test_pissa_init_equals_peft(toy):
         assert rel_error(layer.base_layer.weight, base.get_submodule(n).weight) > 1e-3  # the base really changed
 
 
-@pytest.mark.parametrize("toy", params())
+@pytest.mark.parametrize("toy", params(where(lambda c: c.init == "pissa")))
 def test_pissa_closed_form(toy):
     """s B A is the best rank-r approximation of W (Eckart-Young): the residual's singular
     values are W's from r+1 on, and A A^T = B^T B = diag(S_r) / s (rows of A, columns of B
     orthogonal); residual + s B A = W, which ``original_weight`` gives back."""
-    _pissa(toy)
     base = toy.build()
     model = toy.ours(base)
     r, s = toy.config.rank, hand_scaling(toy.config)
@@ -207,10 +193,6 @@ def test_adapters_made_on_changed_base_weights_are_refused(init, tmp_path):
 
 # ---- LoRA+ --------------------------------------------------------------------------------------------------------
 
-def _loraplus(toy) -> None:
-    skip_unless(toy.config.loraplus_ratio is not None, "no LoRA+ ratio in this row")
-
-
 def _group_of(optimizer, param) -> dict:
     return next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
 
@@ -221,9 +203,8 @@ def _is_b_like(name: str, p: torch.Tensor) -> bool:
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-@pytest.mark.parametrize("toy", params())
+@pytest.mark.parametrize("toy", params(where(lambda c: c.loraplus_ratio is not None)))
 def test_loraplus_same_groups_and_step_as_peft(toy, weight_decay):
-    _loraplus(toy)
     lr, ratio = 1e-3, toy.config.loraplus_ratio
     base = toy.build()
     ours, theirs = toy.ours(base), toy.peft(base)
@@ -254,12 +235,11 @@ def test_loraplus_same_groups_and_step_as_peft(toy, weight_decay):
         assert_close(p, peft_params[peft_name(n, heads)], REL, n)
 
 
-@pytest.mark.parametrize("toy", params())
+@pytest.mark.parametrize("toy", params(where(lambda c: c.loraplus_ratio is not None)))
 def test_loraplus_first_step_is_ratio_times_larger_for_b(toy):
     """Adam's first step moves each weight by lr * g / (|g| + eps) ~ lr * sign(g): B moves
     ratio times as far as A (where the gradient is well above Adam's eps = 1e-8, an absolute
     constant, so this threshold is absolute too)."""
-    _loraplus(toy)
     lr, ratio = 1e-3, toy.config.loraplus_ratio
     model = toy.ours(toy.build())
     randomize_lora(model, seed=1)
@@ -279,9 +259,8 @@ def test_loraplus_first_step_is_ratio_times_larger_for_b(toy):
         torch.testing.assert_close(step, expected, rtol=2e-3, atol=0.0, msg=n)
 
 
-@pytest.mark.parametrize("toy", params())
+@pytest.mark.parametrize("toy", params(where(lambda c: c.loraplus_ratio is None)))
 def test_no_ratio_is_plain_adamw(toy):
-    skip_unless(toy.config.loraplus_ratio is None, "a LoRA+ row (test_loraplus_same_groups_and_step_as_peft)")
     model = toy.ours(toy.build())
     opt = make_optimizer(model, 5e-4, weight_decay=0.01)
     assert len(opt.param_groups) == 1

@@ -3,7 +3,7 @@
 In the style of PEFT's ``tests/test_custom_models.py``: a row is (id, a builder of a toy
 model, a ``LoRAConfig``), and the checks in ``test_lora_core.py`` and ``test_variants.py``
 are parametrized over ``TOYS``.  A new variant or layer type is a new row here; a check
-that does not apply to a row skips it with the reason (``skip_unless``).
+that applies to some rows only runs over those (``where``).
 
 The toy models are built from configs (no download): a 2-block BERT classifier (Linear
 layers), a 2-block GPT-2 language model and classifier (Conv1D layers, weights stored
@@ -153,10 +153,11 @@ def params(rows: list[Toy] | None = None) -> list:
     return [pytest.param(t, id=t.id, marks=[pytest.mark.slow] if t.slow else []) for t in (rows or TOYS)]
 
 
-def skip_unless(condition: bool, reason: str) -> None:
-    """Skip this row of a check that does not apply to it, saying why."""
-    if not condition:
-        pytest.skip(reason)
+def where(keep: Callable[[LoRAConfig], bool]) -> list[Toy]:
+    """The rows a check applies to, chosen by their settings (``where(lambda c: c.dora)``)."""
+    rows = [t for t in TOYS if keep(t.config)]
+    assert rows, "no row of the table has these settings"
+    return rows
 
 
 # ---- inputs, weights, comparisons ----------------------------------------------------------------------------------
