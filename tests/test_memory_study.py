@@ -107,6 +107,16 @@ def test_reusing_a_model_changes_no_weight_and_leaves_no_gradient(lora_model):
         assert p.grad is None
 
 
+def test_a_cpu_step_reports_no_peak_that_earlier_work_would_inflate(lora_model):
+    """On a CPU the only peak is this process's high-water mark, which keeps what ran
+    before: a step measured here must not report it as its own (a run's own peak comes
+    from ``train``'s worker process)."""
+    model, tok = lora_model
+    c = measure_vs_estimate(cfg_of("lora"), 2, 8, model=model, tokenizer=tok)
+    assert c.measured.peak is None
+    assert not any(str(comp).startswith("peak") for comp in c.table()["component"])
+
+
 @pytest.mark.parametrize("optimizer,k,counter", [("adamw", 2, 4), ("adam", 2, 4), ("sgd-momentum", 1, 0), ("sgd", 0, 0)])
 def test_measure_step_holds_each_optimizers_state_and_changes_nothing(lora_model, optimizer, k, counter):
     """optimizer state = k * trainable * 4 bytes (k moments) + a 4-byte step counter per

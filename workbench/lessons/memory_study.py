@@ -192,8 +192,14 @@ def measure_step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizer:
     ``batch`` (with labels) is on the model's device.  Forward, backward and one step of
     ``step_optimizer(optimizer)`` under ``workbench.engine.memory.measure_train_step``:
     weights, the gradients present after backward, the optimizer's state after its first
-    step, the bytes autograd saved for backward, and the peak.  ``seed`` fixes the dropout
-    masks.  The gradients are cleared afterwards and no weight changes (learning rate 0).
+    step, the bytes autograd saved for backward, and on CUDA the peak (max allocated
+    after a reset).  ``seed`` fixes the dropout masks.  The gradients are cleared
+    afterwards and no weight changes (learning rate 0).
+
+    On a CPU no peak is reported: the only one there is the resident high-water mark of
+    this whole process, which keeps what earlier steps and runs in it allocated, so the
+    same step would read higher after a full fine-tuning than alone.  A run's own peak
+    is what ``train`` measures, in a worker process of its own.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
@@ -205,6 +211,8 @@ def measure_step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizer:
         torch.manual_seed(seed)  # the dropout masks
         measured = measure_train_step(model, opt, batch, device=device)
     model.zero_grad(set_to_none=True)
+    if device.type != "cuda":
+        measured.peak, measured.peak_kind = None, ""
     return measured
 
 

@@ -36,6 +36,22 @@ def check_init(init: object) -> None:
         raise ValueError(f"init must be one of {allowed}, got {init!r}")
 
 
+def check_targets(targets: object) -> tuple[str, ...] | str:
+    """Targets as ``find_targets`` takes them: a string (a regex of the whole path, or
+    "all-linear"), or a non-empty list of non-empty names (returned as a tuple)."""
+    if isinstance(targets, str):
+        if not targets:
+            raise ValueError("targets must name at least one layer (a name, a regex, or 'all-linear'), got ''")
+        return targets
+    targets = tuple(targets)
+    if not targets:
+        raise ValueError("LoRA needs at least one target layer (e.g. query and value); none is selected")
+    bad = [t for t in targets if not isinstance(t, str) or not t]
+    if bad:
+        raise ValueError(f"target names must be non-empty strings, got {bad!r}")
+    return targets
+
+
 @dataclass(frozen=True)
 class LoRAConfig:
     """The LoRA settings: rank, scale, where, and which variant.
@@ -68,17 +84,7 @@ class LoRAConfig:
         check_init(self.init)
         if self.loraplus_ratio is not None:
             check_positive_number("loraplus_ratio", self.loraplus_ratio, what="B's learning rate / A's, or None")
-        targets = self.targets
-        if isinstance(targets, str):
-            if not targets:
-                raise ValueError("targets must name at least one layer (a name, a regex, or 'all-linear'), got ''")
-        else:
-            targets = tuple(targets)
-            if not targets:
-                raise ValueError("LoRA needs at least one target layer (e.g. query and value); none is selected")
-            bad = [t for t in targets if not isinstance(t, str) or not t]
-            if bad:
-                raise ValueError(f"target names must be non-empty strings, got {bad!r}")
+        targets = check_targets(self.targets)
         object.__setattr__(self, "targets", targets)
         if self.layers is not None:
             layers = tuple(self.layers)
@@ -208,4 +214,4 @@ def split_settings(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return ({k: v for k, v in options.items() if k in names}, {k: v for k, v in options.items() if k not in names})
 
 
-__all__: Sequence[str] = ("LoRAConfig", "INITS", "Init", "ALL_LINEAR", "lora_scaling", "check_init", "split_settings")
+__all__: Sequence[str] = ("LoRAConfig", "INITS", "Init", "ALL_LINEAR", "lora_scaling", "check_init", "split_settings", "check_targets")

@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 
 from torch import nn
 
-from workbench.lora.config import ALL_LINEAR
+from workbench.lora.config import ALL_LINEAR, check_targets
 from workbench.lora.layer import SUPPORTED_TYPES, LoRALayer, layer_shape
 
 __all__ = [
@@ -166,12 +166,7 @@ def find_targets(
         names = [n for n in cands if pattern.fullmatch(n)]
         what = f"regex {targets!r}"
     else:
-        targets = list(targets)
-        if not targets:
-            raise ValueError("no target layers given: name at least one, e.g. ['query', 'value']")
-        bad = [t for t in targets if not isinstance(t, str) or not t]
-        if bad:
-            raise ValueError(f"target names must be non-empty strings, got {bad!r}")
+        targets = check_targets(targets)
         unmatched = [t for t in targets if not any(_name_matches(n, t) for n in cands)]
         if unmatched:
             raise ValueError(
