@@ -1,4 +1,4 @@
-"""Tests for workbench/data.py and the bundled task under data/."""
+"""Tests for workbench/engine/data.py and the bundled task under data/."""
 
 from __future__ import annotations
 
