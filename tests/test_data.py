@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from workbench.engine import data as wd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SST2 = Path("/work/shared/data/sst2")
+SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"  # ../shared beside the checkout
 
 
 @pytest.fixture(scope="module")

@@ -129,7 +129,7 @@ def test_conv1d_layers_get_the_transposed_update():
     (path, delta), = planted.items()
     assert path == "h.0.attn.c_attn" and delta.shape == (96, 32)  # (out x in); Conv1D stores (in x out)
     diff = teacher.get_submodule(path).weight - base.base_model.get_submodule(path).weight
-    scale = float(base.base_model.get_submodule(path).weight.abs().max())
+    scale = float(base.base_model.get_submodule(path).weight.detach().abs().max())
     torch.testing.assert_close(diff.double(), delta.T, rtol=0, atol=1e-6 * scale)
 
 
