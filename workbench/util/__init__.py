@@ -1,0 +1,4 @@
+"""util: the bottom layer.
+
+Atomic file writes, the checks on user input, units and number formats.
+"""
