@@ -6,7 +6,6 @@ the singular values, ranks, subspace similarities and projections have exact ans
 
 from __future__ import annotations
 
-import io
 import math
 import subprocess
 import sys

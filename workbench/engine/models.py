@@ -20,7 +20,7 @@ import os
 import torch
 from torch import nn
 
-from workbench.engine.bundled import bundled_model_path  # noqa: F401  (re-exported: callers import it from here)
+from workbench.engine.bundled import bundled_model_path
 from workbench.engine.data import TASKS, Task
 from workbench.util.checks import check_choice, check_positive_int, is_probability
 

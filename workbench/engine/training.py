@@ -57,8 +57,9 @@ from workbench.engine.memory import MemoryProbe
 from workbench.engine.models import load_base, set_model_dropout
 from workbench.engine.optim import make_optimizer
 from workbench.engine.provenance import environment
-from workbench.lora.inject import add_lora, head_names
+from workbench.lora.inject import add_lora
 from workbench.lora.params import count_parameters
+from workbench.lora.targets import head_names
 from workbench.util.checks import (check_bool, check_choice, check_integer, check_number, check_positive_int,
                                    check_positive_number, is_probability)
 

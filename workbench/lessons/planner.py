@@ -55,6 +55,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from workbench.engine.memory import OPTIMIZER_STATES, MemoryBreakdown, estimate_activation_bytes
+from workbench.engine.bundled import bundled_model_path
 from workbench.engine.models import BUNDLED
 from workbench.lessons.memory_study import compare_breakdowns, measure_step
 from workbench.engine.data import TASKS as ENGINE_TASKS
@@ -165,8 +166,6 @@ def shipped_architectures() -> list[str]:
 def architecture(name: str) -> Architecture:
     """The shipped architecture ``name`` (raises ``ValueError`` listing the shipped names)."""
     if name == BUNDLED:
-        from workbench.engine.models import bundled_model_path
-
         path = Path(bundled_model_path())
         cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
         return Architecture(
@@ -216,8 +215,6 @@ def load_config(config: Any) -> tuple[Any, str, str | None]:
     if name in shipped_architectures():
         arch = architecture(name)
         if name == BUNDLED:
-            from workbench.engine.models import bundled_model_path
-
             return AutoConfig.from_pretrained(bundled_model_path()), name, arch.default_task
         return arch.to_config(), name, arch.default_task
     path = Path(name).expanduser()
@@ -248,8 +245,6 @@ def _config_label(config: Any) -> str:
     """A short name for a config object: its Hub name, "minilm" for the bundled folder, or the model type."""
     source = str(getattr(config, "name_or_path", "") or "")
     if source:
-        from workbench.engine.models import bundled_model_path
-
         try:
             if Path(source).resolve() == Path(bundled_model_path()).resolve():
                 return BUNDLED

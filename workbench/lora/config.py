@@ -14,7 +14,7 @@ what is allowed, never silently rewritten.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, Sequence
 
 from workbench.util.checks import is_integer, check_bool, check_positive_int, check_positive_number, check_probability

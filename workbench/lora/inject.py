@@ -19,18 +19,7 @@ from torch import nn
 
 from workbench.lora.config import LoRAConfig
 from workbench.lora.layer import LoRALayer, layer_shape
-# Target selection lives in targets.py; these names are re-exported for code that imported them from here.
-from workbench.lora.targets import (  # noqa: F401
-    HEAD_NAMES,
-    OUTPUT_NAMES,
-    LayerGroup,
-    describe_layers,
-    find_targets,
-    head_names,
-    layer_groups,
-    layer_index,
-    targets_for,
-)
+from workbench.lora.targets import find_targets, head_names
 
 __all__ = ["LoRASettings", "add_lora", "lora_layers", "merge_lora", "unmerge_lora", "remove_lora"]
 

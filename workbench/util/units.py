@@ -36,9 +36,13 @@ def format_bytes(n: int | float | None, digits: int = 1, missing: str = "n/a") -
     return f"{n / MB:.{digits}f} MB"
 
 
-def format_count(n: int) -> str:
-    """``22713986 -> '22.7M'``: a parameter count with a k / M / B suffix, 3 significant digits."""
+def format_count(n: float) -> str:
+    """A parameter count for people: 950, 12k, 1.5M, 22.7M, 1.1B (about 3 significant digits)."""
+    n = float(n)
+    if not math.isfinite(n):
+        return ""
     for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            return f"{n / div:.3g}{suffix}"
-    return str(n)
+        if abs(n) >= div:
+            v = n / div
+            return f"{v:.0f}{suffix}" if abs(v) >= 100 or v == round(v) else f"{v:.3g}{suffix}"
+    return f"{n:.0f}"

@@ -43,7 +43,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullForm
 from workbench.engine.config import RunConfig, RunResult
 from workbench.util.checks import check_positive_int
 from workbench.util.fileio import atomic_write
-from workbench.util.units import GB, MB, format_bytes
+from workbench.util.units import GB, MB, format_bytes, format_count
 
 # --------------------------------------------------------------------------- style
 
@@ -252,15 +252,8 @@ def is_message_figure(fig: Figure) -> bool:
 
 
 def human_count(x: float, _pos: Any = None) -> str:
-    """A parameter count for people: 950, 12k, 1.5M, 22.7M, 1.1B."""
-    x = float(x)
-    if not math.isfinite(x):
-        return ""
-    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            v = x / div
-            return f"{v:.0f}{suffix}" if v >= 100 or v == round(v) else f"{v:.3g}{suffix}"
-    return f"{x:.0f}"
+    """A parameter count for people (``format_count``), as a matplotlib tick formatter."""
+    return format_count(x)
 
 
 def _log_count_axis(axis: Any) -> None:
