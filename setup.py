@@ -25,11 +25,16 @@ PACKAGED = Path("workbench") / "_data"  # inside the built package
 
 def bundled_files() -> list[Path]:
     """The files of ``data/`` the package carries, relative to ``data/``."""
-    files = [Path("README.md"), Path("make_task.py")]
-    files += sorted(p.relative_to(DATA) for p in (DATA / "who_acts").iterdir() if p.is_file())
+    folders = ("who_acts", "story_lm", "skill")  # the classification task, the language model, its task
+    absent = [str(DATA / f) for f in folders if not (DATA / f).is_dir()]
+    if absent:
+        raise FileNotFoundError(f"the bundled data is incomplete; missing: {absent}")
+    files = [Path("README.md"), Path("make_task.py"), Path("make_story_lm.py"), Path("make_skill.py")]
+    for folder in folders:
+        files += sorted(p.relative_to(DATA) for p in (DATA / folder).iterdir() if p.is_file())
     missing = [str(DATA / f) for f in files if not (DATA / f).is_file()]
-    if missing or not (DATA / "who_acts").is_dir():
-        raise FileNotFoundError(f"the bundled task is incomplete; missing: {missing or [str(DATA / 'who_acts')]}")
+    if missing:
+        raise FileNotFoundError(f"the bundled data is incomplete; missing: {missing}")
     return files
 
 

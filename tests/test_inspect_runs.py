@@ -243,3 +243,62 @@ def test_random_projection_norm_matches_random_orthonormal_projections_on_averag
     ])
     expected = ir.random_projection_norm(float(torch.linalg.matrix_norm(w)), r, out, inp) ** 2
     assert abs(squares.mean() - expected) < 4 * squares.std(ddof=1) / math.sqrt(trials)
+
+
+# --------------------------------------------------------------------------- reading Table 7 against random; how far A moved
+
+
+def test_amplification_vs_random_adds_the_two_readings():
+    model = trained_like(3)
+    rep = ir.amplification_vs_random(model)
+    base = an.amplification_report(model)
+    assert list(rep["layer"]) == list(base["layer"])
+    np.testing.assert_allclose(rep["delta_vs_random"], base["proj_delta_dirs"] / base["proj_random_dirs"], rtol=1e-12)
+    np.testing.assert_allclose(rep["factor_if_random"], base["delta_fro"] / base["proj_random_dirs"], rtol=1e-12)
+    # the measured factor is below the random one exactly when ΔW's directions hold more of W than random ones
+    assert ((rep["amplification"] < rep["factor_if_random"]) == (rep["delta_vs_random"] > 1)).all()
+
+
+def test_amplification_vs_random_sees_an_update_along_ws_top_directions():
+    """ΔW built on W's own top singular vectors holds far more of W than random directions."""
+    model = tiny_bert()
+    add_lora(model, rank=2, alpha=2, targets=["value"])
+    for layer in lora_layers(model).values():
+        u, _, vh = torch.linalg.svd(layer.base_layer.weight.detach())
+        with torch.no_grad():
+            layer.lora_B.weight.copy_(u[:, :2] * 0.1)
+            layer.lora_A.weight.copy_(vh[:2])
+    rep = ir.amplification_vs_random(model)
+    assert (rep["delta_vs_random"] > 1).all() and (rep["amplification"] < rep["factor_if_random"]).all()
+
+
+def test_singular_spread_by_hand_and_errors():
+    m = torch.zeros(3, 5, dtype=torch.float64)
+    m[0, 0], m[1, 1], m[2, 2] = 6.0, 2.0, 1.0
+    assert ir.singular_spread(m) == pytest.approx(3.0)  # 6 / median(6, 2, 1)
+    assert ir.singular_spread(np.eye(4)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="median singular value is zero"):
+        ir.singular_spread(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="non-empty matrix"):
+        ir.singular_spread(torch.zeros(5))
+
+
+def test_a_spread_report_against_a_fresh_layer_and_a_stretched_a():
+    from torch import nn
+
+    from workbench.lora.layer import LoRALayer
+
+    model = trained_like(4)
+    rep = ir.a_spread_report(model, seed=7)
+    torch.manual_seed(7)
+    fresh = LoRALayer(nn.Linear(HIDDEN, HIDDEN), rank=4, alpha=1.0).lora_A.weight
+    assert rep["fresh_spread"].tolist() == pytest.approx([ir.singular_spread(fresh)] * len(rep))
+    first = next(iter(lora_layers(model).values()))
+    assert rep["spread"].iloc[0] == pytest.approx(ir.singular_spread(first.lora_A.weight))
+    with torch.no_grad():  # stretch one direction of A: its spread grows by that factor (other values unchanged)
+        u, s, vh = torch.linalg.svd(first.lora_A.weight.double(), full_matrices=False)
+        s2 = s.clone()
+        s2[0] *= 10
+        first.lora_A.weight.copy_((u * s2) @ vh)
+    stretched = ir.a_spread_report(model, seed=7)["spread"].iloc[0]
+    assert stretched == pytest.approx(10 * float(s[0]) / float(s2.median()), rel=1e-5)

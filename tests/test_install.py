@@ -108,6 +108,29 @@ def test_the_installed_package_carries_the_bundled_task(installed):
     assert out["labels"] == json.loads((ROOT / "data" / "who_acts" / "labels.json").read_text())["label_names"]
 
 
+@pytest.mark.slow  # builds and installs a wheel
+def test_the_installed_package_carries_the_bundled_language_model_and_skill(installed):
+    """story-lm loads from inside the installed package, and its files and the skill's are the checkout's."""
+    script = textwrap.dedent("""
+        import json
+        from workbench.engine.models import load_base
+        from workbench.engine.sft import load_prompts, skill_dir
+        from workbench.engine.story_lm import story_lm_path
+        model, tok = load_base("story-lm", task="causal-lm")
+        val = load_prompts("skill", "validation")
+        print(json.dumps({"model_dir": story_lm_path(), "skill_dir": str(skill_dir()), "n": len(val),
+                          "params": sum(p.numel() for p in model.parameters())}))
+    """)
+    out = json.loads(_run([str(installed["python"]), "-c", script], cwd=installed["work"]).stdout.splitlines()[-1])
+    for key, folder in (("model_dir", "story_lm"), ("skill_dir", "skill")):
+        where = Path(out[key])
+        assert installed["site"] / "workbench" in where.parents, f"{folder} is read from {where}, outside the package"
+        for file in (ROOT / "data" / folder).iterdir():
+            assert (where / file.name).read_bytes() == file.read_bytes(), file.name
+    assert out["n"] == len((ROOT / "data" / "skill" / "validation.jsonl").read_text().splitlines())
+    assert out["params"] > 0
+
+
 @pytest.mark.slow  # the CLI trains the bundled MiniLM
 def test_cli_trains_on_the_bundled_task_from_another_folder(installed):
     """``python -m workbench train --steps 5``: the default preset (bundled MiniLM, bundled task)."""

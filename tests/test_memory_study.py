@@ -20,6 +20,7 @@ from workbench.lessons.memory_study import (
     activation_table,
     compare_breakdowns,
     effective_seq_len,
+    kinds_summary,
     measure_step,
     measure_vs_estimate,
     memory_grid,
@@ -356,3 +357,25 @@ def test_figure_keeps_measured_and_estimated_apart():
     assert list(lines["m|activations|estimated"].get_ydata()) == [1.5, 3.0, 6.0]
     assert lines["m|activations|estimated"].get_linestyle() == "--"
     assert lines["m|activations|measured"].get_linestyle() == "None"
+
+
+def test_kinds_summary_by_hand():
+    kinds = pd.DataFrame({"lora": [0.0, 2.0, 3.0, 1.0, 6.0], "full": [4.0, 2.0, 0.0, 5.0, 11.0],
+                          "grows with": ["B·S"] * 5, "what": ["x"] * 5},
+                         index=pd.Index(["ctx", "gelu", "lora_x", "odd", "total"], name="kind"))
+    out = kinds_summary(kinds, "lora", "full")
+    assert list(out.index) == ["dropped under LoRA", "kept alike", "more under LoRA", "less under LoRA", "total"]
+    assert out["kinds"].tolist() == [1, 1, 1, 1, 4]
+    assert out["lora"].tolist() == [0.0, 2.0, 3.0, 1.0, 6.0] and out["full"].tolist() == [4.0, 2.0, 0.0, 5.0, 11.0]
+    with pytest.raises(ValueError, match="'nope' is not a column"):
+        kinds_summary(kinds, "nope", "full")
+
+
+def test_kinds_summary_of_real_tables_adds_up(lora_model, full_model):
+    kinds = activation_kinds({"lora": activation_table(lora_model[0], 4, 16),
+                              "full": activation_table(full_model[0], 4, 16)})
+    out = kinds_summary(kinds, "lora", "full")
+    assert out.loc["total", "lora"] == pytest.approx(kinds.loc["total", "lora"])
+    assert out.loc["total", "full"] == pytest.approx(kinds.loc["total", "full"])
+    assert out.loc["total", "kinds"] == len(kinds) - 1
+    assert out.loc["dropped under LoRA", "lora"] == 0 < out.loc["dropped under LoRA", "full"]

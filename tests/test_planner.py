@@ -351,3 +351,18 @@ def test_long_sequences_are_noted():
     p = plan("gpt2", seq_len=4096, batch_size=1, method="full")
     assert any("positions" in n for n in p.notes)
     assert np.isfinite(p.table().loc["total", "full (GB)"])
+
+
+def test_plan_table_never_mixes_totals_with_and_without_activations():
+    with_acts = plan("gpt2", batch_size=1, seq_len=8)
+    without = plan("llama-8b", batch_size=1, seq_len=8)
+    assert with_acts.full.activations_known and not without.full.activations_known
+    rows = plan_table([with_acts, without]).set_index("architecture")
+    for name, p in (("gpt2", with_acts), ("llama-8b", without)):  # the static comparison exists for both
+        assert rows.loc[name, "full (GB)"] == pytest.approx(p.full.static_bytes / GB)
+        assert rows.loc[name, "full / LoRA"] == pytest.approx(p.full.static_bytes / p.lora.static_bytes)
+    assert rows.loc["gpt2", "full / LoRA with activations"] == pytest.approx(with_acts.full.memory.total / with_acts.lora.memory.total)
+    assert np.isnan(rows.loc["llama-8b", "full / LoRA with activations"])
+    assert np.isnan(rows.loc["llama-8b", "LoRA + activations (GB)"])
+    assert rows.loc["gpt2", "LoRA adapts"] == "query+key+value (fused c_attn)"
+    assert rows.loc["llama-8b", "LoRA adapts"] == "query, value"

@@ -382,12 +382,15 @@ def test_save_figure_png_svg_atomic(tmp_path, runs):
     svg = paths[1].read_text(encoding="utf-8")
     assert "<svg" in svg and svg.rstrip().endswith("</svg>")
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["loss.png", "loss.svg"]
-    # PDF too, and the PNG size follows the dpi: 7 x 4.2 in at 150 dpi.
+    # PDF too, and the PNG size follows the dpi: the figure's inches (4.2 in tall; wider
+    # than 7 in by the legend outside the axes) at 150 dpi.
     (pdf,) = plots.save_figure(fig, tmp_path / "loss", formats=("pdf",))
     assert pdf.read_bytes().startswith(b"%PDF")
     png = paths[0].read_bytes()
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    assert (width, height) == (round(7.0 * 150), round(4.2 * 150))
+    w_in, h_in = fig.get_size_inches()
+    assert h_in == 4.2 and w_in > 7.0
+    assert abs(width - w_in * 150) <= 1 and height == round(h_in * 150)
 
 
 def test_save_figure_rejects_unknown_format(tmp_path, runs):
@@ -433,3 +436,45 @@ def test_no_pyplot_and_no_global_style_change():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_one_exploding_run_does_not_squash_the_loss_axis(runs):
+    """An lr = 10 run climbing to 24 leaves the axis at 1.5 x the highest starting loss, with a note."""
+    bad = _run(RunConfig(method="lora", lora=LoRAConfig(rank=2), lr=10.0), 38_402, None, 0.69, 0.5)
+    bad.history["train_loss"] = np.linspace(0.69, 24.3, len(bad.history))
+    fig = plots.loss_curves([runs[0], bad])
+    ax = fig.axes[0]
+    starts = [r.history["train_loss"].iloc[0] for r in (runs[0], bad)]
+    assert ax.get_ylim() == pytest.approx((0.0, 1.5 * max(starts)))
+    notes = [t.get_text() for t in ax.texts]
+    assert any("a loss reached 24.3 (off the scale)" in t for t in notes), notes
+    # Without an outlier the axis is matplotlib's own (autoscaled to the data).
+    top = plots.loss_curves(runs[:2]).axes[0].get_ylim()[1]
+    assert top < 1.5 * max(r.history["train_loss"].iloc[0] for r in runs[:2])
+    # The legend sits outside the axes: right of them, covering no curve.
+    legend = ax.get_legend()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+
+
+def test_legends_name_what_differs_and_flag_runs_that_did_not_learn(runs):
+    a = _run(RunConfig(method="lora", lora=LoRAConfig(rank=1), lr=1e-3), 100, None, 0.69, 0.99)
+    b = _run(RunConfig(method="lora", lora=LoRAConfig(rank=1), lr=10.0), 100, None, 0.69, 0.99)
+    b.history["train_loss"] = np.linspace(0.69, 24.3, len(b.history))
+    names = plots.run_labels([a, b])
+    assert names == ["LoRA r=1 (query,value) · lr=0.001", "LoRA r=1 (query,value) · lr=10 [did not learn]"]
+    for fig in (plots.loss_curves([a, b]), plots.accuracy_vs_params([a, b])):
+        legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert names[0] in legend and names[1] in legend
+
+
+def test_one_run_gets_distinct_accuracy_ticks(runs):
+    """One run at 100 %: the axis still spans several whole percents, each tick written once."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = plots.accuracy_vs_params([_run(RunConfig(method="lora"), 100, None, 0.69, 1.0)])
+    FigureCanvasAgg(fig).draw()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels) and labels[-1] == "100%", labels

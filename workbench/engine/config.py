@@ -19,7 +19,13 @@ Method = Literal["lora", "full", "head"]
 METHODS: tuple[str, ...] = ("lora", "full", "head")
 # The columns of a run's curve (``RunResult.history``, the store's history.csv): one row per
 # optimizer step, the evaluation columns filled at the steps that evaluated (NaN elsewhere).
-HISTORY_COLUMNS: tuple[str, ...] = ("step", "train_loss", "lr", "eval_loss", "eval_accuracy")
+# A language model's run (task "causal-lm") also fills the generative columns:
+#   eval_exact_match  share of evaluation prompts whose greedy completion equals the reference
+#   eval_perplexity   exp(eval_loss): the completion tokens' perplexity
+#   heldout_loss      loss on held-out pretraining text (what adaptation made the model forget)
+# and its eval_accuracy is the completion tokens' next-token accuracy.
+GENERATIVE_COLUMNS: tuple[str, ...] = ("eval_exact_match", "eval_perplexity", "heldout_loss")
+HISTORY_COLUMNS: tuple[str, ...] = ("step", "train_loss", "lr", "eval_loss", "eval_accuracy") + GENERATIVE_COLUMNS
 
 
 @dataclass
@@ -27,7 +33,12 @@ class RunConfig:
     """Everything that determines a run; the same config and seed give the same loss curve.
 
     ``method``: "lora" (frozen base, low-rank updates on ``targets``, trained head),
-    "full" (every weight trains) or "head" (frozen base, only the classifier head trains).
+    "full" (every weight trains) or "head" (frozen base, only the classifier head trains;
+    classification only: a language model has no head of its own to train apart).
+
+    ``task``: "classification" (a label per text) or "causal-lm" (a model that writes:
+    prompt/completion pairs with the loss on the completion, chats, or plain text; see
+    ``workbench.engine.sft``).
     """
 
     method: Method = "lora"
@@ -43,6 +54,10 @@ class RunConfig:
     max_length: int = 64
     max_train_examples: int | None = None
     max_eval_examples: int | None = 500
+    # Language models (task "causal-lm") only.
+    heldout_data: str | None = "auto"  # text to measure forgetting on; "auto": the bundled LM's held-out text
+    max_generate_examples: int | None = 100  # evaluation prompts answered by greedy generation (exact match)
+    max_new_tokens: int = 24  # the longest answer generated at evaluation
     # Optimisation.
     steps: int = 100
     lr: float = 5e-4
@@ -127,22 +142,33 @@ class RunResult:
     environment: dict[str, Any] = field(default_factory=dict)
     memory_estimate: MemoryBreakdown | None = None  # predicted from shapes alone, for the measured batch
     model: Any = field(default=None, repr=False)  # the trained model, when train(keep_model=True)
+    # Language models: at each evaluation a few prompts with the model's answers
+    # (dicts: step, prompt, reference, answer), so a run shows how its answers changed.
+    samples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def final_loss(self) -> float:
         losses = self.history["train_loss"].dropna() if len(self.history) else []
         return float(losses.iloc[-1]) if len(losses) else float("nan")
 
+    def last(self, column: str) -> float:
+        """The last value a history column took (NaN when it has none)."""
+        if not len(self.history) or column not in self.history:
+            return float("nan")
+        values = self.history[column].dropna()
+        return float(values.iloc[-1]) if len(values) else float("nan")
+
     @property
     def eval_accuracy(self) -> float:
-        if not len(self.history) or "eval_accuracy" not in self.history:
-            return float("nan")
-        acc = self.history["eval_accuracy"].dropna()
-        return float(acc.iloc[-1]) if len(acc) else float("nan")
+        return self.last("eval_accuracy")
+
+    @property
+    def eval_exact_match(self) -> float:
+        return self.last("eval_exact_match")
 
 
-# Ready-made sizes.  "default": 15 to 30 seconds per run on 2 CPU cores with the bundled
-# model; on the bundled task LoRA (r=8, q,v) at lr 1e-3 leaves chance late (B starts at
+# Ready-made sizes.  "default": the bundled model (a LoRA run took 6 to 7 s on an idle
+# 2-core CPU, benchmarks/sweep.py; each run's time is measured and stored); on the bundled task LoRA (r=8, q,v) at lr 1e-3 leaves chance late (B starts at
 # zero), so the preset runs 150 steps.  model_dropout=0: 150 steps see each of the 3,000
 # examples at most once, so the base model's dropout has nothing to guard against, and with
 # it LoRA reached 0.98 and 0.71 (seeds 0, 1) instead of 1.00 and 0.99 (data/README.md).
@@ -152,6 +178,25 @@ PRESETS: dict[str, dict[str, Any]] = {
                     model_dropout=0.0),
     "tiny": dict(model="tiny-bert", steps=6, batch_size=8, max_length=32, eval_every=3,
                  max_train_examples=96, max_eval_examples=32, lr=1e-3),
+    # A model that writes: the bundled story-lm learns the bundled skill (data/skill: turn a
+    # statement into its yes/no question), exact match on held-out statements.
+    # LoRA on every role of every block: on query and value alone the skill was learned to
+    # 0.18 (lr 3e-3) and 0.51 (lr 1e-2) exact match in as many steps (data/README.md).
+    "generate": dict(model="story-lm", task="causal-lm", data="skill", steps=250, batch_size=16, max_length=64,
+                     eval_every=50, lr=3e-3,
+                     lora=LoRAConfig(rank=8, alpha=16, targets=("query", "key", "value", "attention output",
+                                                                "FFN in", "FFN out"))),
+    # Real language models by name (downloaded once into the Hugging Face cache; needs a
+    # network the first time): the same skill, LoRA on the attention's query and value
+    # (GPT-2 computes q, k and v in one fused layer, so there all three).
+    "smollm2": dict(model="HuggingFaceTB/SmolLM2-135M", task="causal-lm", data="skill", steps=200, batch_size=8,
+                    max_length=64, eval_every=100, lr=5e-4, lora=LoRAConfig(rank=8, alpha=16,
+                                                                            targets=("query", "value"))),
+    "qwen2.5": dict(model="Qwen/Qwen2.5-0.5B", task="causal-lm", data="skill", steps=200, batch_size=8,
+                    max_length=64, eval_every=100, lr=5e-4, lora=LoRAConfig(rank=8, alpha=16,
+                                                                            targets=("query", "value"))),
+    "gpt2": dict(model="gpt2", task="causal-lm", data="skill", steps=200, batch_size=8, max_length=64,
+                 eval_every=100, lr=5e-4, lora=LoRAConfig(rank=8, alpha=16, targets=("query", "key", "value"))),
 }
 
 

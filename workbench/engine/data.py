@@ -500,8 +500,9 @@ class Batch:
     """One padded batch. ``model(**batch.model_inputs())`` runs the model on it.
 
     ``labels``: class ids of shape (B,) for classification; for causal LM a copy of
-    ``input_ids`` of shape (B, T) with -100 at padding positions (the model shifts it by
-    one inside, so position t is scored on predicting token t+1).
+    ``input_ids`` of shape (B, T) with -100 at padding positions, and at the prompt's
+    positions when the examples carry a ``prompt_length`` (``workbench.engine.sft``); the
+    model shifts it by one inside, so position t is scored on predicting token t+1.
     ``num_tokens`` = sum of ``attention_mask``: the real tokens, padding left out.
     """
 
@@ -554,6 +555,8 @@ class PadCollator:
             mask[row, :n] = 1
         if self.task == "causal-lm":
             labels: torch.Tensor | None = ids.masked_fill(mask == 0, IGNORE_INDEX)
+            for row, ex in enumerate(examples):  # prompt/completion pairs: only the completion is learned
+                labels[row, : ex.get("prompt_length", 0)] = IGNORE_INDEX
         elif all("label" in ex for ex in examples):
             labels = torch.tensor([ex["label"] for ex in examples], dtype=torch.long)
         else:
@@ -562,7 +565,7 @@ class PadCollator:
                      num_tokens=int(mask.sum()))
 
 
-def make_batches(ds: TextDataset | TokenizedDataset, tokenizer: Any, batch_size: int = 16,
+def make_batches(ds: TextDataset | Dataset, tokenizer: Any, batch_size: int = 16,
                  max_length: int = 64, shuffle: bool = True, seed: int = 0,
                  task: Task = "classification", drop_last: bool = False) -> DataLoader:
     """A DataLoader of dynamically padded ``Batch`` objects.
@@ -574,7 +577,8 @@ def make_batches(ds: TextDataset | TokenizedDataset, tokenizer: Any, batch_size:
     """
     check_positive_int("batch_size", batch_size)
     check_choice("task", task, TASKS)
-    tokens = ds if isinstance(ds, TokenizedDataset) else tokenize_dataset(ds, tokenizer, max_length)
+    # A TextDataset is tokenized here; token sets (TokenizedDataset, sft.PromptTokens) are used as they are.
+    tokens = tokenize_dataset(ds, tokenizer, max_length) if isinstance(ds, TextDataset) else ds
     if task == "classification" and not tokens.labels:
         raise DataError(f"{tokens.name or 'dataset'} has no labels: classification needs a "
                         "label column (causal-lm needs texts only)")

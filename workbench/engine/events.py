@@ -40,6 +40,7 @@ class StepInfo:
     eval_loss: float | None = None
     eval_accuracy: float | None = None
     history: list[dict] = field(default_factory=list)  # every row so far (step, train_loss, ...)
+    metrics: dict[str, float] = field(default_factory=dict)  # a language model's evaluation: eval_exact_match, ...
 
 
 class RunSink:

@@ -7,6 +7,10 @@ pooler output (the [CLS] state through a dense + tanh layer) and a new linear
 ``classifier`` maps it to the labels.  We keep that standard head on purpose: it is what
 PEFT and the Trainer use, so adapters and numbers compare one to one.
 
+``load_base("story-lm", task="causal-lm")`` loads the bundled language model that writes:
+a small Llama pretrained by ``data/make_story_lm.py`` on a corpus the repository makes
+(``workbench.engine.story_lm``; its model card is ``data/story_lm/MODEL_CARD.md``).
+
 ``"tiny-bert"`` and ``"tiny-gpt2"`` are small randomly initialised models built from a
 config (seeded, no download) that reuse the bundled tokenizer: for tests and quick demos.
 Any other name is passed to ``from_pretrained`` (a local folder, or a Hub name when a
@@ -25,6 +29,7 @@ from workbench.engine.data import TASKS, Task
 from workbench.util.checks import check_choice, check_positive_int, is_probability
 
 BUNDLED = "minilm"
+BUNDLED_LM = "story-lm"  # the bundled causal language model (offline)
 TINY_PRESETS = ("tiny-bert", "tiny-gpt2")
 
 
@@ -36,7 +41,11 @@ def _quiet_transformers() -> None:
 
 
 def resolve_model_name(name: str) -> str:
-    """'minilm' -> the bundled folder; anything else unchanged."""
+    """'minilm' and 'story-lm' -> the bundled folders; anything else unchanged."""
+    if name == BUNDLED_LM:
+        from workbench.engine.story_lm import story_lm_path
+
+        return story_lm_path()
     return bundled_model_path() if name == BUNDLED else name
 
 
@@ -44,8 +53,13 @@ def load_tokenizer(name: str = BUNDLED):
     from transformers import AutoTokenizer
 
     _quiet_transformers()
-    path = bundled_model_path() if name in (BUNDLED,) + TINY_PRESETS else name
+    path = bundled_model_path() if name in (BUNDLED,) + TINY_PRESETS else resolve_model_name(name)
     tok = AutoTokenizer.from_pretrained(path)
+    if name in TINY_PRESETS and tok.eos_token is None:
+        # The tiny presets borrow MiniLM's BERT tokenizer, whose [CLS] / [SEP] the tiny
+        # GPT-2's config names as BOS / EOS (101, 102): say so to the tokenizer too, so a
+        # generative run can append EOS and generation can stop at it.
+        tok.bos_token, tok.eos_token = tok.cls_token, tok.sep_token
     if tok.pad_token is None:  # GPT-2 style tokenizers have none
         tok.pad_token = tok.eos_token
     return tok
@@ -121,7 +135,7 @@ def load_base(
                 f"could not load model {name!r}: "
                 + ("the folder holds no loadable checkpoint" if local else
                    "it is not a local folder and the Hugging Face Hub could not provide it (offline?)")
-                + f". Offline choices: '{BUNDLED}', {', '.join(repr(p) for p in TINY_PRESETS)}, or a local folder. ({e})"
+                + f". Offline choices: '{BUNDLED}', '{BUNDLED_LM}', {', '.join(repr(p) for p in TINY_PRESETS)}, or a local folder. ({e})"
             ) from None
     if task == "classification" and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # GPT-2 classifiers need it

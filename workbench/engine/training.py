@@ -30,7 +30,8 @@ see ``workbench.engine.config.PRESETS``).  ``benchmarks/sweep.py`` measures the 
 PEFT and the ``transformers`` Trainer.
 
 A run can be stopped from outside (``stop.set()`` or Ctrl-C): it ends as "stopped" and
-keeps its curve.  A NaN or infinite loss ends it as "diverged" at that step.  An error
+keeps its curve.  A NaN or infinite loss, or one above ``EXPLODED`` (10) times the first
+step's, ends it as "diverged" at that step.  An error
 ends it as "failed" and is raised again after the sinks have seen the end.
 """
 
@@ -43,18 +44,22 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from workbench.engine.config import HISTORY_COLUMNS, METHODS, ParamCounts, RunConfig, RunResult, Timing
+from workbench.engine.config import GENERATIVE_COLUMNS, HISTORY_COLUMNS, METHODS, ParamCounts, RunConfig, RunResult, Timing
 from workbench.engine.data import TASKS, Batch, by_length, load_task, make_batches, repeat_batches, tokenize_dataset
+from workbench.engine.evaluation import WritingEval, evaluate, evaluate_writing
 from workbench.engine.events import RunSink, StepInfo, sinks_for
 from workbench.engine.memory import MemoryProbe
-from workbench.engine.models import load_base, set_model_dropout
+from workbench.engine.models import BUNDLED_LM, load_base, set_model_dropout
+from workbench.engine.sft import PromptTokens, load_prompt_task, read_text_lines, tokenize_prompts
 from workbench.engine.optim import make_optimizer
 from workbench.engine.provenance import environment
 from workbench.lora.inject import add_lora
@@ -169,7 +174,13 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError("model_dropout must be None (the checkpoint's own) or a probability in [0, 1), "
                          f"got {cfg.model_dropout!r}")
     if cfg.method == "head" and cfg.task != "classification":
-        raise ValueError("method 'head' trains a classification head; it needs task='classification'")
+        raise ValueError("method 'head' trains a classification head, and a language model (task 'causal-lm') "
+                         "has none to train apart: choose method 'lora' or 'full'")
+    if cfg.task == "causal-lm":
+        if cfg.max_generate_examples is not None:
+            check_integer("max_generate_examples", cfg.max_generate_examples, 0,
+                          what="0 or None: None answers every evaluation prompt, 0 none")
+        check_positive_int("max_new_tokens", cfg.max_new_tokens, what="the longest answer generated")
 
 
 def seed_everything(seed: int) -> None:
@@ -207,32 +218,6 @@ def linear_schedule(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches, device: torch.device, use_bf16: bool) -> tuple[float, float]:
-    """Mean loss and accuracy over the evaluation batches (token accuracy for causal LM)."""
-    was_training = model.training
-    model.eval()
-    loss_sum, n_loss, correct, n_items = 0.0, 0, 0, 0
-    for batch in batches:
-        batch = batch.to(device).model_inputs()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(**batch)
-        labels = batch["labels"]
-        logits = out.logits.float()
-        if logits.dim() == 3:  # causal LM: predict token t+1 from tokens up to t
-            pred, gold = logits[:, :-1].argmax(-1), labels[:, 1:]
-            keep = gold != -100
-            correct += int((pred[keep] == gold[keep]).sum())
-            n_items += int(keep.sum())
-        else:
-            correct += int((logits.argmax(-1) == labels).sum())
-            n_items += labels.numel()
-        loss_sum += float(out.loss) * labels.shape[0]
-        n_loss += labels.shape[0]
-    model.train(was_training)
-    return loss_sum / max(1, n_loss), correct / max(1, n_items)
-
-
 # --------------------------------------------------------------------------- a run
 
 
@@ -251,6 +236,8 @@ class Setup:
     params: ParamCounts
     environment: dict = field(default_factory=dict)
     frozen_in_bf16: bool = False
+    tokenizer: object = None
+    writing: WritingEval | None = None  # a language model's run: prompts to answer, held-out text
 
 
 def set_up(cfg: RunConfig) -> Setup:
@@ -261,10 +248,21 @@ def set_up(cfg: RunConfig) -> Setup:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
 
-    label_column = cfg.label_column if cfg.task == "classification" else None
-    train_ds, eval_ds = load_task(cfg.data, cfg.eval_data, cfg.text_column, label_column, cfg.seed)
-    train_ds, eval_ds = train_ds.head(cfg.max_train_examples), eval_ds.head(cfg.max_eval_examples)
-    model, tokenizer = load_base(cfg.model, num_labels=max(2, train_ds.num_labels), task=cfg.task, seed=cfg.seed)
+    writing = None
+    if cfg.task == "causal-lm":
+        model, tokenizer = load_base(cfg.model, task=cfg.task, seed=cfg.seed)
+        train_loader, eval_batches, writing = _language_data(cfg, tokenizer)
+    else:
+        train_ds, eval_ds = load_task(cfg.data, cfg.eval_data, cfg.text_column, cfg.label_column, cfg.seed)
+        train_ds, eval_ds = train_ds.head(cfg.max_train_examples), eval_ds.head(cfg.max_eval_examples)
+        model, tokenizer = load_base(cfg.model, num_labels=max(2, train_ds.num_labels), task=cfg.task,
+                                     seed=cfg.seed)
+        train_loader = make_batches(train_ds, tokenizer, cfg.batch_size, cfg.max_length, shuffle=True,
+                                    seed=cfg.seed, task=cfg.task)
+        # Evaluation order does not change its result: batch similar lengths to pad less.
+        eval_tokens = by_length(tokenize_dataset(eval_ds, tokenizer, cfg.max_length))
+        eval_batches = make_batches(eval_tokens, tokenizer, cfg.batch_size * 2, cfg.max_length, shuffle=False,
+                                    task=cfg.task)
     prepare_model(cfg, model)
     model.to(device).train()
     # bf16 runs of a frozen base: store it in bf16 once (see store_frozen_in_bf16).
@@ -273,12 +271,6 @@ def set_up(cfg: RunConfig) -> Setup:
         use_plain_attention(model)
     counts = count_parameters(model)
 
-    train_loader = make_batches(train_ds, tokenizer, cfg.batch_size, cfg.max_length, shuffle=True, seed=cfg.seed,
-                                task=cfg.task)
-    # Evaluation order does not change its result: batch similar lengths to pad less.
-    eval_tokens = by_length(tokenize_dataset(eval_ds, tokenizer, cfg.max_length))
-    eval_batches = make_batches(eval_tokens, tokenizer, cfg.batch_size * 2, cfg.max_length, shuffle=False,
-                                task=cfg.task)
     ratio = cfg.lora.loraplus_ratio if cfg.method == "lora" else None
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, loraplus_ratio=ratio)
     warmup = int(cfg.warmup_ratio * cfg.steps)
@@ -290,7 +282,51 @@ def set_up(cfg: RunConfig) -> Setup:
     return Setup(model=model, trainable=[p for p in model.parameters() if p.requires_grad], optimizer=optimizer,
                  scheduler=scheduler, batches=repeat_batches(train_loader, cfg.steps), eval_batches=eval_batches,
                  device=device, use_bf16=use_bf16, params=ParamCounts(trainable=counts.trainable, total=counts.total),
-                 environment=env, frozen_in_bf16=frozen_in_bf16)
+                 environment=env, frozen_in_bf16=frozen_in_bf16, tokenizer=tokenizer, writing=writing)
+
+
+def heldout_source(cfg: RunConfig) -> str | None:
+    """The held-out pretraining text a language model's run measures forgetting on.
+
+    "auto": the bundled model's held-out text (``data/story_lm/heldout.txt``) when the run
+    adapts the bundled model, else none (we do not know another model's pretraining data).
+    """
+    if cfg.heldout_data != "auto":
+        return cfg.heldout_data
+    if cfg.model != BUNDLED_LM:
+        return None
+    from workbench.engine.story_lm import story_lm_path
+
+    return str(Path(story_lm_path()) / "heldout.txt")
+
+
+def _language_data(cfg: RunConfig, tokenizer) -> tuple[DataLoader, list[Batch], WritingEval]:
+    """Training batches, evaluation batches and the generative evaluation of a language model's run."""
+    train_ds, eval_ds = load_prompt_task(cfg.data, cfg.eval_data, tokenizer, cfg.seed)
+    train_ds, eval_ds = train_ds.head(cfg.max_train_examples), eval_ds.head(cfg.max_eval_examples)
+    train_loader = make_batches(tokenize_prompts(train_ds, tokenizer, cfg.max_length), tokenizer, cfg.batch_size,
+                                cfg.max_length, shuffle=True, seed=cfg.seed, task=cfg.task)
+    eval_batches = list(make_batches(_shortest_first(tokenize_prompts(eval_ds, tokenizer, cfg.max_length)),
+                                     tokenizer, cfg.batch_size * 2, cfg.max_length, shuffle=False, task=cfg.task))
+    # Plain text has no answer to match: exact match is measured on prompt/completion data only.
+    answerable = eval_ds.select([i for i, p in enumerate(eval_ds.prompts) if p]).head(cfg.max_generate_examples)
+    heldout: list[Batch] = []
+    source = heldout_source(cfg)
+    if source is not None:
+        from workbench.engine.sft import PromptDataset
+
+        lines = read_text_lines(source)[: cfg.max_eval_examples or None]
+        text = PromptDataset([""] * len(lines), lines, "held-out text")
+        heldout = list(make_batches(_shortest_first(tokenize_prompts(text, tokenizer, cfg.max_length)), tokenizer,
+                                    cfg.batch_size * 2, cfg.max_length, shuffle=False, task=cfg.task))
+    return train_loader, eval_batches, WritingEval(answerable, heldout, cfg.max_new_tokens)
+
+
+def _shortest_first(tokens: PromptTokens) -> PromptTokens:
+    """For evaluation, where order does not matter: batches of similar lengths pad less."""
+    order = sorted(range(len(tokens)), key=lambda i: len(tokens.input_ids[i]))
+    return PromptTokens([tokens.input_ids[i] for i in order], [tokens.prompt_lengths[i] for i in order],
+                        tokens.max_length, tokens.name)
 
 
 def training_step(run: Setup, inputs: dict[str, torch.Tensor], max_grad_norm: float) -> float:
@@ -378,6 +414,11 @@ def train_here(cfg: RunConfig, sinks: RunSink | None = None, stop: threading.Eve
     return result
 
 
+# A loss this many times the first step's has left training, not merely wobbled: the run
+# ends as "diverged" (as a NaN does) instead of spending its remaining steps at chance.
+EXPLODED = 10.0
+
+
 def _loop(cfg: RunConfig, run: Setup, log: RunLog, result: RunResult, sinks: RunSink,
           stop: threading.Event | None, started: float) -> tuple[str, str]:
     """The training loop, one optimizer step per pass; returns how it ended: (status, message)."""
@@ -393,14 +434,24 @@ def _loop(cfg: RunConfig, run: Setup, log: RunLog, result: RunResult, sinks: Run
         log.history.append(row)
         if not math.isfinite(loss):
             return "diverged", f"the loss became {loss} at step {step}; try a lower learning rate than {cfg.lr:g}"
+        first = log.history[0]["train_loss"]
+        if loss > EXPLODED * first:
+            return "diverged", (f"the loss exploded from {first:.3g} to {loss:.3g} at step {step} (more than "
+                                f"{EXPLODED:g}x where it started); try a lower learning rate than {cfg.lr:g}")
         log.step_times.append(time.perf_counter() - t0)
         log.tokens += batch.num_tokens
         if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
             row["eval_loss"], row["eval_accuracy"] = evaluate(run.model, run.eval_batches, run.device, run.use_bf16)
+            if run.writing is not None:
+                metrics, samples = evaluate_writing(run.model, run.tokenizer, run.writing, run.device, run.use_bf16,
+                                                    row["eval_loss"], step)
+                row.update(metrics)
+                result.samples.extend(samples)
             result.history = log.curve()
             sinks.on_eval(result)
         sinks.on_step(StepInfo(step, cfg.steps, loss, lr, time.perf_counter() - started,
-                               row.get("eval_loss"), row.get("eval_accuracy"), log.history))
+                               row.get("eval_loss"), row.get("eval_accuracy"), log.history,
+                               {k: row[k] for k in GENERATIVE_COLUMNS if k in row}))
     return "completed", ""
 
 

@@ -164,7 +164,8 @@ class _Follower:
             else:
                 info: StepInfo = payload
                 self.history.append({"step": info.step, "train_loss": info.train_loss, "lr": info.lr,
-                                     "eval_loss": info.eval_loss, "eval_accuracy": info.eval_accuracy})
+                                     "eval_loss": info.eval_loss, "eval_accuracy": info.eval_accuracy,
+                                     **info.metrics})
                 info.history = self.history
                 self.sinks.on_step(info)
         except KeyboardInterrupt:

@@ -519,3 +519,29 @@ def effective_seq_len(model: nn.Module, batch_size: int, activation_bytes: int, 
         else:
             hi = mid
     return lo if act(lo) == activation_bytes else None
+
+
+def kinds_summary(kinds: pd.DataFrame, lora: str, full: str) -> pd.DataFrame:
+    """``activation_kinds``' rows gathered into what LoRA does to them, MB per method.
+
+    Groups (the ``total`` row left out): "dropped under LoRA" (saved by full fine-tuning,
+    not under LoRA: the inputs of frozen linear layers), "kept alike" (the same bytes under
+    both: what backprop must pass through), "more under LoRA" (the adapters' own inputs
+    and thin products) and "less under LoRA" (any other kind); each with its number of
+    kinds.  Groups with no kind are left out.  A short view of the long table for a first
+    lesson; the table itself stays the reference.
+    """
+    for col in (lora, full):
+        if col not in kinds.columns:
+            raise ValueError(f"{col!r} is not a column of the kinds table; columns: {list(kinds.columns)}")
+    rows = kinds.drop(index="total", errors="ignore")
+    a, b = rows[lora].astype(float), rows[full].astype(float)
+    group = np.select([(a == 0) & (b > 0), (a == b) & (a > 0), a > b], ["dropped under LoRA", "kept alike", "more under LoRA"],
+                      default="less under LoRA")
+    order = ["dropped under LoRA", "kept alike", "more under LoRA", "less under LoRA"]
+    out = pd.DataFrame({"kinds": rows.groupby(group).size(), lora: a.groupby(group).sum(), full: b.groupby(group).sum()})
+    out = out.reindex([g for g in order if g in out.index])
+    out.loc["total"] = [int(out["kinds"].sum()), float(a.sum()), float(b.sum())]
+    out["kinds"] = out["kinds"].astype(int)
+    out.index.name = "group"
+    return out

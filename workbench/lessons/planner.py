@@ -671,11 +671,25 @@ def plan(
     return Plan(settings=settings, lora=lora_side, full=full, config=cfg, notes=notes)
 
 
+def _adapted_roles(targets: Sequence[str] | str) -> str:
+    """What the resolved targets adapt, in the paper's words: GPT-2's fused ``c_attn`` is
+    query, key and value together (not the paper's W_q and W_v alone)."""
+    if isinstance(targets, str):
+        return targets
+    names = {"c_attn": "query+key+value (fused c_attn)", "q_proj": "query", "k_proj": "key", "v_proj": "value"}
+    return ", ".join(names.get(t, t) for t in targets)
+
+
 def plan_table(plans: Iterable[Plan]) -> pd.DataFrame:
     """One row per plan: parameter counts and LoRA vs full memory in GB (10**9 bytes).
 
-    ``published`` is the size the architecture's authors give (shipped architectures);
-    memory totals leave out activations where they are unknown (``activations`` says so).
+    ``published`` is the size the architecture's authors give (shipped architectures).
+    Two memory comparisons, never mixed in one column: ``LoRA (GB)``, ``full (GB)`` and
+    ``full / LoRA`` count weights + gradients + optimizer state (known for every
+    architecture); the ``... + activations`` columns add the estimated activations, and are
+    NaN where no activation formula exists (``activations`` says which).  ``LoRA adapts``
+    names the layers the role names resolved to (GPT-2's fused ``c_attn`` is query, key
+    and value together).
     """
     rows = []
     for p in plans:
@@ -687,19 +701,24 @@ def plan_table(plans: Iterable[Plan]) -> pd.DataFrame:
         except ValueError:
             published = ""
         known = p.lora.activations_known and p.full.activations_known
-        lora_gb = (p.lora.memory.total if known else p.lora.static_bytes) / GB
-        full_gb = (p.full.memory.total if known else p.full.static_bytes) / GB
+        lora_gb, full_gb = p.lora.static_bytes / GB, p.full.static_bytes / GB
+        lora_act = p.lora.memory.total / GB if known else np.nan
+        full_act = p.full.memory.total / GB if known else np.nan
         rows.append({
             "architecture": s.architecture,
             "model class": s.model_class,
             "total params": p.full.total,
             "published": published,
             "LoRA targets": s.lora.targets_text(),
+            "LoRA adapts": _adapted_roles(s.lora.targets),
             "LoRA adapter params": p.lora.adapter_params,
             "LoRA trainable": p.lora.trainable,
             "LoRA (GB)": lora_gb,
             "full (GB)": full_gb,
             "full / LoRA": full_gb / lora_gb if lora_gb else np.nan,
+            "LoRA + activations (GB)": lora_act,
+            "full + activations (GB)": full_act,
+            "full / LoRA with activations": full_act / lora_act if known and lora_act else np.nan,
             "activations": "estimated" if known else "not estimated",
         })
     return pd.DataFrame(rows)

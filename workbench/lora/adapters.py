@@ -35,6 +35,7 @@ from workbench.lora.config import LoRAConfig
 from workbench.lora.inject import add_lora, remove_lora
 from workbench.lora.targets import find_targets
 from workbench.lora.layer import Conv1D, layer_shape
+from workbench.lora.roles import peft_target_modules
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -77,6 +78,8 @@ def adapter_config(model: nn.Module) -> dict:
         "task_type": _task_type(model),
         "base_model_name_or_path": base,
         **s.config.to_peft(),
+        # Roles ("FFN in") mean nothing to PEFT: name the wrapped layers as PEFT matches them.
+        "target_modules": peft_target_modules(model),
         "layers_pattern": None,
         "bias": "none",
         "fan_in_fan_out": fan_in_fan_out,

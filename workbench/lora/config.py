@@ -38,7 +38,10 @@ def check_init(init: object) -> None:
 
 def check_targets(targets: object) -> tuple[str, ...] | str:
     """Targets as ``find_targets`` takes them: a string (a regex of the whole path, or
-    "all-linear"), or a non-empty list of non-empty names (returned as a tuple)."""
+    "all-linear"), or a non-empty list of non-empty roles and names (returned as a tuple).
+
+    Whether a name is a role of the model or one of its modules is known only with the
+    model at hand (``workbench.lora.roles``), so ``find_targets`` checks that."""
     if isinstance(targets, str):
         if not targets:
             raise ValueError("targets must name at least one layer (a name, a regex, or 'all-linear'), got ''")
@@ -56,8 +59,10 @@ def check_targets(targets: object) -> tuple[str, ...] | str:
 class LoRAConfig:
     """The LoRA settings: rank, scale, where, and which variant.
 
-    ``targets``: module names (a module matches when its path is the name or ends with
-    ``"." + name``), a regular expression for the whole path, or ``"all-linear"``;
+    ``targets``: roles ("query", "key", "value", "attention output", "FFN in", "FFN out":
+    the same part of every block in any architecture, see ``workbench.lora.roles``) and
+    module names (a module matches when its path is the name or ends with ``"." + name``),
+    a regular expression for the whole path, or ``"all-linear"``;
     ``layers``: only blocks with these indices (None: all).  ``init``: "kaiming"
     (PEFT's default: A kaiming-uniform, B = 0), "gaussian" (A ~ N(0, 1/r)) or "pissa"
     (A, B from the top-r singular directions of W).  ``dora``: a learned magnitude per

@@ -2,16 +2,21 @@
 
 Targets are chosen as PEFT chooses them, so an adapter means the same thing in both:
 
-* a list of names: a module matches a name when its path *is* the name or *ends with*
-  ``"." + name`` (``"query"`` matches ``bert.encoder.layer.0.attention.self.query``);
+* a list of roles and names: a role (``"query"``, ``"key"``, ``"value"``, ``"attention
+  output"``, ``"FFN in"``, ``"FFN out"``) selects that part of every block in the model's
+  own names (``workbench.lora.roles``: Llama's ``"FFN in"`` is gate_proj and up_proj);
+  a name matches a module when its path *is* the name or *ends with* ``"." + name``
+  (``"c_attn"`` matches ``transformer.h.0.attn.c_attn``).  On BERT the roles query, key
+  and value are also module names, and both readings select the same layers;
 * a string: a regular expression that must match the whole module path;
 * ``"all-linear"``: every Linear/Conv1D except the model's output head;
 * ``layers``: optionally, only blocks with these indices (the first number in the path,
   e.g. ``encoder.layer.4`` or ``transformer.h.4``).
 
 ``layer_groups`` sorts a model's LoRA-capable layers by the part they play in every block
-(all queries, all FFN-in layers, ...), each with a target that selects exactly it: what
-the panel offers as choices and ``describe_layers`` prints when a target matches nothing.
+(all queries, all FFN-in layers, ...), each with a target that selects exactly it and the
+roles it plays: what ``describe_layers`` prints when a target matches nothing.  For a
+panel's toggles, ``workbench.lora.roles.model_roles`` gives one entry per role.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import nn
 
 from workbench.lora.config import ALL_LINEAR, check_targets
 from workbench.lora.layer import SUPPORTED_TYPES, LoRALayer, layer_shape
+from workbench.lora.roles import architecture_of, block_path, role_layer_names, roles_of_path, roles_text, suggestion
 
 __all__ = [
     "HEAD_NAMES", "OUTPUT_NAMES", "KINDS", "LayerGroup", "layer_index", "head_names", "layer_groups",
@@ -73,7 +79,7 @@ KINDS: dict[str, str] = {
     "attn.c_attn": "query/key/value (fused)", "attn.c_proj": "attention output",
     "mlp.c_fc": "FFN in", "mlp.c_proj": "FFN out",
     "q_proj": "query", "k_proj": "key", "v_proj": "value", "o_proj": "attention output",
-    "out_proj": "attention output", "gate_proj": "FFN gate", "up_proj": "FFN in", "down_proj": "FFN out",
+    "out_proj": "attention output", "gate_proj": "FFN in", "up_proj": "FFN in", "down_proj": "FFN out",
     "fc1": "FFN in", "fc2": "FFN out", "pooler.dense": "pooler",
 }
 
@@ -89,6 +95,7 @@ class LayerGroup:
     names: list[str]
     target: str  # a target that selects exactly this group: a name suffix, or a regex
     is_regex: bool
+    roles: tuple[str, ...] = ()  # the roles these layers play (workbench.lora.roles); () for none
 
 
 def _group_key(name: str) -> str:
@@ -102,6 +109,7 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
         if isinstance(module, SUPPORTED_TYPES + (LoRALayer,)):
             by_key.setdefault(_group_key(name), []).append((name, module))
     every = [n for items in by_key.values() for n, _ in items]
+    arch = architecture_of(model)
     groups = []
     for key, items in by_key.items():
         names = [n for n, _ in items]
@@ -116,10 +124,13 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
                 break
         if target is None:
             target, is_regex = re.escape(key).replace("N", r"\d+"), True
-        kind = next((v for k, v in KINDS.items() if key == k or key.endswith("." + k)), parts[-1])
+        roles = roles_of_path(arch, block_path(names[0]))
+        kind = roles[0] if len(roles) == 1 else next(
+            (v for k, v in KINDS.items() if key == k or key.endswith("." + k)), parts[-1])
         layer = items[0][1]
         layer = layer.base_layer if isinstance(layer, LoRALayer) else layer
-        groups.append(LayerGroup(key, kind, type(layer).__name__, layer_shape(layer), names, target, is_regex))
+        groups.append(LayerGroup(key, kind, type(layer).__name__, layer_shape(layer), names, target, is_regex,
+                                 roles))
     return groups
 
 
@@ -167,13 +178,17 @@ def find_targets(
         what = f"regex {targets!r}"
     else:
         targets = check_targets(targets)
-        unmatched = [t for t in targets if not any(_name_matches(n, t) for n in cands)]
+        by_role, by_name = role_layer_names(model, targets)
+        unmatched = [t for t in by_name if not any(_name_matches(n, t) for n in cands)]
         if unmatched:
+            t = unmatched[0]
             raise ValueError(
-                f"target {unmatched[0]!r} matches no module of {type(model).__name__}. "
+                f"target {t!r} matches no module of {type(model).__name__} and is not one of its roles"
+                f"{suggestion(t, model, cands)}; {roles_text(model)}. "
                 f"Layers that can take LoRA:\n{describe_layers(model)}"
             )
-        names = [n for n in cands if any(_name_matches(n, t) for t in targets)]
+        chosen = set(by_role) | {n for n in cands if any(_name_matches(n, t) for t in by_name)}
+        names = [n for n in cands if n in chosen]
         what = f"targets {targets!r}"
     if layers is not None:
         wanted = sorted(set(int(i) for i in layers))

@@ -26,11 +26,9 @@ from workbench.engine import training as engine
 from workbench.engine.config import RunConfig, RunResult
 from workbench.engine.events import RunSink, StepInfo
 from workbench.lora.adapters import save_adapter
-from workbench.records.store import DEFAULT_ROOT, save_run
+from workbench.records.store import ADAPTER_FOLDER, DEFAULT_ROOT, save_run
 
 __all__ = ["StoreSink", "train", "run_sweep", "ADAPTER_FOLDER"]
-
-ADAPTER_FOLDER = "adapter"  # a LoRA run's adapter: <run folder>/adapter
 
 
 @dataclass

@@ -14,35 +14,75 @@ import pandas as pd
 
 from workbench.engine.config import RunResult
 from workbench.engine.memory import describe_peak
-from workbench.util.fileio import atomic_write_text
+from workbench.util.fileio import atomic_write, atomic_write_text
 from workbench.util.units import MB
 
-# The columns a report table shows, in order, with readable headers.
+# The columns a report table shows, in order, with readable headers: the run id, every
+# setting (LoRA's empty for full fine-tuning and head only), the verdict, the results.
+# Accuracy and shares are in percent here as in the panel.
 REPORT_COLUMNS = {
+    "run_id": "run id",
     "label": "run",
     "method": "method",
     "rank": "rank",
     "alpha": "alpha",
+    "rslora": "rslora",
+    "init": "init",
+    "dora": "dora",
+    "loraplus_ratio": "loraplus_ratio",
     "targets": "targets",
+    "layers": "layers",
+    "dropout": "dropout",
+    "model": "model",
+    "task": "task",
+    "data": "data",
+    "model_dropout": "model_dropout",
+    "lr": "lr",
+    "steps": "steps",
+    "steps_done": "steps done",
+    "batch_size": "batch_size",
+    "seed": "seed",
+    "status": "status",
+    "outcome": "outcome",
+    "outcome_note": "outcome note",
     "trainable": "trainable params",
+    "total": "total params",
     "trainable_share": "trainable share (%)",
     "final_loss": "final train loss",
-    "eval_accuracy": "val. accuracy",
+    "eval_loss": "val. loss",
+    "eval_accuracy": "val. accuracy (%)",
+    "eval_exact_match": "exact match (%)",
+    "last_answer": "last answer",
     "seconds_per_step": "s / step",
+    "total_seconds": "run time (s)",
     "peak_bytes": "peak memory (MB)",
     "peak_kind": "peak measured as",
-    "status": "status",
+    "adapter_path": "adapter folder",
 }
+PERCENT_COLUMNS = ("trainable_share", "eval_accuracy", "eval_exact_match")
+# Columns only a language model's run fills: left out of a report without one.
+GENERATIVE_REPORT_COLUMNS = ("eval_exact_match", "last_answer")
+BUNDLE_NAME = "report.zip"
 
 
 def report_table(results: Sequence[RunResult]) -> pd.DataFrame:
-    """The runs as a table with the report's columns (one row per run)."""
+    """The runs as a table with the report's columns (one row per run).
+
+    The ``run`` column names each run by ``distinct_labels`` (its label plus the settings
+    that differ among the runs exported), as the figures' legends do.
+    """
+    from workbench.engine.labels import distinct_labels
     from workbench.records.store import runs_table
 
-    table = runs_table(list(results))
-    cols = [c for c in REPORT_COLUMNS if c in table.columns]
+    results = list(results)
+    table = runs_table(results)
+    table["label"] = distinct_labels([r.config for r in results])
+    generative = any(r.config.task == "causal-lm" for r in results)
+    cols = [c for c in REPORT_COLUMNS if c in table.columns and (generative or c not in GENERATIVE_REPORT_COLUMNS)]
     table = table[cols].copy()
-    table["trainable_share"] = table["trainable_share"] * 100
+    for col in PERCENT_COLUMNS:
+        if col in table:
+            table[col] = table[col] * 100
     table["peak_bytes"] = table["peak_bytes"].astype("Float64") / MB  # decimal MB, as the plots
     return table.rename(columns=REPORT_COLUMNS)
 
@@ -89,3 +129,53 @@ def export_report(
     notes = "".join(f"\n* {note}" for note in peak_notes(results))
     written.append(atomic_write_text(out / "runs.md", to_markdown(table) + (f"\nNotes:\n{notes}\n" if notes else "")))
     return written
+
+
+def adapter_folder(result: RunResult) -> Path | None:
+    """Where a run's adapter lives (``<run folder>/adapter``, PEFT's format), or None when it has none."""
+    from workbench.records.store import ADAPTER_FOLDER
+
+    if not result.path:
+        return None
+    folder = Path(result.path) / ADAPTER_FOLDER
+    return folder if folder.is_dir() else None
+
+
+LOAD_HOWTO = """How to load an adapter (a folder with adapter_config.json and adapter_model.safetensors):
+
+    import workbench as wb
+    model, tokenizer = wb.load_base("{model}", num_labels=2)
+    wb.load_adapter(model, "adapters/<run id>")
+
+or with PEFT and transformers:
+
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(base_model, "adapters/<run id>")
+"""
+
+
+def export_bundle(report_files: Sequence[Path], results: Sequence[RunResult], out: str | os.PathLike) -> Path:
+    """One zip to take home: the report's files at its top and each run's adapter under
+    ``adapters/<run id>/``, with a README on how to load them.  Written atomically (mode
+    ``0o666 & ~umask``, as every file here)."""
+    import zipfile
+
+    out = Path(out)
+    results = list(results)
+    model = results[0].config.model if results else "minilm"
+
+    def write(tmp: str) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for f in report_files:
+                if Path(f).name != out.name:
+                    z.write(f, Path(f).name)
+            for r in results:
+                folder = adapter_folder(r)
+                if folder is None:
+                    continue
+                for f in sorted(folder.rglob("*")):
+                    if f.is_file():
+                        z.write(f, f"adapters/{r.run_id}/{f.relative_to(folder)}")
+            z.writestr("README.txt", LOAD_HOWTO.format(model=model))
+
+    return atomic_write(out, write)

@@ -8,6 +8,7 @@ Layout (one folder per run under a runs folder, ``./runs`` by default, as Tensor
                       summary numbers and the environment (versions, device, threads, host,
                       start and end time)
         history.csv   the curve: step, train_loss, lr, eval_loss, eval_accuracy
+        samples.jsonl a language model's run: a few prompts and its answers at each evaluation
 
 A run id starts with the local time, so sorting ids by name sorts them by when they
 started; a short label says what the run was and four random hex digits keep two runs
@@ -57,6 +58,8 @@ from workbench.util.fileio import atomic_write_text
 DEFAULT_ROOT = "runs"
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.csv"
+SAMPLES_FILE = "samples.jsonl"  # a language model's run: prompts and its answers at each evaluation
+ADAPTER_FOLDER = "adapter"  # a LoRA run's adapter in PEFT's format (written by workbench.records.recording)
 FORMAT_VERSION = 1
 
 # The statuses RunResult allows, read from its annotation so that the two never drift apart.
@@ -93,7 +96,9 @@ RUN_COLUMNS: dict[str, str] = {
     "method": "object",
     **LORA_COLUMNS,
     "model": "object",
+    "task": "object",
     "data": "object",
+    "model_dropout": "float64",
     "lr": "float64",
     "batch_size": "Int64",
     "seed": "Int64",
@@ -101,12 +106,16 @@ RUN_COLUMNS: dict[str, str] = {
     "steps_done": "Int64",
     "status": "object",
     "message": "object",
+    "outcome": "object",
+    "outcome_note": "object",
     "trainable": "Int64",
     "total": "Int64",
     "trainable_share": "float64",
     "final_loss": "float64",
     "eval_loss": "float64",
     "eval_accuracy": "float64",
+    "eval_exact_match": "float64",  # a language model's run: share of held-out prompts answered exactly
+    "last_answer": "object",  # a language model's run: its answer to the first sample prompt at its last evaluation
     "seconds_per_step": "float64",
     "tokens_per_second": "float64",
     "total_seconds": "float64",
@@ -118,6 +127,7 @@ RUN_COLUMNS: dict[str, str] = {
     "activations_bytes": "Int64",
     "created": "datetime64[ns]",
     "path": "object",
+    "adapter_path": "object",
 }
 
 _RUN_ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -301,6 +311,9 @@ def save_run(result: RunResult, root: str | os.PathLike = DEFAULT_ROOT) -> Path:
     record_text = json.dumps(_record(result), indent=2, allow_nan=False, default=str) + "\n"
     folder.mkdir(parents=True, exist_ok=True)
     _write_if_changed(folder / HISTORY_FILE, history_text)
+    if result.samples:
+        _write_if_changed(folder / SAMPLES_FILE,
+                          "".join(json.dumps(s, ensure_ascii=False, default=str) + "\n" for s in result.samples))
     _write_if_changed(folder / RUN_FILE, record_text)
     result.path = str(folder)
     return folder
@@ -433,7 +446,24 @@ def load_run(path: str | os.PathLike) -> RunResult:
         run_id=str(data.get("run_id") or folder.name),
         path=str(folder),
         environment=env,
+        samples=_read_samples(folder / SAMPLES_FILE),
     )
+
+
+def _read_samples(file: Path) -> list[dict[str, Any]]:
+    """A run's stored answers (none when the file is absent; a damaged line is skipped with a warning)."""
+    if not file.exists():
+        return []
+    samples = []
+    for lineno, line in enumerate(file.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            samples.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            warnings.warn(f"{file}, line {lineno}: not JSON ({e.msg}); that sample is skipped",
+                          RunStoreWarning, stacklevel=3)
+    return samples
 
 
 def _run_folders(root: Path) -> list[Path]:
@@ -490,9 +520,16 @@ def summary_row(result: RunResult) -> dict[str, Any]:
     The LoRA settings (``LORA_COLUMNS``: rank, alpha, targets, layers, dropout, rslora,
     init, dora, loraplus_ratio) are left empty for full fine-tuning and head-only runs:
     those runs have no LoRA, and a table that said 'rank 8' would mislead.
-    ``trainable_share`` = trainable / total parameters.
+    ``trainable_share`` = trainable / total parameters.  ``outcome`` is the verdict of
+    ``workbench.engine.outcome.run_outcome`` ("learned", "did not learn", "diverged", ...),
+    ``outcome_note`` its sentence; ``adapter_path`` the folder of a LoRA run's saved
+    adapter (``<run folder>/adapter``), empty when there is none.
     """
+    from workbench.engine.outcome import run_outcome
+
     c = result.config
+    outcome = run_outcome(result)
+    adapter = Path(result.path) / ADAPTER_FOLDER if result.path else None
     lora = c.lora.to_dict() if c.method == "lora" else {}
     mem = _memory_to_dict(result.memory) or {}
     t = result.timing
@@ -502,7 +539,9 @@ def summary_row(result: RunResult) -> dict[str, Any]:
         "method": c.method,
         **{name: _lora_cell(lora.get(name)) for name in LORA_COLUMNS},
         "model": c.model,
+        "task": c.task,
         "data": c.data,
+        "model_dropout": c.model_dropout,
         "lr": c.lr,
         "batch_size": c.batch_size,
         "seed": c.seed,
@@ -510,12 +549,16 @@ def summary_row(result: RunResult) -> dict[str, Any]:
         "steps_done": _steps_done(result.history),
         "status": result.status,
         "message": result.message,
+        "outcome": outcome.verdict,
+        "outcome_note": outcome.sentence,
         "trainable": result.params.trainable,
         "total": result.params.total,
         "trainable_share": result.params.share,
         "final_loss": result.final_loss,
         "eval_loss": _last(result.history, "eval_loss"),
         "eval_accuracy": result.eval_accuracy,
+        "eval_exact_match": result.eval_exact_match,
+        "last_answer": last_answer(result),
         "seconds_per_step": t.seconds_per_step if t is not None else None,
         "tokens_per_second": t.tokens_per_second if t is not None else None,
         "total_seconds": t.total_seconds if t is not None else None,
@@ -524,7 +567,20 @@ def summary_row(result: RunResult) -> dict[str, Any]:
         **{f"{k}_bytes": mem.get(k) for k in MEMORY_FIELDS},
         "created": _created(result),
         "path": result.path,
+        "adapter_path": str(adapter) if adapter is not None and adapter.is_dir() else None,
     }
+
+
+def last_answer(result: RunResult) -> str | None:
+    """A language model's run: its answer to the first sample prompt at its last evaluation,
+    as exact match reads it (first line, stripped); None for a run without samples."""
+    from workbench.engine.generation import normalize_answer
+
+    if not result.samples:
+        return None
+    last = max(int(s.get("step", 0)) for s in result.samples)
+    sample = next(s for s in result.samples if int(s.get("step", 0)) == last)
+    return normalize_answer(str(sample.get("answer", "")))
 
 
 def runs_table(results: list[RunResult]) -> pd.DataFrame:

@@ -42,15 +42,20 @@ LORA_HELP: dict[str, str] = {
 }
 RUN_HELP: dict[str, str] = {
     "model_dropout": "the base model's own dropout probability (unset: the checkpoint's, 0.1 for BERT)",
-    "model": "'minilm' (bundled), 'tiny-bert', 'tiny-gpt2', a folder or a Hub name",
-    "task": "what the model learns",
-    "data": "'default' (the bundled task), a .csv/.tsv/.jsonl file, or a datasets name",
+    "model": "'minilm' (bundled classifier), 'story-lm' (bundled language model), 'tiny-bert', 'tiny-gpt2', "
+             "a folder or a Hub name",
+    "task": "'classification' (a label per text) or 'causal-lm' (a model that writes)",
+    "data": "'default' (the bundled task), 'skill' (the bundled generative task), a .csv/.tsv/.jsonl/.txt file, "
+            "or a datasets name",
     "eval_data": "validation data (default: a held-out split of --data)",
     "text_column": "the column holding the text",
     "label_column": "the column holding the label",
     "max_length": "tokens per example, at most",
     "max_train_examples": "use at most this many training examples",
     "max_eval_examples": "evaluate on at most this many examples",
+    "heldout_data": "causal-lm: a text file to measure forgetting on ('auto': the bundled model's held-out text)",
+    "max_generate_examples": "causal-lm: answer at most this many evaluation prompts (exact match)",
+    "max_new_tokens": "causal-lm: the longest answer generated at evaluation",
     "steps": "optimizer steps",
     "lr": "learning rate",
     "batch_size": "examples per step",

@@ -16,8 +16,28 @@
 
 * the **run lifecycle**: ``start()`` (in a background thread, or inline), ``stop()``,
   ``wait()``; the run ends completed, stopped, diverged or failed, and says so;
-* the **runs** in the store, the table shown of them, the runs selected for
-  comparison, and ``export()`` of the selected runs' figures and table.
+* the **runs** in the store, the table shown of them (each run named by what sets it
+  apart from the others shown, with its verdict: learned or not), the runs selected for
+  comparison, runs hidden from view (``hide``) or deleted for good (``request_delete``
+  then ``confirm_delete``), and ``export()`` of the selected runs' figures and table,
+  with one zip to download (the report and the runs' adapters);
+* the **task** (``set_task``): "classification" (the panel's "classify": a sentence
+  classifier, the bundled MiniLM) or "causal-lm" ("generate": a language model that
+  writes, the bundled story-lm learning the bundled skill).  Each task has its own preset,
+  model, target toggles (a language model's are its roles: query, key, value, attention
+  output, FFN in, FFN out; never its output layer) and runs (the table and the figures
+  show the runs of the task chosen);
+* in generate mode, **Try it** (``try_it``): the same prompt answered by the base model,
+  by the newest run (its trained model, or its stored adapter) and by a stored run chosen
+  with ``choose_run``, greedily, side by side; redone by itself when a run ends.  A run's
+  ``samples`` (prompts and its answers at each evaluation) are shown per run
+  (``samples_table``) and as the table's "last answer".
+
+Numbers may arrive as typed text (``update(lr="0,001")``): a plain number is read as
+one; anything else (a decimal comma, letters, nothing) is kept as typed and refused by
+``problem()`` with what is allowed.  A finished run gets a verdict
+(``workbench.engine.outcome.run_outcome``): one that did not learn (loss ended above
+its start, or accuracy at chance) is said so, never shown as a success.
 
 It imports no widget library, so it can be tested with plain pytest and driven from a
 script.  The widget view (``workbench.ui.panel.Workbench``) subscribes to its events
@@ -30,7 +50,7 @@ import math
 import re
 import threading
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -38,10 +58,14 @@ from typing import Any, Callable, Literal
 import pandas as pd
 
 from workbench.engine.config import METHODS, RunConfig, RunResult, preset as make_preset
+from workbench.engine.labels import distinct_labels
+from workbench.engine.outcome import Outcome, run_outcome
 from workbench.engine.sweep import FULL_LR, HEAD_LR, VARIANTS
 from workbench.lora.config import LoRAConfig, lora_scaling
-from workbench.lora.targets import LayerGroup, head_names, layer_groups, layer_index, targets_for
+from workbench.lora.roles import model_roles
+from workbench.lora.targets import OUTPUT_NAMES, LayerGroup, head_names, layer_groups, layer_index, targets_for
 from workbench.lora.params import ParamCounts, lora_parameter_count
+from workbench.records.store import last_answer
 from workbench.util.checks import check_choice, check_integer, check_positive_int, check_positive_number, is_integer
 from workbench.util.units import format_bytes
 
@@ -66,8 +90,33 @@ LR_WHY: dict[str, str] = {
 }
 MessageKind = Literal["info", "ok", "warn", "error"]
 # What changed, as told to subscribers: the choices, the message, running or not, the
-# progress of the run, its live curve, the runs in the store, the comparison selection.
-Event = Literal["choices", "message", "running", "progress", "live", "runs", "selection"]
+# progress of the run, its live curve, the runs in the store (or which are hidden), the
+# comparison selection, a deletion waiting for confirmation (or no longer waiting).
+# The task changed (model, toggles, methods, runs shown), and Try it's answers changed.
+Event = Literal["choices", "message", "running", "progress", "live", "runs", "selection", "pending", "task",
+                "answers"]
+# The tasks, as (label, RunConfig.task): a classifier, or a language model that writes.
+TASK_LABELS: tuple[tuple[str, str], ...] = (("classify", "classification"), ("generate", "causal-lm"))
+TASKS: tuple[str, ...] = tuple(v for _, v in TASK_LABELS)
+# What each task starts with, unless the panel is given its own: (model, preset).
+TASK_SETUPS: dict[str, tuple[str, str]] = {"classification": ("minilm", "default"),
+                                           "causal-lm": ("story-lm", "generate")}
+# Why a language model gets no "head only": said where the method is chosen.
+HEAD_NOT_FOR_LM = ("head only is for a classifier: a language model has no new head to train on its own (its "
+                   "output layer is part of the pre-trained model and predicts the next word over the whole "
+                   "vocabulary); choose LoRA or full fine-tuning")
+# Try it: greedy answers (temperature 0) of at most this many tokens, as a run's evaluation writes them.
+TRY_MAX_NEW_TOKENS = 24
+# Try it keeps at most this many stored runs' models loaded (the base model besides); the oldest goes first.
+TRY_CACHE_RUNS = 4
+# The choices that are numbers, and their kind: a text typed for one is read by ``read_number``.
+NUMBER_CHOICES: dict[str, type] = {"rank": int, "alpha": float, "lr": float, "steps": int, "batch_size": int,
+                                   "seed": int}
+_EXAMPLES = {"rank": "8", "alpha": "16", "lr": "0.001 or 1e-3", "steps": "150", "batch_size": "16", "seed": "0"}
+_WHAT = {"lr": "learning rate", "batch_size": "batch size"}
+_INT_TEXT = re.compile(r"^[+-]?\d+$")
+_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_COMMA_TEXT = re.compile(r"^[+-]?\d*,\d+([eE][+-]?\d+)?$")
 TrainFn = Callable[..., RunResult]
 
 
@@ -88,6 +137,13 @@ class ModelLayers:
     ``targets``: the model's LoRA-capable layer groups (the classifier head left out),
     each under the name the panel shows for it: its kind ("query", "FFN out", ...), or
     its path pattern when two groups share a kind.  ``blocks``: the block indices.
+
+    A language model (``task`` "causal-lm") of a known family has its **roles** as
+    targets (``workbench.lora.roles.model_roles``: query, key, value, attention output,
+    FFN in, FFN out; ``roles`` is True), each group's target being the role's name, so the
+    LoRAConfig the panel makes names roles; ``fused`` gives, per role, the roles computed
+    by the same layer (GPT-2's query, key and value), which toggle together.  Its output
+    layer (``lm_head``) is never a target, and it has no head of its own to train.
     """
 
     name: str
@@ -95,21 +151,30 @@ class ModelLayers:
     blocks: tuple[int, ...]
     head_parameters: int
     base_parameters: int
+    task: str = "classification"
+    roles: bool = False
+    fused: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def from_model(cls, name: str, model: Any) -> "ModelLayers":
+    def from_model(cls, name: str, model: Any, task: str = "classification") -> "ModelLayers":
         """Read the groups, blocks and counts of a loaded model (with its head)."""
         from workbench.lora.params import count_parameters
 
+        total = count_parameters(model).total
+        if task == "causal-lm":
+            roles = [r for r in model_roles(model) if r.names]
+            if roles:
+                targets = {r.role: _role_group(model, r) for r in roles}
+                fused = {r.role: r.fused for r in roles if r.fused}
+                return cls(name, targets, _blocks(targets.values()), 0, total, task, True, fused)
+            # A family without known roles: its layers by name, the output layer left out.
+            groups = [g for g in layer_groups(model) if not any(n.rsplit(".", 1)[-1] in OUTPUT_NAMES for n in g.names)]
+            return cls(name, _by_kind(groups), _blocks(groups), 0, total, task)
         heads = head_names(model)
         head_parameters = sum(p.numel() for h in heads for p in model.get_submodule(h).parameters())
         groups = [g for g in layer_groups(model)
                   if not any(n == h or n.startswith(h + ".") for n in g.names for h in heads)]
-        targets: dict[str, LayerGroup] = {}
-        for g in groups:
-            targets[g.kind if g.kind not in targets else g.pattern] = g
-        blocks = tuple(sorted({i for g in groups for n in g.names if (i := layer_index(n)) is not None}))
-        return cls(name, targets, blocks, head_parameters, count_parameters(model).total)
+        return cls(name, _by_kind(groups), _blocks(groups), head_parameters, total, task)
 
     @classmethod
     def load(cls, name: str, task: str = "classification", seed: int = 0) -> "ModelLayers":
@@ -117,7 +182,7 @@ class ModelLayers:
         from workbench.engine.models import load_base
 
         model, _ = load_base(name, num_labels=2, task=task, seed=seed)
-        return cls.from_model(name, model)
+        return cls.from_model(name, model, task)
 
     def targets_matching(self, targets: tuple[str, ...] | str) -> tuple[str, ...]:
         """The panel's target names that a LoRAConfig ``targets`` selects (by target, kind or name suffix)."""
@@ -129,6 +194,30 @@ class ModelLayers:
         return tuple(k for k, g in self.targets.items()
                      if any(t in (g.target, g.kind) or all(n == t or n.endswith("." + t) for n in g.names)
                             for t in targets))
+
+
+def _by_kind(groups: list[LayerGroup]) -> dict[str, LayerGroup]:
+    targets: dict[str, LayerGroup] = {}
+    for g in groups:
+        targets[g.kind if g.kind not in targets else g.pattern] = g
+    return targets
+
+
+def _blocks(groups: Any) -> tuple[int, ...]:
+    return tuple(sorted({i for g in groups for n in g.names if (i := layer_index(n)) is not None}))
+
+
+def _role_group(model: Any, role: Any) -> LayerGroup:
+    """One role of a language model as a layer group whose target is the role's name.
+
+    Its shape is that of the role's first path (Llama's FFN in: gate_proj and up_proj,
+    both hidden -> intermediate, so each of its layers counts r * (in + out)).
+    """
+    layer = model.get_submodule(role.names[0])
+    layer = getattr(layer, "base_layer", layer)
+    pattern = " + ".join(re.sub(r"\.\d+\.", ".N.", next(n for n in role.names if n.endswith(p))) for p in role.paths)
+    return LayerGroup(pattern=pattern, kind=role.role, type=type(layer).__name__, shape=role.shapes[0],
+                      names=list(role.names), target=role.role, is_regex=False, roles=role.fused or (role.role,))
 
 
 # ---------------------------------------------------------------------------------------------- the choices
@@ -162,11 +251,16 @@ class Choices:
 
 @dataclass(frozen=True)
 class Selection:
-    """One ticked layer group and the module paths of it inside the layer range."""
+    """One ticked layer group and the module paths of it inside the layer range.
+
+    ``members``: the panel's target names it stands for (GPT-2's fused query, key and
+    value are one Selection, "query/key/value (fused)", so its layers count once).
+    """
 
     key: str
     group: LayerGroup
     names: list[str]
+    members: tuple[str, ...] = ()
 
 
 class SettingsError(ValueError):
@@ -188,13 +282,68 @@ class Readout:
     estimate: ParamCounts | None
     detail: str
     problem: str | None = None
+    base_parameters: int | None = None  # the model's own count (the header's), before LoRA adds any
 
     @property
     def headline(self) -> str:
         if self.estimate is None:
             return "Trainable parameters: –"
         e = self.estimate
-        return f"Trainable parameters: {e.trainable:,} of {e.total:,} ({100 * e.share:.3g}% of the model)"
+        text = f"Trainable parameters: {e.trainable:,} of {e.total:,} ({100 * e.share:.3g}% of the model)"
+        added = e.total - self.base_parameters if self.base_parameters is not None else 0
+        if added > 0:
+            text += f"; the total is the model's {self.base_parameters:,} plus the {added:,} LoRA adds"
+        return text
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One model's answer to Try it's prompt.
+
+    ``who``: "base model" or the run's label; ``text``: the answer (its first line,
+    stripped, as exact match reads it); ``correct``: whether it equals the reference
+    (exact match) when the prompt is one of the task's, else None.
+    """
+
+    who: str
+    text: str
+    run_id: str | None = None
+    correct: bool | None = None
+
+
+@dataclass(frozen=True)
+class Answers:
+    """The same prompt answered by the base model, the newest run and a chosen stored run, side by side."""
+
+    prompt: str
+    reference: str | None
+    base: Answer
+    adapted: Answer | None = None  # the newest run of the task (None before any)
+    stored: Answer | None = None  # the stored run chosen with ``choose_run`` (None when none is)
+
+    def all(self) -> list[Answer]:
+        return [a for a in (self.base, self.adapted, self.stored) if a is not None]
+
+
+def samples_frame(result: RunResult) -> pd.DataFrame:
+    """A run's samples as a table: one row per prompt, its reference, then its answer at each evaluation step.
+
+    Columns: ``prompt``, ``reference``, ``step N`` ... (answers as exact match reads them:
+    first line, stripped), so the row reads how the answer changed over training.
+    """
+    from workbench.engine.generation import normalize_answer
+
+    rows: dict[str, dict[str, Any]] = {}
+    steps: list[int] = []
+    for s in result.samples:
+        step = int(s.get("step", 0))
+        if step not in steps:
+            steps.append(step)
+        row = rows.setdefault(str(s.get("prompt", "")), {"prompt": str(s.get("prompt", "")),
+                                                         "reference": normalize_answer(str(s.get("reference", "")))})
+        row[f"step {step}"] = normalize_answer(str(s.get("answer", "")))
+    columns = ["prompt", "reference"] + [f"step {n}" for n in sorted(steps)]
+    return pd.DataFrame(list(rows.values()), columns=columns).fillna("")
 
 
 def _fmt(value: Any, fmt: str) -> str:
@@ -204,8 +353,44 @@ def _fmt(value: Any, fmt: str) -> str:
     return format(value, fmt)
 
 
+def read_number(text: str, kind: type) -> Any:
+    """A number typed as text: an int or float when it is one, else the text as typed (stripped).
+
+    Only plain numbers are read ("0.001", "1e-3", "150"); a decimal comma ("0,001"), a
+    thousands separator, letters or nothing stay text, and ``number_problem`` says why
+    they are refused: "0,001" could mean 0.001 or 1 (as "1,000" means a thousand), and a
+    guess would train a run the user never asked for.
+    """
+    t = text.strip()
+    if kind is int and _INT_TEXT.match(t):
+        return int(t)
+    if kind is float and _FLOAT_TEXT.match(t):
+        return float(t)
+    return t
+
+
+def number_problem(name: str, text: str) -> str:
+    """Why a text typed for a number is refused, and what to type instead."""
+    kind = NUMBER_CHOICES[name]
+    label = f"{name} ({_WHAT[name]})" if name in _WHAT else name
+    allowed = ("a whole number" if kind is int else "a number with a decimal point") + f", e.g. {_EXAMPLES[name]}"
+    t = text.strip()
+    if not t:
+        return f"{label} is empty: type {allowed}"
+    if _COMMA_TEXT.match(t) and kind is float:
+        return (f"{label} must be {allowed}; got {t!r}, which has a decimal comma: type {t.replace(',', '.')} "
+                "if that is what you mean")
+    if kind is int and _FLOAT_TEXT.match(t.replace(",", "")):
+        return f"{label} must be {allowed}; got {t!r}"
+    return f"{label} must be {allowed}; got {t!r}, which is not a number"
+
+
 def _method_label(method: str) -> str:
     return dict((v, k) for k, v in METHOD_LABELS)[method]
+
+
+def _task_label(task: str) -> str:
+    return dict((v, k) for k, v in TASK_LABELS)[task]
 
 
 # ---------------------------------------------------------------------------------------------- the state
@@ -220,6 +405,10 @@ class PanelState:
     scripts and tests).  ``layers``: the model's ``ModelLayers`` when already read;
     ``train``: the function that trains and stores a run (default: ``wb.train``, i.e.
     ``workbench.records.recording.train``).
+
+    The task starts as the preset's (``preset="generate"`` starts in generate mode); the
+    other task uses ``generate_model`` / ``generate_preset`` (for "causal-lm") or the
+    bundled classifier's ``TASK_SETUPS`` (for "classification").  ``set_task`` switches.
     """
 
     def __init__(
@@ -231,12 +420,27 @@ class PanelState:
         background: bool = True,
         layers: ModelLayers | None = None,
         train: TrainFn | None = None,
+        generate_model: str | None = None,
+        generate_preset: str | None = None,
     ) -> None:
         self.preset_name = preset
         self.defaults: RunConfig = make_preset(preset, model=model)  # raises on an unknown preset
         if layers is not None and layers.name != model:
             raise ValueError(f"layers were read from model {layers.name!r}, not {model!r}")
+        gen_model, gen_preset = TASK_SETUPS["causal-lm"]
+        gen = (generate_model or gen_model, generate_preset or gen_preset)
+        make_preset(gen[1], model=gen[0])  # an unknown preset is refused now, not at the switch
+        self.setups: dict[str, tuple[str, str]] = {"classification": TASK_SETUPS["classification"], "causal-lm": gen}
+        self.setups[self.defaults.task] = (model, preset)
+        self._layers: dict[str, ModelLayers] = {}  # per task, read once
         self.model = layers or ModelLayers.load(model, task=self.defaults.task, seed=self.defaults.seed)
+        self._layers[self.defaults.task] = self.model
+        # Try it (generate mode): the prompt, the stored run chosen to answer it too, the last answers.
+        self.prompt: str = ""
+        self.try_run: str | None = None
+        self.answers: Answers | None = None
+        self._models: dict[str, Any] = {}  # "base:<model>" or a run id -> (model, tokenizer), loaded once
+        self._try_lock = threading.Lock()
         self.runs_dir = Path(runs_dir)
         self.reports_dir = Path(reports_dir)
         self.background = background
@@ -249,6 +453,10 @@ class PanelState:
         self.last_result: RunResult | None = None
         self.last_error: str | None = None
         self.last_export: Path | None = None
+        self.last_bundle: Path | None = None  # the zip of the last export (report + adapters)
+        self.hidden: set[str] = set()  # run ids kept out of the table and the figures (not deleted)
+        self.pending_delete: tuple[str, ...] = ()  # run ids waiting for the user to confirm deletion
+        self._outcomes: dict[str, Outcome] = {}  # run id -> verdict, computed once per refresh
         self.run_config: RunConfig | None = None  # the config of the run going (or the last one)
         self.step: Any = None  # the engine's StepInfo after the last step of the run going
         self.live_history: pd.DataFrame | None = None  # the curve to show; None: nothing to show
@@ -258,8 +466,51 @@ class PanelState:
         self._running = False
         self.stopping = False
         self.refresh()
+        if self.task == "causal-lm":
+            self.prompt = self.default_prompt()
         if not self.results:
             self.say(f"Ready. Choose a method and settings, then press Train. Runs are saved in {self.runs_dir}.")
+
+    # ------------------------------------------------------------------ the task
+
+    @property
+    def task(self) -> str:
+        """"classification" (classify) or "causal-lm" (generate): the preset's ``task``."""
+        return self.defaults.task
+
+    def set_task(self, task: str) -> None:
+        """Switch between classify ("classification") and generate ("causal-lm").
+
+        The other task's preset and model come in (its layers read once), the choices
+        start from that preset, and the table and figures show that task's runs.  Refused
+        while a run trains.
+        """
+        check_choice("task", task, TASKS)
+        if task == self.task:
+            return
+        if self._running:
+            self.say("A run is training: switch the task once it has ended.", "warn")
+            return
+        model, preset = self.setups[task]
+        defaults = make_preset(preset, model=model)
+        if task not in self._layers:
+            self._layers[task] = ModelLayers.load(model, task=task, seed=defaults.seed)
+        self.preset_name, self.defaults, self.model = preset, defaults, self._layers[task]
+        self.choices = self.default_choices()
+        self.answers = None
+        if task == "causal-lm" and not self.prompt:
+            self.prompt = self.default_prompt()
+        self._emit("task")
+        self._emit("choices")
+        self._emit("runs")
+        self._emit("answers")
+        what = ("a language model that writes: train it on the skill, then compare answers under 'Try it'"
+                if task == "causal-lm" else "a sentence classifier")
+        self.say(f"Task: {_task_label(task)}, {what} ({model}, preset {preset}).")
+
+    def methods(self) -> tuple[tuple[str, str], ...]:
+        """The methods offered for the task, as (label, value): no head only for a language model."""
+        return tuple(m for m in METHOD_LABELS if not (self.task == "causal-lm" and m[1] == "head"))
 
     # ------------------------------------------------------------------ events
 
@@ -302,14 +553,34 @@ class PanelState:
         unknown = sorted(set(changes) - set(Choices.names()))
         if unknown:
             raise TypeError(f"unknown choice(s) {', '.join(unknown)}; the choices are: {', '.join(Choices.names())}")
+        for name, kind in NUMBER_CHOICES.items():
+            if isinstance(changes.get(name), str):
+                changes[name] = read_number(changes[name], kind)
         if "targets" in changes and not isinstance(changes["targets"], str):
-            changes["targets"] = tuple(changes["targets"])
+            changes["targets"] = self._with_fused(tuple(changes["targets"]))
         if "layer_range" in changes and not isinstance(changes["layer_range"], str):
             changes["layer_range"] = tuple(changes["layer_range"])
         if "method" in changes and changes["method"] != self.choices.method and "lr" not in changes:
             changes["lr"] = self.starting_lr(changes["method"])
         self.choices = replace(self.choices, **changes)
         self._emit("choices")
+
+    def _with_fused(self, targets: tuple[str, ...]) -> tuple[str, ...]:
+        """Targets with each fused group (GPT-2's query, key, value) all ticked or all not.
+
+        A group that gained a member is ticked whole; one that lost a member is unticked
+        whole (one layer computes them all, so LoRA adapts all of them or none).
+        """
+        if not self.model.fused:
+            return targets
+        old, new = set(self.choices.targets) if isinstance(self.choices.targets, tuple) else set(), set(targets)
+        for group in set(self.model.fused.values()):
+            members = set(group)
+            now = members & new
+            if now and now != members:
+                new = (new | members) if now - old else (new - members)
+        known = tuple(k for k in self.model.targets if k in new)
+        return known + tuple(t for t in targets if t not in self.model.targets)
 
     def starting_lr(self, method: str) -> float:
         """The learning rate a method starts with: the preset's for LoRA (see ``LR_WHY``)."""
@@ -320,8 +591,13 @@ class PanelState:
         method = self.choices.method
         if method not in METHODS:
             return ""
-        return (f"Learning rate set to {self.starting_lr(method):g} for {_method_label(method)}: {LR_WHY[method]}. "
-                "Switching the method resets it; change it freely.")
+        start, lr = self.starting_lr(method), self.choices.lr
+        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr == start:
+            return (f"Learning rate set to {start:g} for {_method_label(method)}: {LR_WHY[method]}. "
+                    "Switching the method resets it; change it freely.")
+        shown = f"{lr:g}" if isinstance(lr, (int, float)) and not isinstance(lr, bool) else repr(lr)
+        return (f"Learning rate {shown} as typed; {_method_label(method)} starts at {start:g}: {LR_WHY[method]}. "
+                "Switching the method resets it.")
 
     def rank_max(self) -> int:
         """The highest rank any choice of targets allows: the largest min(in, out), at most ``RANK_CAP``."""
@@ -357,12 +633,17 @@ class PanelState:
         count (layers outside the blocks, such as the pooler, then drop out).
         """
         layers, ticked = self.layers(), set(self.choices.targets)
-        out = []
+        out, seen = [], set()
         for key, g in self.model.targets.items():  # in the model's order, whatever order they were ticked in
             if key not in ticked:
                 continue
             names = g.names if layers is None else [n for n in g.names if layer_index(n) in layers]
-            out.append(Selection(key, g, names))
+            members = self.model.fused.get(key, (key,))
+            if members in seen:  # a fused layer already counted under its first role
+                continue
+            seen.add(members)
+            label = key if len(members) == 1 else "/".join(members) + " (fused)"
+            out.append(Selection(label, g, names, members))
         return out
 
     # ------------------------------------------------------------------ checks, config, readout
@@ -370,8 +651,15 @@ class PanelState:
     def _choice_problem(self) -> str | None:
         """What is wrong with the choices themselves (before a RunConfig is built), or None."""
         c, m = self.choices, self.model
+        lora_only = ("rank", "alpha")
+        for name in NUMBER_CHOICES:
+            value = getattr(c, name)
+            if isinstance(value, str) and (c.method == "lora" or name not in lora_only):
+                return f"Cannot train with these settings: {number_problem(name, value)}"
         try:
             check_choice("method", c.method, METHODS)
+            if c.method == "head" and self.task == "causal-lm":
+                return f"Cannot train with these settings: {HEAD_NOT_FOR_LM}."
             if c.method == "lora":
                 check_choice("variant", c.variant, tuple(v for _, v in VARIANT_OPTIONS))
                 if isinstance(c.targets, str):
@@ -381,8 +669,9 @@ class PanelState:
                     raise ValueError(f"unknown target(s) {', '.join(map(repr, unknown))}; "
                                      f"this model has: {', '.join(m.targets)}")
                 if not c.targets:
+                    others = "full fine-tuning" if self.task == "causal-lm" else "full fine-tuning / head only"
                     return ("LoRA needs at least one target layer: tick one of "
-                            f"{', '.join(m.targets)} (or choose full fine-tuning / head only).")
+                            f"{', '.join(m.targets)} (or choose {others}).")
                 self._check_layer_range()
                 if not any(s.names for s in self.selected_layers()):
                     lo, hi = c.layer_range
@@ -415,8 +704,11 @@ class PanelState:
     def lora_config(self) -> LoRAConfig:
         """The LoRAConfig of the choices (checked by LoRAConfig itself: alpha > 0, ...)."""
         c = self.choices
-        chosen = [s.group for s in self.selected_layers() if s.names]
-        targets = targets_for(chosen) if chosen else ()
+        if self.model.roles:  # a language model's roles: the config names them (all of a fused group)
+            targets: Any = tuple(k for s in self.selected_layers() if s.names for k in s.members)
+        else:
+            chosen = [s.group for s in self.selected_layers() if s.names]
+            targets = targets_for(chosen) if chosen else ()
         return LoRAConfig(rank=c.rank, alpha=c.alpha, rslora=c.rslora, targets=targets, layers=self.layers(),
                           **VARIANTS[c.variant])
 
@@ -472,32 +764,36 @@ class PanelState:
         check_positive_int("rank", c.rank)
         dora = c.variant == "dora"
         lora = sum(len(s.names) * lora_parameter_count(*s.group.shape, c.rank, dora=dora)
-                   for s in self.selected_layers())
+                   for s in self.selected_layers())  # a fused layer is one Selection: counted once
         return ParamCounts(lora + m.head_parameters, m.base_parameters + lora)
 
     def readout(self) -> Readout:
         """The parameter readout with the closed form spelled out, and what is wrong (if anything)."""
         c, head = self.choices, f"classifier head {self.model.head_parameters:,}"
+        lm = self.task == "causal-lm"  # no head: LoRA's layers are all that trains
         problem = self.problem()
         try:
             estimate = self.parameter_estimate()
         except ValueError:
             return Readout(None, "", problem)
+        base = self.model.base_parameters
         if c.method == "full":
-            return Readout(estimate, "full fine-tuning trains every parameter", problem)
+            return Readout(estimate, "full fine-tuning trains every parameter", problem, base)
         if c.method == "head":
-            return Readout(estimate, f"only the {head} trains; the rest is frozen", problem)
+            if lm:
+                return Readout(None, "", problem, base)
+            return Readout(estimate, f"only the {head} trains; the rest is frozen", problem, base)
         r, dora = c.rank, c.variant == "dora"
         plus = " + out" if dora else ""
         parts = [f"{s.key} {len(s.names)} × ({r}·({s.group.shape[0]}+{s.group.shape[1]}){plus}) = "
                  f"{len(s.names) * lora_parameter_count(*s.group.shape, r, dora=dora):,}" if s.names else
                  f"{s.key}: outside the chosen layers, not adapted" for s in self.selected_layers()]
-        how = (f"LoRA trains r·(in+out){plus} per layer: " + "; ".join(parts) + f"; + {head}"
+        how = (f"LoRA trains r·(in+out){plus} per layer: " + "; ".join(parts) + ("" if lm else f"; + {head}")
                if parts else "no target layer ticked")
         if isinstance(c.alpha, (int, float)) and not isinstance(c.alpha, bool) and math.isfinite(c.alpha):
             formula = "α/√r" if c.rslora else "α/r"
             how += f" · scale s = {formula} = {lora_scaling(r, c.alpha, bool(c.rslora)):.3g}"
-        return Readout(estimate, how, problem)
+        return Readout(estimate, how, problem, base)
 
     # ------------------------------------------------------------------ the run
 
@@ -534,15 +830,22 @@ class PanelState:
         return True
 
     def _on_step(self, info: Any) -> None:
+        first = self.step is None
         self.step = info
         self._emit("progress")
+        if first and self.run_config is not None and not self.stopping:  # loading is over: say what goes on now
+            cfg = self.run_config
+            self.say(f"Training {cfg.label()}: {cfg.steps} steps; the loss curve follows. Stop ends it early and keeps it.")
 
     def _run(self, cfg: RunConfig) -> None:
         """Train (in the worker thread, or inline), then refresh the runs and report."""
         error = ""
+        # A language model's run hands back its trained model (about 4 MB for story-lm), so
+        # Try it answers with it at once; only the last one is kept.
+        keep = {"keep_model": True} if cfg.task == "causal-lm" else {}
         try:
             result = self.train(cfg, on_step=self._on_step, stop=self._stop_event, runs_dir=str(self.runs_dir),
-                                progress=False)
+                                progress=False, **keep)
         except Exception as e:  # noqa: BLE001 - said in the panel; the store keeps earlier runs
             result, error = None, f"{type(e).__name__}: {e}"
         try:
@@ -564,16 +867,40 @@ class PanelState:
             self.say(error, "error")
         else:
             self.say(*self.verdict(result))
+            if result.config.task == "causal-lm" and self.task == "causal-lm" and self.prompt.strip():
+                self.try_it(quiet=True)  # the newest run's answer to the prompt, without a click
 
     @staticmethod
-    def verdict(result: RunResult) -> tuple[str, MessageKind]:
-        """What to tell the user about a finished run: completed, stopped, diverged or failed."""
+    def verdict(result: RunResult, outcome: Outcome | None = None) -> tuple[str, MessageKind]:
+        """What to tell the user about a finished run: learned, did not learn, stopped, diverged or failed.
+
+        Only a completed run that learned (``run_outcome``) is told as a success ("Done",
+        "ok"); one that did not is a warning that says why and what to try.  The time is
+        the run's own measured wall time; a LoRA run's message says where its adapter is
+        and how to load it.
+        """
+        from workbench.records.report import adapter_folder
+
+        outcome = outcome or run_outcome(result)
+        t = result.timing
+        took = (f"trained in {t.total_seconds:.1f} s ({t.seconds_per_step:.3f} s/step, measured)"
+                if t is not None and math.isfinite(t.total_seconds) else "")
         if result.status == "completed":
-            acc = result.eval_accuracy
-            acc_text = f", validation accuracy {100 * acc:.1f}%" if math.isfinite(acc) else ""
-            return (f"Done: {result.config.label()}: final loss {result.final_loss:.4f}{acc_text}, "
-                    f"{result.timing.seconds_per_step:.3f} s/step, {result.params.trainable:,} trainable "
-                    f"parameters. Added to the table below.", "ok")
+            if result.config.task == "causal-lm":
+                em = result.eval_exact_match
+                acc_text = f", exact match {100 * em:.1f}% on held-out prompts" if math.isfinite(em) else ""
+            else:
+                acc = result.eval_accuracy
+                acc_text = f", validation accuracy {100 * acc:.1f}%" if math.isfinite(acc) else ""
+            facts = (f"{result.config.label()}: final loss {result.final_loss:.4f}{acc_text}, {took}, "
+                     f"{result.params.trainable:,} trainable parameters")
+            if not outcome.ok:
+                return (f"Finished, but it {outcome.sentence}. ({facts}.) It is kept in the table, marked "
+                        f"'{outcome.verdict}'.", "warn")
+            folder = adapter_folder(result)
+            adapter = (f" Its adapter is in {folder}: load it with wb.load_adapter(model, \"{folder}\") or PEFT's "
+                       f"PeftModel.from_pretrained(base_model, \"{folder}\")." if folder is not None else "")
+            return f"Done: {facts}. Added to the table.{adapter}", "ok"
         if result.status == "stopped":
             return f"Stopped: {result.message}. The run is kept in the table with status 'stopped'.", "warn"
         if result.status == "diverged":
@@ -602,7 +929,7 @@ class PanelState:
                 raise TimeoutError(f"the run is still going after {timeout} s")
         return self.last_result
 
-    # ------------------------------------------------------------------ runs, selection, export
+    # ------------------------------------------------------------------ runs, selection, hiding, deleting
 
     def refresh(self) -> None:
         """Reload every run from the store; select what was selected before plus every new run."""
@@ -615,26 +942,132 @@ class PanelState:
         known = {r.run_id for r in self.results}
         self.results = results
         self.runs_frame = runs_table(results)
-        self.selected = tuple(r.run_id for r in results if r.run_id in self.selected or r.run_id not in known)
+        self._outcomes = dict(zip(self.runs_frame["run_id"], (Outcome(v, n) for v, n in zip(
+            self.runs_frame["outcome"], self.runs_frame["outcome_note"]))))
+        ids = {r.run_id for r in results}
+        self.hidden &= ids
+        self.selected = tuple(r.run_id for r in results if r.run_id not in self.hidden
+                              and (r.run_id in self.selected or r.run_id not in known))
         self._emit("runs")
         if skipped:
             self.say(f"{len(skipped)} damaged run file(s) in the store were skipped: " + "; ".join(skipped), "warn")
 
-    def select(self, run_ids: tuple[str, ...] | list[str]) -> None:
-        """Choose the runs to compare and export (run ids from ``results``)."""
-        ids = tuple(run_ids)
+    def outcome(self, result: RunResult) -> Outcome:
+        """A stored run's verdict (computed once per refresh, from its record)."""
+        return self._outcomes.get(result.run_id) or run_outcome(result)
+
+    def visible_results(self) -> list[RunResult]:
+        """The runs the table and the compare list show: every stored run of the task not hidden, oldest first."""
+        return [r for r in self.results if r.run_id not in self.hidden and r.config.task == self.task]
+
+    def labels(self, results: list[RunResult] | None = None) -> dict[str, str]:
+        """Run id -> a label naming what sets each run apart from the others shown (``distinct_labels``)."""
+        results = self.visible_results() if results is None else results
+        return dict(zip((r.run_id for r in results), distinct_labels([r.config for r in results])))
+
+    def _check_ids(self, run_ids: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+        ids = (run_ids,) if isinstance(run_ids, str) else tuple(run_ids)
         known = {r.run_id for r in self.results}
         unknown = [i for i in ids if i not in known]
         if unknown:
             raise ValueError(f"unknown run id(s) {', '.join(map(repr, unknown))}; the runs are: "
                              f"{', '.join(sorted(known)) or 'none yet'}")
-        self.selected = tuple(r.run_id for r in self.results if r.run_id in ids)
+        return ids
+
+    def select(self, run_ids: tuple[str, ...] | list[str]) -> None:
+        """Choose the runs to compare and export (run ids from ``results``; hidden runs are left out).
+
+        Runs of the other task keep their selection (they come back with their task)."""
+        ids = self._check_ids(run_ids)
+        other = {r.run_id for r in self.results if r.config.task != self.task and r.run_id in self.selected}
+        self.selected = tuple(r.run_id for r in self.results if r.run_id not in self.hidden
+                              and (r.run_id in ids or r.run_id in other))
         self._emit("selection")
 
+    def select_all(self) -> None:
+        """Select every run shown (not hidden) for comparison and export."""
+        self.select([r.run_id for r in self.visible_results()])
+
+    def select_none(self) -> None:
+        """Select no run."""
+        self.select([])
+
+    def hide(self, run_ids: tuple[str, ...] | list[str]) -> None:
+        """Keep runs out of the table, the compare list and the figures (their files stay; ``show_hidden`` brings them back)."""
+        ids = self._check_ids(run_ids)
+        if not ids:
+            self.say("Nothing to hide: tick the runs to hide first.", "warn")
+            return
+        self.hidden |= set(ids)
+        self.selected = tuple(i for i in self.selected if i not in self.hidden)
+        self._emit("runs")
+        self.say(f"Hid {len(ids)} run(s); their files stay in {self.runs_dir}. 'Show hidden' brings them back.")
+
+    def show_hidden(self) -> None:
+        """Show every hidden run again (not selected for comparison)."""
+        n, self.hidden = len(self.hidden), set()
+        self._emit("runs")
+        self.say(f"Showing {n} hidden run(s) again." if n else "No run is hidden.")
+
+    def request_delete(self, run_ids: tuple[str, ...] | list[str]) -> None:
+        """Ask to delete runs for good: nothing happens until ``confirm_delete()`` (``cancel_delete()`` drops it)."""
+        ids = self._check_ids(run_ids)
+        if not ids:
+            self.say("Nothing to delete: tick the runs to delete first.", "warn")
+            return
+        if self._running:
+            self.say("A run is training: delete runs once it has ended.", "warn")
+            return
+        self.pending_delete = ids
+        labels = self.labels(self.results)
+        names = "; ".join(f"{labels[i]} ({i})" for i in ids)
+        self._emit("pending")
+        self.say(f"Delete {len(ids)} run(s) for good, folders and adapters included? {names}. "
+                 "Press 'Yes, delete' to confirm or 'Cancel'.", "warn")
+
+    def cancel_delete(self) -> None:
+        self.pending_delete = ()
+        self._emit("pending")
+        self.say("Nothing was deleted.")
+
+    def confirm_delete(self) -> list[str]:
+        """Delete the runs ``request_delete`` named (their folders, via the store); the ids deleted."""
+        from workbench.records.store import delete_run
+
+        ids, self.pending_delete = self.pending_delete, ()
+        self._emit("pending")
+        if not ids:
+            self.say("Nothing was waiting to be deleted.", "warn")
+            return []
+        done, failed = [], []
+        for run_id in ids:
+            try:
+                delete_run(run_id, self.runs_dir)
+                done.append(run_id)
+            except (OSError, ValueError) as e:
+                failed.append(f"{run_id}: {e}")
+        self.refresh()
+        if failed:
+            self.say(f"Deleted {len(done)} run(s); could not delete " + "; ".join(failed), "error")
+        else:
+            self.say(f"Deleted {len(done)} run(s) from {self.runs_dir}.", "ok")
+        return done
+
     def selected_results(self) -> list[RunResult]:
-        """The runs selected for comparison and export, oldest first."""
+        """The runs of the task selected for comparison and export, oldest first."""
         chosen = set(self.selected)
-        return [r for r in self.results if r.run_id in chosen]
+        return [r for r in self.results if r.run_id in chosen and r.config.task == self.task]
+
+    def timing_note(self) -> str:
+        """How long runs of this model and preset took here, measured (from the store), or how to find out."""
+        runs = [r for r in self.results if r.config.model == self.model.name and r.status == "completed"
+                and r.config.steps == self.defaults.steps and r.timing is not None
+                and math.isfinite(r.timing.total_seconds)]
+        if not runs:
+            return "Each run's time is measured and shown when it ends."
+        secs = sorted(r.timing.total_seconds for r in runs)
+        span = f"{secs[0]:.1f} s" if len(secs) == 1 else f"{secs[0]:.1f}–{secs[-1]:.1f} s"
+        return f"Runs of {self.defaults.steps} steps took {span} here ({len(secs)} measured)."
 
     def targets_text(self, cfg: RunConfig) -> str:
         """A run's targets as the panel names them ('query,value (layers 0-1)'); '–' when not LoRA."""
@@ -655,37 +1088,208 @@ class PanelState:
         return text
 
     def table(self) -> pd.DataFrame:
-        """The runs table as shown: one row of text per stored run, columns named as the store's."""
+        """The runs table as shown: one row of text per run not hidden.
+
+        ``run``: the label that tells it apart from the other runs shown; ``outcome``: the
+        verdict (learned, did not learn, diverged, stopped, failed); every setting; accuracy
+        and the trainable share in percent (as the export); for a language model's run its
+        exact match (in percent) and its ``last answer`` (to the first sample prompt at its
+        last evaluation); the run id last.
+        """
+        frame = self.runs_frame.set_index("run_id") if len(self.runs_frame) else None
+        visible = self.visible_results()
+        labels = self.labels(visible)
         rows = []
-        for r, row in zip(self.results, self.runs_frame.itertuples(index=False)):
+        for r in visible:
+            row = frame.loc[r.run_id]
             c, lora = r.config, r.config.method == "lora"
             acc = r.eval_accuracy
+            t = r.timing
             rows.append({
-                "label": c.label(),
+                "run": labels[r.run_id],
+                "outcome": self.outcome(r).verdict,
                 "method": c.method,
                 "rank": str(c.lora.rank) if lora else "–",
                 "alpha": f"{c.lora.alpha:g}" if lora else "–",
                 "targets": self.targets_text(c),
                 "lr": f"{c.lr:g}",
-                "steps": f"{row.steps_done}/{c.steps}",
+                "steps": f"{row['steps_done']}/{c.steps}",
+                "batch_size": str(c.batch_size),
+                "seed": str(c.seed),
                 "status": r.status,
                 "trainable": f"{r.params.trainable:,}",
                 "trainable share": f"{100 * r.params.share:.3g}%",
                 "final loss": _fmt(r.final_loss, ".4f"),
                 "eval accuracy": _fmt(100 * acc, ".1f") + ("%" if math.isfinite(acc) else ""),
-                "seconds per step": _fmt(row.seconds_per_step, ".3f"),
-                "peak": format_bytes(row.peak_bytes, missing="–"),
+                "exact match": _fmt(100 * r.eval_exact_match, ".1f") + ("%" if math.isfinite(r.eval_exact_match)
+                                                                         else ""),
+                "last answer": last_answer(r) or "–",
+                "s/step": _fmt(row["seconds_per_step"], ".3f"),
+                "time": _fmt(t.total_seconds if t is not None else None, ".1f") + (" s" if t is not None else ""),
+                "peak": format_bytes(row["peak_bytes"], missing="–"),
                 "run id": r.run_id,
             })
         return pd.DataFrame(rows)
 
+    # ------------------------------------------------------------------ Try it (generate mode)
+
+    def prompt_examples(self, n: int = 8) -> list[str]:
+        """The first ``n`` held-out prompts of the generative preset's data (validation split); [] when unreadable."""
+        return list(self._held_out()[0][:n])
+
+    def default_prompt(self) -> str:
+        """The prompt Try it starts with: the first held-out prompt of the task's data ('' when there is none)."""
+        examples = self.prompt_examples(1)
+        return examples[0] if examples else ""
+
+    def _held_out(self) -> tuple[list[str], list[str]]:
+        from workbench.engine.sft import load_prompts
+
+        data = self.setups["causal-lm"]
+        try:
+            ds = load_prompts(make_preset(data[1], model=data[0]).data, "validation")
+        except Exception:  # noqa: BLE001 - a data set without a validation split: no examples, no reference
+            return [], []
+        return ds.prompts, ds.completions
+
+    def reference(self, prompt: str) -> str | None:
+        """The expected answer when ``prompt`` is one of the held-out prompts (exactly), else None."""
+        from workbench.engine.generation import normalize_answer
+
+        prompts, completions = self._held_out()
+        return next((normalize_answer(c) for p, c in zip(prompts, completions) if p == prompt), None)
+
+    def set_prompt(self, text: str) -> None:
+        """The prompt Try it answers (kept as typed; the model sees exactly this text)."""
+        if not isinstance(text, str):
+            raise TypeError(f"the prompt must be text, got {type(text).__name__}")
+        self.prompt = text
+
+    def try_runs(self) -> list[RunResult]:
+        """Stored runs of the generate task, on this model, with an adapter to load: what ``choose_run`` takes."""
+        from workbench.records.report import adapter_folder
+
+        return [r for r in self.visible_results() if r.config.task == "causal-lm"
+                and r.config.model == self.model.name and adapter_folder(r) is not None]
+
+    def choose_run(self, run_id: str | None) -> None:
+        """The stored run (by id) whose adapter answers the prompt too; None for none.  Answers again."""
+        if run_id is not None and run_id not in {r.run_id for r in self.try_runs()}:
+            known = ", ".join(r.run_id for r in self.try_runs()) or "none yet"
+            raise ValueError(f"run {run_id!r} is not a stored generative run of {self.model.name} with an adapter; "
+                             f"those are: {known}")
+        self.try_run = run_id
+        if self.answers is not None or run_id is not None:
+            self.try_it()
+
+    def _base_lm(self) -> tuple[Any, Any]:
+        """The base language model and its tokenizer, loaded once (story-lm: about 4 MB)."""
+        from workbench.engine.models import load_base
+
+        key = f"base:{self.model.name}"
+        if key not in self._models:
+            model, tokenizer = load_base(self.model.name, task="causal-lm", seed=self.defaults.seed)
+            self._models[key] = (model.eval(), tokenizer)
+        return self._models[key]
+
+    def _run_lm(self, result: RunResult) -> Any:
+        """A run's adapted model: the one it handed back (``keep_model``), else its stored adapter on the base."""
+        from workbench.engine.models import load_base
+        from workbench.lora.adapters import load_adapter
+        from workbench.records.report import adapter_folder
+
+        if result.model is not None:
+            return result.model
+        if result.run_id not in self._models:
+            folder = adapter_folder(result)
+            if folder is None:
+                raise ValueError(f"run {result.run_id} has no stored adapter (a full fine-tuning run keeps none) "
+                                 "and its trained model is gone: retrain it to ask it")
+            model, _ = load_base(result.config.model, task="causal-lm", seed=result.config.seed)
+            load_adapter(model, folder)
+            loaded = [k for k in self._models if not k.startswith("base:")]
+            for key in loaded[:max(0, len(loaded) - TRY_CACHE_RUNS + 1)]:  # dicts keep insertion order
+                del self._models[key]
+            self._models[result.run_id] = model.eval()
+        return self._models[result.run_id]
+
+    def newest_run(self) -> RunResult | None:
+        """The newest run of the generate task on this model that can answer (trained model or adapter)."""
+        from workbench.records.report import adapter_folder
+
+        last = self.last_result
+        if last is not None and last.model is not None and last.config.task == "causal-lm" \
+                and last.config.model == self.model.name:
+            return last
+        runs = [r for r in self.visible_results() if r.config.model == self.model.name
+                and (r.model is not None or adapter_folder(r) is not None)]
+        return runs[-1] if runs else None
+
+    def try_it(self, prompt: str | None = None, quiet: bool = False) -> Answers | None:
+        """Answer the prompt with the base model, the newest run and the chosen stored run (greedy).
+
+        Greedy decoding (temperature 0), at most ``TRY_MAX_NEW_TOKENS`` new tokens, as a
+        run's evaluation writes; each answer is its first line, stripped (what exact match
+        compares).  Runs in the calling thread: a CPU run trains in a worker process of its
+        own, so answering meanwhile does not touch it.  Returns None (and says why) when it
+        cannot answer; ``quiet`` leaves the message alone when all went well.
+        """
+        from workbench.engine.generation import generate, normalize_answer
+
+        if self.task != "causal-lm":
+            self.say("Try it is for a language model: choose 'generate' first.", "warn")
+            return None
+        if prompt is not None:
+            self.set_prompt(prompt)
+        text = self.prompt
+        if not text.strip():
+            self.say("Type a prompt to try, e.g. " + repr(self.default_prompt() or "Statement: ...\nQuestion:"), "error")
+            return None
+        reference = self.reference(text)
+
+        def answer(who: str, model: Any, tokenizer: Any, run_id: str | None = None) -> Answer:
+            out = generate(model, tokenizer, [text], max_new_tokens=TRY_MAX_NEW_TOKENS, temperature=0.0)[0]
+            said = normalize_answer(out)
+            return Answer(who, said, run_id, None if reference is None else said == reference)
+
+        try:
+            with self._try_lock:
+                base, tokenizer = self._base_lm()
+                runs = self.visible_results()
+                labels = self.labels(runs) if runs else {}
+                newest = self.newest_run()
+                adapted = stored = None
+                if newest is not None:
+                    adapted = answer(labels.get(newest.run_id, newest.config.label()), self._run_lm(newest),
+                                     tokenizer, newest.run_id)
+                chosen = next((r for r in self.results if r.run_id == self.try_run), None)
+                if chosen is not None:
+                    stored = answer(labels.get(chosen.run_id, chosen.config.label()), self._run_lm(chosen),
+                                    tokenizer, chosen.run_id)
+                self.answers = Answers(text, reference, answer("base model", base, tokenizer), adapted, stored)
+        except Exception as e:  # noqa: BLE001 - said in the panel
+            self.say(f"Try it failed: {type(e).__name__}: {e}", "error")
+            return None
+        self._emit("answers")
+        if not quiet:
+            self.say(f"Answered by {len(self.answers.all())} model(s), greedily (temperature 0, at most "
+                     f"{TRY_MAX_NEW_TOKENS} tokens)." + ("" if newest is not None else
+                                                         " Train a run to see the adapted model's answer beside it."))
+        return self.answers
+
+    def samples_table(self, run_id: str) -> pd.DataFrame:
+        """A run's answers over training (``samples_frame``): prompt, reference, its answer at each evaluation."""
+        self._check_ids([run_id])
+        return samples_frame(next(r for r in self.results if r.run_id == run_id))
+
     def export(self) -> Path | None:
-        """Write the selected runs' figures (PNG, SVG) and table (CSV, Markdown) to a new report folder."""
-        from workbench.records.report import export_report
+        """Write the selected runs' figures (PNG, SVG) and table (CSV, Markdown) to a new report folder,
+        and one zip of it all with the runs' adapters (``last_bundle``, for the download link)."""
+        from workbench.records.report import BUNDLE_NAME, adapter_folder, export_bundle, export_report
 
         chosen = self.selected_results()
         if not chosen:
-            self.say("Nothing to export: select at least one run in the list under 'Compare'.", "error")
+            self.say("Nothing to export: tick at least one run under 'Runs' (or press 'Select all').", "error")
             return None
         stamp = f"report-{datetime.now():%Y%m%d-%H%M%S}"
         folder, n = self.reports_dir / stamp, 2
@@ -693,14 +1297,24 @@ class PanelState:
             folder, n = self.reports_dir / f"{stamp}-{n}", n + 1
         try:
             written = export_report(chosen, folder)
+            bundle = export_bundle(written, chosen, folder / BUNDLE_NAME)
         except Exception as e:  # noqa: BLE001 - said in the panel
             self.say(f"Export failed: {type(e).__name__}: {e}", "error")
             return None
-        self.last_export = folder
+        self.last_export, self.last_bundle = folder, bundle
+        labels = self.labels(chosen)
+        adapters = [(labels[r.run_id], f) for r in chosen if (f := adapter_folder(r)) is not None]
+        where = ("" if not adapters else
+                 " Adapters: " + "; ".join(f"{name}: {f}" for name, f in adapters) +
+                 " (also in the zip under adapters/<run id>/); load one with wb.load_adapter(model, folder) or "
+                 "PEFT's PeftModel.from_pretrained(base_model, folder).")
         self.say(f"Wrote {len(written)} files to {folder} ({len(chosen)} run(s): figures as PNG and SVG, "
-                 f"the table as CSV and Markdown).", "ok")
+                 f"the table as CSV and Markdown) and {bundle.name} to download.{where}", "ok")
         return folder
 
 
 __all__ = ["PanelState", "Choices", "SettingsError", "ModelLayers", "Selection", "Message", "Readout", "default_train",
+           "Answer", "Answers", "last_answer", "samples_frame", "TASK_LABELS", "TASKS", "TASK_SETUPS",
+           "HEAD_NOT_FOR_LM", "TRY_MAX_NEW_TOKENS",
+           "read_number", "number_problem", "NUMBER_CHOICES",
            "METHOD_LABELS", "VARIANT_OPTIONS", "RANK_CAP", "DEFAULT_LR", "LR_WHY"]

@@ -2,6 +2,11 @@
 
 Each write goes to a temporary file in the same folder, is flushed to disk, and is then
 renamed over the target (``os.replace`` is atomic on POSIX and Windows).
+
+``mkstemp`` creates the temporary file with mode 0600 (private), and a rename keeps the
+mode, so before the rename the file gets the mode a plain ``open(path, "w")`` would have
+given it: ``0o666 & ~umask`` (0644 under the usual umask 022).  On a shared workshop
+server the reports and runs can then be read by others and by a web server.
 """
 
 from __future__ import annotations
@@ -11,6 +16,29 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+
+def current_umask() -> int:
+    """The process's umask.
+
+    Linux shows it in /proc/self/status; elsewhere reading it means setting it and setting
+    it straight back (a moment in which another thread's new file would get umask 022).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 without the umask's bits."""
+    return 0o666 & ~current_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -23,6 +51,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

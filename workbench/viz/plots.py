@@ -142,11 +142,28 @@ def _cues(results: Sequence[RunResult], cues: Sequence[str]) -> list[str]:
 
 
 def run_label(result: RunResult) -> str:
-    """Legend label: ``config.label()``, plus the status when the run did not complete."""
-    label = result.config.label()
-    if result.status in ("diverged", "failed", "stopped"):
-        label += f" [{result.status}]"
-    return label
+    """Legend label of a run on its own: ``config.label()``, plus its verdict unless it learned."""
+    return run_labels([result])[0]
+
+
+def run_labels(results: Sequence[RunResult], outcomes: Sequence[Any] | None = None) -> list[str]:
+    """Legend labels of runs shown together: each names what sets it apart, and flags a run that did not learn.
+
+    ``workbench.engine.labels.distinct_labels`` gives ``label()`` plus every setting that
+    differs among the runs (lr, steps, alpha, seed, ...); a run whose verdict
+    (``workbench.engine.outcome.run_outcome``) is not "learned" gets it in brackets:
+    "[did not learn]", "[diverged]", "[stopped]".  ``outcomes``: the verdicts when already
+    known (one per run), else they are computed.
+    """
+    from workbench.engine.labels import distinct_labels
+    from workbench.engine.outcome import run_outcome
+
+    results = list(results)
+    outcomes = list(outcomes) if outcomes is not None else [run_outcome(r) for r in results]
+    if len(outcomes) != len(results):
+        raise ValueError(f"got {len(outcomes)} outcomes for {len(results)} runs")
+    labels = distinct_labels([r.config for r in results])
+    return [label if o.ok else f"{label} [{o.verdict}]" for label, o in zip(labels, outcomes)]
 
 
 def _short_label(config: RunConfig) -> str:
@@ -285,8 +302,14 @@ def _history_xy(history: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndar
 # --------------------------------------------------------------------------- figures
 
 
-def loss_curves(results: Iterable[RunResult], eval: bool = False) -> Figure:  # noqa: A002
-    """Training loss against step, one line per run, labelled with ``config.label()``.
+def loss_curves(results: Iterable[RunResult], eval: bool = False,  # noqa: A002
+                labels: Sequence[str] | None = None) -> Figure:
+    """Training loss against step, one line per run, labelled by ``run_labels`` (or ``labels``).
+
+    The y axis is robust to one bad run: it stops at ``LOSS_AXIS_ROOM`` times the highest
+    starting loss (``robust_loss_limit``), and a note names the highest loss left off the
+    scale, so an lr = 10 run that climbs to 24 does not squash the other curves to a line.
+    The legend sits outside the axes, so it never covers a curve.
 
     ``eval=True`` adds the evaluation loss at the evaluation steps as markers in the run's
     colour, which shows over-fitting as train and eval losses parting ways.
@@ -298,14 +321,17 @@ def loss_curves(results: Iterable[RunResult], eval: bool = False) -> Figure:  # 
         return _message_figure("no runs to show yet: train a run first", title)
     fig, ax = _new_figure()
     styles = _cues(runs, _LINESTYLES)
+    names = list(labels) if labels is not None else run_labels(runs)
     drawn = eval_drawn = 0
-    for r, ls in zip(runs, styles):
+    ys_all: list[np.ndarray] = []
+    for r, ls, name in zip(runs, styles, names):
         color = run_color(r.config)
         x, y = _history_xy(r.history, "train_loss")
         if len(x):
             ax.plot(x, y, color=color, linestyle=ls, linewidth=STYLE["line_width"],
-                    label=run_label(r))
+                    label=name)
             drawn += 1
+            ys_all.append(y)
         if eval:
             ex, ey = _history_xy(r.history, "eval_loss")
             if len(ex):
@@ -313,6 +339,7 @@ def loss_curves(results: Iterable[RunResult], eval: bool = False) -> Figure:  # 
                         markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.6,
                         label="_eval")  # '_' keeps it out of the legend; one entry is added below
                 eval_drawn += 1
+                ys_all.append(ey)
     if not drawn and not eval_drawn:
         return _message_figure("the runs have no recorded losses yet", title)
     if eval_drawn:
@@ -322,8 +349,31 @@ def loss_curves(results: Iterable[RunResult], eval: bool = False) -> Figure:  # 
     label_axes(ax, title + (" (lines) and evaluation loss (markers)" if eval_drawn else ""),
             "training step", "loss (cross-entropy, nats)")
     ax.set_xlim(left=0)
-    _legend(ax, loc="upper right")
+    limit = robust_loss_limit([_history_xy(r.history, "train_loss")[1] for r in runs])
+    highest = max((float(y.max()) for y in ys_all if len(y)), default=0.0)
+    if limit is not None and highest > limit:
+        ax.set_ylim(0, limit)
+        ax.text(0.99, 0.98, f"axis cut at {limit:.3g}: a loss reached {highest:.3g} (off the scale)",
+                transform=ax.transAxes, ha="right", va="top", fontsize=STYLE["annotation_size"],
+                color="#a4161a")
+    handles, legend_labels = ax.get_legend_handles_labels()
+    opts: dict[str, Any] = {"fontsize": STYLE["legend_size"], "framealpha": 0.9, "edgecolor": STYLE["grid_color"]}
+    _legend_outside(ax, legend_labels, opts)
+    ax.legend(**opts)
     return fig
+
+
+# The loss axis stops at this many times the highest starting loss when a run goes above it.
+LOSS_AXIS_ROOM = 1.5
+
+
+def robust_loss_limit(losses: Sequence[np.ndarray]) -> float | None:
+    """The top of a loss axis that one exploding run cannot squash: ``LOSS_AXIS_ROOM`` x the
+    highest starting loss (a run's first finite loss), or None when there is none."""
+    starts = [float(y[0]) for y in losses if len(y) and math.isfinite(float(y[0]))]
+    if not starts or max(starts) <= 0:
+        return None
+    return LOSS_AXIS_ROOM * max(starts)
 
 
 def _as_rank_table(data: Any) -> pd.DataFrame:
@@ -505,7 +555,7 @@ def memory_breakdown(results: Iterable[RunResult]) -> Figure:
         ax.annotate(note, (x[i], tops[i]), xytext=(0, 3),
                     textcoords="offset points", ha="center", va="bottom",
                     fontsize=STYLE["annotation_size"], color=STYLE["text_color"])
-    ax.set_xticks(x, [run_label(r).replace(" (", "\n(") for r in runs])
+    ax.set_xticks(x, [label.replace(" (", "\n(").replace(" · ", "\n") for label in run_labels(runs)])
     ax.set_ylim(0, ymax)
     ax.grid(False, axis="x")
     label_axes(ax, title, "run", "memory (MB, 1 MB = 10⁶ bytes)")
@@ -549,19 +599,29 @@ def accuracy_vs_params(results: Iterable[RunResult]) -> Figure:
     sweep whose runs all reach 100 % must fit inside the axes: the y axis runs to
     ``ACCURACY_LABEL_ROOM`` of its height above the highest point, and its ticks stop at
     100 %.  A label outside the axes would run into the title.
+
+    Runs of a language model (task "causal-lm") are scored by their exact match on
+    held-out prompts (``eval_exact_match``: the answer people read), not by next-token
+    accuracy; when every run shown is one, the axis and title say "exact match".
     """
     runs = _check_results(results)
-    title = "Validation accuracy against trainable parameters"
-    runs = [r for r in runs if r.params is not None and math.isfinite(r.eval_accuracy)]
+    generative = bool(runs) and all(r.config.task == "causal-lm" for r in runs)
+
+    def score(r: RunResult) -> float:
+        return r.eval_exact_match if r.config.task == "causal-lm" else r.eval_accuracy
+
+    what = "exact match" if generative else "validation accuracy"
+    title = f"{what[0].upper() + what[1:]} against trainable parameters"
+    runs = [r for r in runs if r.params is not None and math.isfinite(score(r))]
     if not runs:
-        return _message_figure("no evaluated runs to show: a run needs an evaluation "
-                               "to have an accuracy", title)
+        return _message_figure(("no evaluated runs to show: a run needs an evaluation to have "
+                               + ("an exact match" if generative else "an accuracy")), title)
     fig, ax = _new_figure()
-    for r, marker in zip(runs, _cues(runs, _MARKERS)):
-        xv, yv = r.params.trainable, r.eval_accuracy
+    for r, marker, name in zip(runs, _cues(runs, _MARKERS), run_labels(runs)):
+        xv, yv = r.params.trainable, score(r)
         ax.scatter([xv], [yv], color=run_color(r.config), marker=marker,
                    s=(STYLE["marker_size"] + 1.5) ** 2, edgecolors="#333333", linewidths=0.8,
-                   zorder=3, label=run_label(r))
+                   zorder=3, label=name)
         # Centred above the point: a sweep's ranks lie a factor 2 apart on the log axis,
         # about 24 pt at this size, which a label such as "r=16" fits into.
         ax.annotate(_short_label(r.config), (xv, yv), xytext=(0, 7), textcoords="offset points",
@@ -571,8 +631,10 @@ def accuracy_vs_params(results: Iterable[RunResult]) -> Figure:
     _log_count_axis(ax.xaxis)
     xs = [r.params.trainable for r in runs]
     ax.set_xlim(min(xs) / 4.0, max(xs) * 2.0)  # room for the labels beside the points
-    ys = [r.eval_accuracy for r in runs]
-    pad = max(0.02, 0.15 * (max(ys) - min(ys)))
+    ys = [score(r) for r in runs]
+    # At least 5 points of accuracy below the lowest run, so one run (or runs all at 100 %)
+    # still gets several distinct whole-percent ticks.
+    pad = max(0.05, 0.15 * (max(ys) - min(ys)))
     low = max(0.0, min(ys) - pad)
     span = max(max(ys) - low, pad)  # not zero when every run scored 0
     # The highest point at (1 - room) of the axis height:  top = low + (1 - room) * (high - low).
@@ -580,8 +642,14 @@ def accuracy_vs_params(results: Iterable[RunResult]) -> Figure:
     ax.set_ylim(low, high)
     ax.yaxis.set_major_locator(_TicksUpTo(1.0, nbins="auto", steps=[1, 2, 5, 10]))
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
-    label_axes(ax, title, "trainable parameters (count, log scale)", "validation accuracy (%)")
-    _legend(ax, loc="lower right")
+    ylabel = ("exact match on held-out prompts (%)" if generative else
+              "validation accuracy (%)" if not any(r.config.task == "causal-lm" for r in runs)
+              else "accuracy / exact match (%)")
+    label_axes(ax, title, "trainable parameters (count, log scale)", ylabel)
+    if len(runs) > 3:
+        _legend(ax, loc="lower right")
+    else:  # few runs: below the axes, clear of the points and their labels
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=STYLE["legend_size"], frameon=False)
     return fig
 
 
@@ -606,8 +674,9 @@ def live_loss(
         return _message_figure("waiting for the first training step …", title, LIVE_FIGSIZE[0])
     color = color or rank_color(8)
     fig, ax = _new_figure(LIVE_FIGSIZE, _LIVE_MARGINS)
-    if len(x):
-        ax.plot(x, y, color=color, linewidth=STYLE["line_width"], label="train loss")
+    if len(x):  # a single step is a point (a line through one point draws nothing)
+        ax.plot(x, y, color=color, linewidth=STYLE["line_width"], label="train loss",
+                marker="o" if len(x) == 1 else None, markersize=STYLE["marker_size"])
     if len(ex):
         ax.plot(ex, ey, linestyle="none", marker="o", markersize=STYLE["marker_size"],
                 markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.6,
@@ -618,7 +687,12 @@ def live_loss(
     else:
         ax.set_xlim(left=0)
     label_axes(ax, title, "training step", "loss (nats)")
-    _legend(ax, loc="upper right")
+    limit = robust_loss_limit([y])
+    if limit is not None and len(y) and float(y.max()) > limit:
+        ax.set_ylim(0, limit)
+        ax.text(0.99, 0.98, f"axis cut at {limit:.3g}; loss now {float(y[-1]):.3g}", transform=ax.transAxes,
+                ha="right", va="top", fontsize=STYLE["annotation_size"], color="#a4161a")
+    _legend(ax, loc="lower left")
     return fig
 
 

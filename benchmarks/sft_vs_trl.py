@@ -1,0 +1,173 @@
+"""The default generative LoRA run, ours against the standard way (PEFT + TRL's SFTTrainer).
+
+    python benchmarks/sft_vs_trl.py [--repeats 3] [--steps N]
+
+The same run, three ways, interleaved (so background load falls on all alike), medians
+over ``--repeats``:
+
+* ours: ``wb.train`` (not storing the run) with ``wb.preset("generate")`` as a user runs it:
+  model loading, tokenizing, the run's own worker process, and the one evaluation at the
+  end (completion loss, exact match by greedy generation) included;
+* TRL: ``peft.get_peft_model`` with the same LoRA settings, trained by
+  ``trl.SFTTrainer`` with completion-only loss on the same prompt/completion records, same
+  steps, batch, learning rate, warm-up and linear decay, with the trainer's CPU defaults
+  (fp32);
+* TRL bf16: the same with ``bf16=True`` (autocast), as our engine uses on this CPU.
+
+Both are measured after training by the same code (``workbench.engine.evaluation``):
+completion loss on the validation prompts and greedy exact match.  Targets: ours at least
+2x faster in total time, final completion loss within 2 %, exact match within 2 points.
+
+It also reports the LoRA step time against this CPU's floor: the FLOPs of one step
+(forward 2·P·T, backward through the activations 2·P·T: the frozen weights get no
+gradient; attention scores add 4·L·T·S·d per pass) divided by the bf16 matmul rate
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+import workbench as wb  # noqa: E402
+from workbench.engine.data import make_batches  # noqa: E402
+from workbench.engine.evaluation import WritingEval, evaluate, evaluate_writing  # noqa: E402
+from workbench.engine.models import load_base  # noqa: E402
+from workbench.engine.sft import load_prompt_task, tokenize_prompts  # noqa: E402
+from workbench.lora.roles import role_layer_names  # noqa: E402
+from workbench.records.recording import train  # noqa: E402  (wb.train)
+
+
+def measure_after(model, tokenizer, cfg) -> tuple[float, float]:
+    """(completion loss, exact match) of a trained model on the run's validation prompts."""
+    _, eval_ds = load_prompt_task(cfg.data, cfg.eval_data, tokenizer, cfg.seed)
+    eval_ds = eval_ds.head(cfg.max_eval_examples)
+    batches = list(make_batches(tokenize_prompts(eval_ds, tokenizer, cfg.max_length), tokenizer,
+                                cfg.batch_size * 2, cfg.max_length, shuffle=False, task="causal-lm"))
+    device = torch.device("cpu")
+    loss, _ = evaluate(model, batches, device, use_bf16=False)
+    ev = WritingEval(eval_ds.head(cfg.max_generate_examples), [], cfg.max_new_tokens)
+    metrics, _ = evaluate_writing(model, tokenizer, ev, device, False, loss, cfg.steps)
+    return loss, metrics["eval_exact_match"]
+
+
+def trl_run(cfg, bf16: bool) -> dict:
+    """The same run with PEFT + TRL's SFTTrainer; times loading, tokenizing and training."""
+    import datasets
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from trl import SFTConfig, SFTTrainer
+
+    t0 = time.perf_counter()
+    transformers.set_seed(cfg.seed)
+    model, tokenizer = load_base(cfg.model, task="causal-lm", seed=cfg.seed)
+    names, _ = role_layer_names(model, cfg.lora.targets)
+    peft_model = get_peft_model(model, LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha,
+                                                  lora_dropout=cfg.lora.dropout, target_modules=names,
+                                                  task_type="CAUSAL_LM"))
+    train_ds, _ = load_prompt_task(cfg.data, cfg.eval_data, tokenizer, cfg.seed)
+    rows = datasets.Dataset.from_dict({"prompt": train_ds.prompts, "completion": train_ds.completions})
+    with tempfile.TemporaryDirectory() as out:
+        args = SFTConfig(output_dir=out, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+                         learning_rate=cfg.lr, lr_scheduler_type="linear",
+                         warmup_steps=int(cfg.warmup_ratio * cfg.steps), weight_decay=cfg.weight_decay,
+                         max_grad_norm=cfg.max_grad_norm, max_length=cfg.max_length, completion_only_loss=True,
+                         use_cpu=True, bf16=bf16, seed=cfg.seed, data_seed=cfg.seed, report_to="none",
+                         save_strategy="no", logging_steps=cfg.steps, disable_tqdm=True, dataset_num_proc=None)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            trainer = SFTTrainer(model=peft_model, args=args, train_dataset=rows, processing_class=tokenizer)
+            trainer.train()
+    seconds = time.perf_counter() - t0
+    loss, em = measure_after(peft_model.eval(), tokenizer, cfg)
+    return {"seconds": seconds, "loss": loss, "exact_match": em}
+
+
+def ours_run(cfg) -> dict:
+    t0 = time.perf_counter()
+    result = train(cfg.with_changes(eval_every=0), runs_dir=None, progress=False, keep_model=True)
+    seconds = time.perf_counter() - t0
+    _, tokenizer = load_base(cfg.model, task="causal-lm")
+    loss, em = measure_after(result.model.float(), tokenizer, cfg)
+    return {"seconds": seconds, "loss": loss, "exact_match": em, "step": result.timing.seconds_per_step,
+            "tokens": result.timing.tokens_per_second, "result": result}
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 1024, repeats: int = 20) -> float:
+    """FLOP/s of an n x n x n matmul in ``dtype`` (median of ``repeats``)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def step_flops(cfg, tokens_per_step: float) -> float:
+    """FLOPs of one LoRA step: 4·P·T for the linear layers and LM head, plus attention."""
+    model, _ = load_base(cfg.model, task="causal-lm")
+    c = model.config
+    matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    seq = tokens_per_step / cfg.batch_size
+    attention = 4 * c.num_hidden_layers * tokens_per_step * seq * c.hidden_size  # QK^T and AV, forward
+    return 2 * (2 * matmul_params * tokens_per_step + attention)  # forward + backward through activations
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=None, help="default: the preset's")
+    args = parser.parse_args(argv)
+    cfg = wb.preset("generate") if args.steps is None else wb.preset("generate", steps=args.steps)
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"# {cfg.label()} on {cfg.model}, data {cfg.data}: {cfg.steps} steps, batch {cfg.batch_size}, lr {cfg.lr:g}; "
+          f"{torch.get_num_threads()} threads; {args.repeats} interleaved repeats\n")
+    ways = {"ours": lambda: ours_run(cfg), "TRL fp32": lambda: trl_run(cfg, False),
+            "TRL bf16": lambda: trl_run(cfg, True)}
+    got: dict[str, list[dict]] = {k: [] for k in ways}
+    for rep in range(args.repeats):
+        for name, fn in ways.items():
+            got[name].append(fn())
+            r = got[name][-1]
+            print(f"  repeat {rep + 1} {name:9s} {r['seconds']:6.1f} s  loss {r['loss']:.4f}  "
+                  f"exact match {r['exact_match']:.3f}", flush=True)
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("seconds", "loss", "exact_match")}
+           for k, v in got.items()}
+    print("\n| way | total s (median) | completion loss | exact match | ours faster by |")
+    print("|---|---|---|---|---|")
+    for k, m in med.items():
+        ratio = m["seconds"] / med["ours"]["seconds"]
+        print(f"| {k} | {m['seconds']:.1f} | {m['loss']:.4f} | {m['exact_match']:.3f} | "
+              f"{'' if k == 'ours' else f'{ratio:.2f}x'} |")
+    for k in ("TRL fp32", "TRL bf16"):
+        dl = abs(med["ours"]["loss"] - med[k]["loss"]) / med[k]["loss"]
+        de = abs(med["ours"]["exact_match"] - med[k]["exact_match"]) * 100
+        print(f"ours vs {k}: {med[k]['seconds'] / med['ours']['seconds']:.2f}x faster (target >= 2x); "
+              f"loss differs by {dl:.1%} (target <= 2 %); exact match by {de:.1f} points (target <= 2)")
+
+    step = statistics.median(r["step"] for r in got["ours"])
+    tokens_per_step = statistics.median(r["tokens"] for r in got["ours"]) * step
+    flops = step_flops(cfg, tokens_per_step)
+    bf16_rate, fp32_rate = matmul_rate(torch.bfloat16), matmul_rate(torch.float32)
+    print(f"\nLoRA step: {step * 1000:.1f} ms median, ~{tokens_per_step:.0f} real tokens, {flops / 1e9:.2f} GFLOP; "
+          f"matmul rate here: bf16 {bf16_rate / 1e9:.0f} GFLOP/s, fp32 {fp32_rate / 1e9:.0f} GFLOP/s (1024^3); "
+          f"bf16 floor {flops / bf16_rate * 1000:.2f} ms: the step takes {step / (flops / bf16_rate):.0f}x its floor")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
