@@ -25,7 +25,6 @@ The bundled generative task is ``"skill"`` (``data/skill/``, see data/README.md)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -282,7 +281,3 @@ def read_text_lines(path: str | Path) -> list[str]:
     """Non-empty lines of a text file (held-out pretraining text, for measuring forgetting)."""
     return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").split("\n") if ln.strip()]
 
-
-def write_jsonl(rows: Sequence[dict[str, Any]]) -> str:
-    """JSON lines text of ``rows`` (one object per line)."""
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from workbench.engine.timing import interleave
 from workbench.lessons.delta_w import delta_report
 from workbench.util.checks import check_positive_int, check_positive_number
 
@@ -126,16 +127,7 @@ def interleaved_timing(fns: Mapping[str, Callable[[], Any]], repeats: int, warmu
     check_positive_int("repeats", repeats)
     if len(fns) < 2:
         raise ValueError("interleaved_timing compares at least two functions (the first is the reference)")
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {label: [] for label in fns}
-    for _ in range(repeats):
-        for label, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[label].append(time.perf_counter() - t0)
-    return TimingResult(times, reference=next(iter(fns)))
+    return TimingResult(interleave(fns, repeats, warmup), reference=next(iter(fns)))
 
 
 def mean_update_norm(model: nn.Module) -> float:
