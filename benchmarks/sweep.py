@@ -1,6 +1,9 @@
-"""The default rank sweep, ours against the standard way (PEFT + the transformers Trainer).
+"""The default rank sweep, ours against the standard way (PEFT + the transformers Trainer);
+and (``--compare-ray``) the same sweep run locally against run on Ray.
 
     python benchmarks/sweep.py [--ranks 1,2,4,8,16,32] [--steps 150] [--datasets default,sst2]
+    python benchmarks/sweep.py --compare-ray [--preset tiny] [--ranks 1,2,4,8] [--threads 1] [--repeats 3]
+                               [--address HEAD:6379]
 
 For each dataset (the bundled task, and SST-2 from ../shared when present) and each run
 of the sweep (LoRA at every rank, full fine-tuning, head-only), the same run is done
@@ -14,6 +17,14 @@ three ways, interleaved (so background load falls on all alike):
   its own dynamic padding) and the checkpoint's own dropout (0.1);
 * standard, same recipe: the same, with the base model's dropout set as our preset sets
   it (``model_dropout``), so only the engines differ.
+
+``--compare-ray``: the sweep (LoRA at the ranks, full, head; ``--threads`` CPU threads per
+run) done with ``backend="local"`` (one run after another) and ``backend="ray"`` (each run
+a Ray task, as many at once as the CPUs allow), interleaved ``--repeats`` times with the
+order alternating; medians.  Ray's start-up is timed apart: starting a local instance
+(``ray.init``), the first sweep on it (its workers start and import torch), a second
+sweep on the same instance (workers warm), and the shutdown.  With ``--address`` the
+instance is a running cluster: connecting replaces starting, and nothing is shut down.
 
 Every way evaluates once, at the end, on the same examples.  Prints a table per
 dataset: seconds and validation accuracy of each run each way, the total-time ratios
@@ -100,14 +111,95 @@ def ours_run(cfg: wb.RunConfig) -> tuple[float, float, str]:
     return time.perf_counter() - t0, result.eval_accuracy, result.status
 
 
+def _timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return time.perf_counter() - t0, value
+
+
+def compare_ray(args: argparse.Namespace) -> int:
+    """The same sweep locally and on Ray, interleaved; the medians, Ray's start-up apart."""
+    import statistics
+
+    import ray
+
+    from workbench.engine.ray_sweep import _local_cpus
+    from workbench.records.recording import run_sweep
+
+    ranks = [int(r) for r in args.ranks.split(",") if r]
+    base = wb.preset(args.preset, threads=args.threads, eval_every=0)
+    if args.steps is not None:
+        base = replace(base, steps=args.steps)
+    configs = sweep_configs(base, ranks, with_full=True, with_head=True)
+    train(wb.preset("tiny", steps=1), runs_dir=None, progress=False)  # imports, the fork server: before any clock
+    cpus = _local_cpus()
+    print(f"{len(configs)} runs of preset {args.preset!r} ({base.steps} steps), {args.threads} thread(s) each; "
+          f"this machine: {cpus} CPUs; Ray: {'the cluster at ' + args.address if args.address else 'a local instance'}")
+    times: dict[str, list[float]] = {k: [] for k in ("local", "start", "first", "again", "stop")}
+    finals: dict[str, list[float]] = {}
+
+    def local() -> None:
+        t, results = _timed(run_sweep, configs, runs_dir=None, progress=False)
+        times["local"].append(t)
+        finals["local"] = [r.final_loss for r in results]
+
+    def on_ray() -> None:
+        if args.address:
+            t, _ = _timed(ray.init, address=args.address)
+        else:
+            t, _ = _timed(ray.init, num_cpus=cpus, include_dashboard=False, object_store_memory=200 * 2**20)
+        times["start"].append(t)
+        try:
+            t, results = _timed(run_sweep, configs, runs_dir=None, progress=False, backend="ray")
+            times["first"].append(t)
+            finals["ray"] = [r.final_loss for r in results]
+            t, _ = _timed(run_sweep, configs, runs_dir=None, progress=False, backend="ray")
+            times["again"].append(t)
+        finally:
+            t, _ = _timed(ray.shutdown)
+            times["stop"].append(t)
+
+    for repeat in range(args.repeats):
+        for way in ((local, on_ray) if repeat % 2 == 0 else (on_ray, local)):
+            way()
+        print(f"  repeat {repeat + 1}: local {times['local'][-1]:.1f} s | Ray start {times['start'][-1]:.1f} s, "
+              f"first sweep {times['first'][-1]:.1f} s, again {times['again'][-1]:.1f} s, "
+              f"shutdown {times['stop'][-1]:.1f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    cold = med["start"] + med["first"] + med["stop"]
+    print(f"\n### local vs Ray: {len(configs)} runs, preset {args.preset}, {args.threads} thread(s) per run, "
+          f"{cpus} CPUs, median of {args.repeats}\n")
+    print("| way | median s |")
+    print("|---|---|")
+    print(f"| local: the runs one after another | {med['local']:.1f} |")
+    print(f"| Ray: {'connect to the cluster' if args.address else 'start a local instance (ray.init)'} "
+          f"| {med['start']:.1f} |")
+    print(f"| Ray: the sweep, first on the instance (its workers start) | {med['first']:.1f} |")
+    print(f"| Ray: the sweep again, workers warm | {med['again']:.1f} |")
+    print(f"| Ray: {'disconnect' if args.address else 'shut down'} | {med['stop']:.1f} |")
+    print(f"| **Ray, all told (start + first sweep + shutdown)** | **{cold:.1f}** |")
+    print(f"\nlocal / Ray (warm sweep) = {med['local'] / med['again']:.2f}x; local / Ray all told = "
+          f"{med['local'] / cold:.2f}x")
+    gap = max(abs(a - b) for a, b in zip(finals["local"], finals["ray"]))
+    print(f"largest difference of a final training loss, local vs Ray: {gap:.3g} (same configs and seeds)")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--compare-ray", action="store_true", help="time the sweep locally against on Ray instead")
+    p.add_argument("--preset", default="tiny", help="--compare-ray: the preset of the sweep (default: tiny)")
+    p.add_argument("--threads", type=int, default=1, help="--compare-ray: CPU threads per run (default: 1)")
+    p.add_argument("--repeats", type=int, default=3, help="--compare-ray: interleaved repeats (default: 3)")
+    p.add_argument("--address", default=None, help="--compare-ray: a running Ray cluster's HOST:PORT")
     p.add_argument("--ranks", default="1,2,4,8,16,32")
     p.add_argument("--steps", type=int, default=None, help="default: the default preset's steps")
     p.add_argument("--datasets", default="default,sst2")
     p.add_argument("--sst2-train", type=int, default=4000, help="SST-2 training examples used")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="our bf16 autocast")
     args = p.parse_args(argv)
+    if args.compare_ray:
+        return compare_ray(args)
     ranks = [int(r) for r in args.ranks.split(",") if r]
     bf16 = {"auto": "auto", "on": True, "off": False}[args.bf16]
     base = wb.preset("default", bf16=bf16, eval_every=0)  # one evaluation, at the end, as the Trainer's

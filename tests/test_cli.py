@@ -53,7 +53,7 @@ def test_every_flag_is_a_setting_or_a_named_cli_option(command):
     """A flag whose dest were not a field would be dropped silently by config_from_args."""
     cli_only = {"train": {"preset", "runs_dir", "quiet"},
                 "sweep": {"preset", "runs_dir", "quiet", "ranks", "with_full", "with_head", "alpha_per_rank",
-                          "variants", "full_lr", "head_lr", "out"}}[command]
+                          "variants", "full_lr", "head_lr", "out", "backend", "address"}}[command]
     settings = set(LORA_FIELDS) | set(RUN_FIELDS) | ({"method"} if command == "train" else set())
     dests = set(actions_by_dest(command))
     assert dests - settings == cli_only
@@ -179,3 +179,24 @@ def test_train_and_runs_in_process(tmp_path, capsys):
     assert len(stored) == 1 and stored[0].config.lora == LoRAConfig(rank=2, alpha=4.0)
     assert main(["runs", "--runs-dir", runs_dir]) == 0
     assert stored[0].run_id in capsys.readouterr().out
+
+
+def test_sweep_backend_flags():
+    args = build_parser().parse_args(["sweep", "--backend", "ray", "--address", "head:6379"])
+    assert (args.backend, args.address) == ("ray", "head:6379")
+    args = build_parser().parse_args(["sweep"])
+    assert (args.backend, args.address) == ("local", None)
+
+
+def test_sweep_address_needs_the_ray_backend(tmp_path, capsys):
+    """Refused before anything trains: the store stays empty."""
+    assert main(["sweep", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--address", "head:6379"]) == 2
+    assert "error: --address is a Ray cluster's: it needs --backend ray" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_backend_must_be_known(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["sweep", "--backend", "dask"])
+    assert e.value.code == 2
+    assert "--backend: invalid choice: 'dask'" in capsys.readouterr().err.replace('"', "'")

@@ -566,3 +566,122 @@ def test_estimate_on_minilm_matches_measurement_and_guide(method, guide_activati
     assert est.total == pytest.approx(meas.total, rel=TOL)
     assert meas.activations / MIB == pytest.approx(guide_activations_mb, abs=0.05)
     assert est.activations / MIB == pytest.approx(guide_activations_mb, abs=0.05)
+
+
+# ------------------------------------------------- Llama-style decoders (Llama, Qwen2)
+
+LLAMA_HEADS, KV_HEADS, LLAMA_I = 4, 2, 48  # 4 query heads share 2 key/value heads (grouped-query attention)
+
+
+def tiny_llama(dtype=torch.float32, kind: str = "llama", kv_heads: int = KV_HEADS, tied: bool = False):
+    from transformers import LlamaConfig, Qwen2Config
+
+    config = {"llama": LlamaConfig, "qwen2": Qwen2Config}[kind](
+        vocab_size=VOCAB, hidden_size=H, intermediate_size=LLAMA_I, num_hidden_layers=LAYERS,
+        num_attention_heads=LLAMA_HEADS, num_key_value_heads=kv_heads, max_position_embeddings=64,
+        tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).to(dtype)
+
+
+def lm_batch(padded: bool) -> dict:
+    torch.manual_seed(1)
+    ids = torch.randint(5, VOCAB, (B, S))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[-1, S // 2:] = 0
+    return dict(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+
+
+def _llama_lora(model, setup):
+    from workbench.lora.inject import add_lora as inject
+
+    if setup == "lora-qv":
+        inject(model, rank=4, targets=("q_proj", "v_proj"))
+    elif setup == "lora-all":
+        inject(model, rank=4, targets="all-linear")
+    return model
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("setup", ["full", "lora-qv", "lora-all"])
+def test_estimate_matches_measurement_on_tiny_llama(setup, dtype, padded):
+    """RMSNorm in float32, rotary, grouped-query sdpa (its own GQA unpadded, repeated k/v
+    and a mask padded), SwiGLU, untied LM head, float32 loss."""
+    model = _llama_lora(tiny_llama(dtype), setup)
+    est = estimate_memory(model, B, S, padded=padded)
+    meas = measure(model, lm_batch(padded))
+    assert (est.weights, est.gradients, est.optimizer) == (meas.weights, meas.gradients, meas.optimizer)
+    assert est.activations == pytest.approx(meas.activations, rel=TOL)
+    assert est.total == pytest.approx(meas.total, rel=TOL)
+
+
+@pytest.mark.parametrize("kind,tied,kv", [("qwen2", True, KV_HEADS), ("llama", True, 1), ("llama", False, LLAMA_HEADS)])
+def test_estimate_matches_measurement_on_tiny_qwen2_and_tied_llama(kind, tied, kv):
+    """Qwen2 (q/k/v biases, tied embeddings) has Llama's block; with one key/value head
+    (multi-query) or as many as query heads, padding repeats nothing into new memory."""
+    for setup in ("full", "lora-all"):
+        model = _llama_lora(tiny_llama(kind=kind, tied=tied, kv_heads=kv), setup)
+        est = estimate_memory(model, B, S, padded=True)
+        meas = measure(model, lm_batch(True))
+        assert est.activations == pytest.approx(meas.activations, rel=TOL), (kind, setup)
+
+
+def test_llama_block_equals_the_docstring_formula():
+    """fp32, unpadded, full fine-tuning, per block:
+    (8 T*H + 2 T*g*d + 4 T*I + 2 T + B*h*S) x 4 bytes (g key/value heads of d)."""
+    items = estimate_activation_bytes(tiny_llama(), B, S, padded=False)
+    T, d = B * S, H // LLAMA_HEADS
+    block = sum(v for k, v in items.items() if k.startswith("layer1."))
+    assert block == (8 * T * H + 2 * T * KV_HEADS * d + 4 * T * LLAMA_I + 2 * T + B * LLAMA_HEADS * S) * F32
+    # outside the blocks: input ids, rotary cos and sin, final norm (input, 1/rms, normalised),
+    # the LM head's input, and the loss (float32 log-probabilities, labels, weight)
+    outside = sum(v for k, v in items.items() if not k.startswith("layer"))
+    assert outside == T * 8 + 2 * S * d * F32 + (2 * T * H + T) * F32 + T * H * F32 + T * VOCAB * 4 + T * 8 + 4
+
+
+def test_checkpointed_activations_are_inputs_outside_and_one_block():
+    model = _llama_lora(tiny_llama(torch.bfloat16), "lora-all")
+    plain = estimate_activation_bytes(model, B, S, padded=False)
+    ckpt = estimate_activation_bytes(model, B, S, padded=False, gradient_checkpointing=True)
+    T, e = B * S, 2
+    outside = sum(v for k, v in plain.items() if not k.startswith("layer"))
+    top = sum(v for k, v in plain.items() if k.startswith(f"layer{LAYERS - 1}.") and k != f"layer{LAYERS - 1}.input")
+    assert sum(ckpt.values()) == LAYERS * T * H * e + outside + top
+    assert sum(ckpt.values()) < sum(plain.values())
+    assert estimate_memory(model, B, S, padded=False, gradient_checkpointing=True).activations == sum(ckpt.values())
+
+
+def test_opt_has_no_llama_formula():
+    from transformers import OPTConfig
+
+    cfg = OPTConfig(vocab_size=VOCAB, hidden_size=H, num_hidden_layers=LAYERS, ffn_dim=I, num_attention_heads=HEADS,
+                    max_position_embeddings=64, word_embed_proj_dim=H)
+    with pytest.raises(ValueError, match="no activation formula.*'opt'"):
+        estimate_memory(AutoModelForCausalLM.from_config(cfg), B, S)
+
+
+# ------------------------------------------------- optimizers beyond torch's
+
+@pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU")
+@pytest.mark.parametrize("optimizer", ["adamw-32bit", "adamw-8bit", "paged-adamw-32bit", "paged-adamw-8bit"])
+def test_bitsandbytes_optimizer_state_is_the_closed_form(optimizer):
+    """bitsandbytes on this CPU: 32-bit states are 8 bytes a number whatever the dtype;
+    8-bit states 2 bytes + 2 float32 absmax per 256 numbers (float32 below 4096 numbers),
+    and the two 256-entry quantile maps once."""
+    from workbench.engine.memory import optimizer_state_estimate
+    from workbench.lessons.memory_study import step_optimizer
+
+    params = [nn.Parameter(torch.randn(64, 100, dtype=torch.bfloat16)), nn.Parameter(torch.randn(5000)),
+              nn.Parameter(torch.randn(10))]
+    opt = step_optimizer(optimizer, params)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    numels = [6400, 5000, 10]
+    if optimizer.endswith("32bit"):
+        expected = 8 * sum(numels)
+    else:
+        expected = 2 * (6400 + 5000) + 8 * (25 + 20) + 8 * 10 + 2 * 256 * 4
+    assert optimizer_state_bytes(opt) == expected == optimizer_state_estimate(optimizer, numels, 2)

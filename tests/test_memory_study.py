@@ -130,7 +130,8 @@ def test_measure_step_holds_each_optimizers_state_and_changes_nothing(lora_model
     assert m.gradients == F32 * sum(p.numel() for p in trainable) and m.activations > 0
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]) and p.grad is None, n
-    with pytest.raises(ValueError, match="optimizer must be one of 'adamw', 'adam', 'sgd', 'sgd-momentum'; got 'lion'"):
+    with pytest.raises(ValueError, match="optimizer must be one of 'adamw', 'adam', 'sgd', 'sgd-momentum', "
+                                         "'adamw-32bit', 'adamw-8bit', .*; got 'lion'"):
         measure_step(model, synthetic_batch(tok, 2, 8), "lion")
 
 
@@ -379,3 +380,98 @@ def test_kinds_summary_of_real_tables_adds_up(lora_model, full_model):
     assert out.loc["total", "full"] == pytest.approx(kinds.loc["total", "full"])
     assert out.loc["total", "kinds"] == len(kinds) - 1
     assert out.loc["dropped under LoRA", "lora"] == 0 < out.loc["dropped under LoRA", "full"]
+
+
+# ------------------------------------------------- gradient checkpointing, measured
+
+def _tiny_llama(dtype=torch.float32, layers: int = 3):
+    import transformers
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    transformers.logging.set_verbosity_error()
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).to(dtype)
+
+
+def _lm_batch(batch_size: int, seq_len: int, padded: bool) -> dict:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 100, (batch_size, seq_len), generator=g)
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[-1, seq_len // 2:] = 0
+    return dict(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("setup", ["full", "lora-all", "lora-qv"])
+@pytest.mark.parametrize("batch_size,seq_len,padded", [(2, 8, False), (3, 12, True)])
+def test_checkpointed_step_is_inputs_plus_one_recomputed_block(setup, dtype, batch_size, seq_len, padded):
+    """The measured step under reentrant checkpointing: the forward pass saves each block's
+    input and what lies outside the blocks; backward's recomputation of one block is
+    measured on its own; their sum equals ``checkpointed_activations``."""
+    from workbench.engine.memory import estimate_memory
+    from workbench.lora.inject import add_lora
+
+    model = _tiny_llama(dtype)
+    if setup == "lora-all":
+        add_lora(model, rank=4, targets="all-linear")
+    elif setup == "lora-qv":
+        add_lora(model, rank=4, targets=("q_proj", "v_proj"))
+    model.train()
+    batch = _lm_batch(batch_size, seq_len, padded)
+    plain = measure_step(model, batch)
+    ckpt = measure_step(model, batch, gradient_checkpointing=True)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # switched off again
+    assert (ckpt.weights, ckpt.gradients, ckpt.optimizer) == (plain.weights, plain.gradients, plain.optimizer)
+    assert ckpt.activations < plain.activations
+    est = estimate_memory(model, batch_size, seq_len, padded=padded, gradient_checkpointing=True)
+    assert est.activations == pytest.approx(ckpt.activations, rel=0.01)
+    assert estimate_memory(model, batch_size, seq_len, padded=padded).activations == pytest.approx(
+        plain.activations, rel=0.01)
+
+
+def test_checkpointing_needs_a_model_that_supports_it():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="does not support gradient checkpointing"):
+        measure_step(model, {"input": torch.randn(2, 3)}, gradient_checkpointing=True)
+
+
+# ------------------------------------------------- QLoRA: a quantized base, measured and estimated
+
+def _nf4_layer_bytes(n: int) -> int:
+    """What bitsandbytes keeps for an NF4 weight of n weights (n a multiple of 64), counted by hand:
+    two 4-bit codes per byte, one uint8 absmax per block of 64 (double quantization), one fp32
+    scale per 256 absmax values (a started block counts whole), and the per-layer tables."""
+    from workbench.lora.quantize import NF4_LAYER_TABLE_BYTES
+
+    blocks = n // 64
+    return n // 2 + blocks + 4 * -(-blocks // 256) + NF4_LAYER_TABLE_BYTES
+
+
+def test_a_qlora_step_counts_the_quantized_weights_as_stored_and_the_estimate_agrees(lora_model):
+    from workbench.lora.params import count_parameters
+    from workbench.lora.quantize import model_quantization
+
+    cfg = cfg_of("lora", quantize="nf4")
+    model, tok = prepared_model(cfg)
+    assert model_quantization(model) == "nf4"
+    float_model, float_tok = lora_model
+    qlora = measure_vs_estimate(cfg, 2, 8, model=model, tokenizer=tok)
+    lora = measure_vs_estimate(cfg_of("lora"), 2, 8, model=float_model, tokenizer=float_tok)
+    # Per block: q, k, v and attention.output.dense (H x H), intermediate (H x FFN) and output (FFN x H).
+    quantized = LAYERS * [H * H] * 4 + LAYERS * [H * FFN] * 2
+    expected = lora.measured.weights - F32 * sum(quantized) + sum(_nf4_layer_bytes(n) for n in quantized)
+    assert qlora.measured.weights == expected == qlora.estimated.weights
+    assert qlora.measured.weights < lora.measured.weights
+    # The weights are counted, not their storage: as many as the float model, and the same ones train.
+    assert qlora.total_params == lora.total_params == count_parameters(float_model).total
+    assert qlora.trainable == lora.trainable
+    # LoRA's A and B, the head and what autograd saves do not change with the base's storage.
+    for comp in ("gradients", "optimizer", "activations"):
+        assert getattr(qlora.measured, comp) == getattr(lora.measured, comp) == getattr(qlora.estimated, comp), comp
+    table = memory_grid({"QLoRA": cfg}, batch_sizes=[2], seq_lens=[8])
+    row = table.set_index("component").loc["weights"]
+    assert row["measured"] == row["estimated"] == expected and row["kind"] == "lora"

@@ -28,14 +28,17 @@ from workbench.lessons.planner import (
 from workbench.lora.config import LoRAConfig
 from workbench.util.units import GB
 
-SHIPPED = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-175b", "gpt3-175b-gpt2", "llama-8b",
+SHIPPED = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-175b", "gpt3-175b-gpt2", "llama-1-65b",
+           "llama-3-8b", "llama-3-70b", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b",
            "roberta-base", "roberta-large", "minilm"]
 
 
 @pytest.fixture(scope="module")
 def gpt3() -> Plan:
-    """GPT-3 175B (OPT-style, separate q/v), LoRA r=8 on query and value, fp16."""
-    return plan("gpt3-175b", rank=8, targets=("query", "value"), dtype="fp16", batch_size=1, seq_len=2048)
+    """GPT-3 175B (OPT-style, separate q/v), LoRA r=8 on query and value, wholly fp16 (torch's AdamW:
+    fp16 moments, as the "16-bit" precision recipe counts)."""
+    return plan("gpt3-175b", rank=8, targets=("query", "value"), dtype="fp16", optimizer="adamw", batch_size=1,
+                seq_len=2048)
 
 
 def test_shipped_architectures_are_found_as_package_data():
@@ -73,7 +76,7 @@ def test_gpt3_query_value_r8_is_the_papers_37748736(gpt3):
 
 
 def test_llama_grouped_query_value_projection_counts_its_own_shape():
-    p = plan("llama-8b", rank=8, targets=("query", "value"))
+    p = plan("llama-3-8b", rank=8, targets=("query", "value"))
     # q_proj 4096 -> 4096, v_proj 4096 -> 1024 (8 key/value heads of 128)
     assert p.lora.adapter_params == 32 * 8 * ((4096 + 4096) + (4096 + 1024))
 
@@ -95,7 +98,13 @@ PUBLISHED = {
     "gpt2-xl": (1558e6, "causal-lm"),
     "roberta-base": (125e6, "base"),  # Liu et al. 2019: 125M, 355M
     "roberta-large": (355e6, "base"),
-    "llama-8b": (8.03e9, "causal-lm"),  # Llama 3 8B
+    "llama-3-8b": (8.03e9, "causal-lm"),  # Meta's released checkpoints: 8.03B, 70.6B
+    "llama-3-70b": (70.6e9, "causal-lm"),
+    "llama-1-65b": (65.2e9, "causal-lm"),  # Touvron et al. 2023, Table 2
+    "qwen2.5-0.5b": (0.49e9, "causal-lm"),  # Qwen2.5 technical report, Table 1 / model cards
+    "qwen2.5-1.5b": (1.54e9, "causal-lm"),
+    "qwen2.5-3b": (3.09e9, "causal-lm"),
+    "qwen2.5-7b": (7.61e9, "causal-lm"),
     "gpt3-175b": (175.0e9, "causal-lm"),  # Brown et al. 2020, Table 2.1
     "gpt3-175b-gpt2": (175.0e9, "causal-lm"),
     "minilm": (22.7e6, "base"),  # the bundled all-MiniLM-L6-v2
@@ -118,7 +127,7 @@ def test_totals_equal_hand_counts():
     # Llama: untied embeddings and head, q/o H x H, k/v H x 1024, SwiGLU 3 H I, two RMSNorms per block.
     V, H, I, L, KV = 128256, 4096, 14336, 32, 1024
     block = H * H + 2 * H * KV + H * H + 3 * H * I + 2 * H
-    assert plan("llama-8b", method="full").total == 2 * V * H + L * block + H
+    assert plan("llama-3-8b", method="full").total == 2 * V * H + L * block + H
     # MiniLM as bundled: its classification model has 22,713,986 parameters (ml-stack guide).
     assert plan("minilm", task="classification").full.total == 22_713_986
 
@@ -355,14 +364,300 @@ def test_long_sequences_are_noted():
 
 def test_plan_table_never_mixes_totals_with_and_without_activations():
     with_acts = plan("gpt2", batch_size=1, seq_len=8)
-    without = plan("llama-8b", batch_size=1, seq_len=8)
+    without = plan("gpt3-175b", batch_size=1, seq_len=8)  # OPT-style: no activation formula
     assert with_acts.full.activations_known and not without.full.activations_known
     rows = plan_table([with_acts, without]).set_index("architecture")
-    for name, p in (("gpt2", with_acts), ("llama-8b", without)):  # the static comparison exists for both
+    for name, p in (("gpt2", with_acts), ("gpt3-175b", without)):  # the static comparison exists for both
         assert rows.loc[name, "full (GB)"] == pytest.approx(p.full.static_bytes / GB)
         assert rows.loc[name, "full / LoRA"] == pytest.approx(p.full.static_bytes / p.lora.static_bytes)
     assert rows.loc["gpt2", "full / LoRA with activations"] == pytest.approx(with_acts.full.memory.total / with_acts.lora.memory.total)
-    assert np.isnan(rows.loc["llama-8b", "full / LoRA with activations"])
-    assert np.isnan(rows.loc["llama-8b", "LoRA + activations (GB)"])
+    assert np.isnan(rows.loc["gpt3-175b", "full / LoRA with activations"])
+    assert np.isnan(rows.loc["gpt3-175b", "LoRA + activations (GB)"])
     assert rows.loc["gpt2", "LoRA adapts"] == "query+key+value (fused c_attn)"
-    assert rows.loc["llama-8b", "LoRA adapts"] == "query, value"
+    assert rows.loc["gpt3-175b", "LoRA adapts"] == "query, value"
+
+
+# ----------------------------------------------------------- Llama-style plans against measurement
+
+TINY_LLAMA = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+
+
+@pytest.mark.parametrize("gradient_checkpointing", [False, True])
+@pytest.mark.parametrize("targets", [("query", "value"), "all-linear"])
+@pytest.mark.parametrize("batch_size,seq_len", [(1, 16), (3, 8)])
+def test_tiny_llama_plan_matches_a_measured_step(targets, gradient_checkpointing, batch_size, seq_len):
+    """Both sides (LoRA, full) of a Llama plan against one measured step each, with and
+    without gradient checkpointing (the recomputation in backward measured too)."""
+    from transformers import LlamaConfig
+
+    p = plan(LlamaConfig(**TINY_LLAMA), rank=4, targets=targets, batch_size=batch_size, seq_len=seq_len,
+             gradient_checkpointing=gradient_checkpointing)
+    assert p.lora.activations_known and p.settings.task == "causal-lm"
+    _check_close(p, measure(p), tol=0.01)
+
+
+def test_tiny_qwen2_plan_matches_a_measured_step():
+    from transformers import Qwen2Config
+
+    p = plan(Qwen2Config(**TINY_LLAMA, tie_word_embeddings=True), rank=4, targets="all-linear", batch_size=2,
+             seq_len=12, dtype="bf16", optimizer="adamw")  # torch's AdamW on bf16 parameters, as measured
+    _check_close(p, measure(p), tol=0.01)
+
+
+@pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU")
+@pytest.mark.parametrize("optimizer", ["adamw-8bit", "paged-adamw-32bit"])
+def test_bitsandbytes_optimizers_are_measured_as_planned(optimizer):
+    from transformers import LlamaConfig
+
+    p = plan(LlamaConfig(**TINY_LLAMA), rank=4, targets="all-linear", batch_size=2, seq_len=8, optimizer=optimizer)
+    _check_close(p, measure(p), tol=0.01)
+    if optimizer == "adamw-8bit":  # the embedding (300 x 64) and lm_head are 8-bit, small tensors 32-bit
+        assert p.full.memory.optimizer < 4 * p.full.trainable
+
+
+@pytest.mark.parametrize("quantize", ["nf4", "int8"])
+def test_quantized_base_is_measured_as_planned(quantize):
+    """A bitsandbytes-quantized base (workbench.lora.quantize.quantize_model) against the plan:
+    the quantized weights' bytes within 0.1 %, everything else exact.  In fp32 with torch's AdamW
+    (with ``quantize`` the plan's default dtype is bf16: given explicitly here)."""
+    from transformers import LlamaConfig
+
+    p = plan(LlamaConfig(**TINY_LLAMA), rank=4, targets="all-linear", batch_size=2, seq_len=8, quantize=quantize,
+             dtype="fp32", optimizer="adamw")
+    got = measure(p)
+    est = p.lora.memory
+    assert est.weights == pytest.approx(got["lora"].weights, rel=1e-3)
+    assert (est.gradients, est.optimizer) == (got["lora"].gradients, got["lora"].optimizer)
+    assert est.activations == pytest.approx(got["lora"].activations, rel=0.01)
+    assert p.full.memory == plan(LlamaConfig(**TINY_LLAMA), rank=4, targets="all-linear", batch_size=2,
+                                 seq_len=8).full.memory  # full fine-tuning is never quantized
+
+
+# ----------------------------------------------------------- quantized weights, by hand
+
+
+def test_quantized_weights_are_the_block_linears_at_the_quantize_constants():
+    from workbench.lora.quantize import NF4_LAYER_TABLE_BYTES, quantized_bytes_per_weight
+
+    H, I, L, V, KV = 4096, 14336, 32, 128256, 1024
+    plain = plan("llama-3-8b", rank=16, targets="all-linear", dtype="bf16")
+    for quantize in ("nf4", "int8"):
+        p = plan("llama-3-8b", rank=16, targets="all-linear", dtype="bf16", quantize=quantize)
+        shapes = [(H, H), (KV, H), (KV, H), (H, H), (I, H), (I, H), (H, I)]  # (out, in) of q k v o gate up down
+        assert p.lora.quantized_params == L * sum(o * i for o, i in shapes)
+        q_bytes = L * sum(o * i * quantized_bytes_per_weight(quantize, i) for o, i in shapes)
+        tables = L * 7 * NF4_LAYER_TABLE_BYTES if quantize == "nf4" else 0
+        assert p.lora.quantized_bytes == pytest.approx(q_bytes + tables, abs=1)
+        # everything else (embeddings, lm_head, norms, adapters) stays at 2 bytes
+        assert p.lora.memory.weights == p.lora.quantized_bytes + (p.lora.total - p.lora.quantized_params) * 2
+        assert p.lora.memory.weights < plain.lora.memory.weights
+        assert (p.lora.memory.gradients, p.lora.memory.optimizer, p.lora.memory.activations) == (
+            plain.lora.memory.gradients, plain.lora.memory.optimizer, plain.lora.memory.activations)
+    assert quantized_bytes_per_weight("nf4", 4096) * 8 == pytest.approx(4.127, abs=5e-4)
+
+
+# ----------------------------------------------------------- the QLoRA paper's headline
+
+
+@pytest.fixture(scope="module")
+def qlora65():
+    """Issue 11's two calls, verbatim (config = the shipped LLaMA 65B)."""
+    import workbench as wb
+
+    config = "llama-1-65b"
+    q = wb.plan(config, method="lora", quantize="nf4", gradient_checkpointing=True, batch_size=1, seq_len=512)
+    f = wb.plan(config, method="full", dtype="bf16", gradient_checkpointing=True, batch_size=1, seq_len=512)
+    return q, f
+
+
+@pytest.fixture(scope="module")
+def qlora65_recipe():
+    """QLoRA as the paper trains it: r = 64 on every linear layer, paged 32-bit AdamW, CUDA, unpadded."""
+    from workbench.lessons.planner import QLORA_PAPER_65B
+
+    return plan(QLORA_PAPER_65B["architecture"], **QLORA_PAPER_65B["qlora_recipe"])
+
+
+def test_qlora_65b_fits_in_48_gb_and_full_16bit_needs_more_than_780(qlora65, qlora65_recipe):
+    """Dettmers et al. 2023: ">780GB of GPU memory to <48GB", from the config alone, by the issue's calls."""
+    from workbench.lessons.planner import QLORA_PAPER_65B
+
+    q, f = qlora65
+    assert q.memory.total < 48e9 < 780e9 < f.memory.total
+    assert f.full.static_bytes > 780e9  # weights, gradients and Adam alone already pass it
+    # the constant holds exactly the issue's calls, and reproduces the same plans
+    assert QLORA_PAPER_65B["qlora"] == dict(method="lora", quantize="nf4", gradient_checkpointing=True,
+                                            batch_size=1, seq_len=512)
+    assert QLORA_PAPER_65B["full"] == dict(method="full", dtype="bf16", gradient_checkpointing=True,
+                                           batch_size=1, seq_len=512)
+    assert plan("llama-1-65b", **QLORA_PAPER_65B["qlora"]).memory == q.memory
+    # the paper's figure counts no activations: without checkpointing full fine-tuning is over 780 GB too
+    no_ckpt = plan("llama-1-65b", method="full", dtype="bf16", gradient_checkpointing=False, batch_size=1,
+                   seq_len=512)
+    assert no_ckpt.memory.total > f.memory.total > 780e9
+    assert no_ckpt.full.static_bytes == f.full.static_bytes
+    # QLoRA with the paper's own LoRA settings (r = 64 on all linear layers) is under 48 GB too
+    assert q.memory.total < qlora65_recipe.memory.total < 48e9
+
+
+def test_issue_calls_take_the_stated_defaults(qlora65):
+    """With quantize the dtype defaults to bf16; a 16-bit plan's optimizer to AdamW with float32
+    moments; fp32 plans keep torch's AdamW; optimizer="adamw" on bf16 is torch's (bf16 moments)."""
+    q, f = qlora65
+    assert (q.settings.dtype, q.settings.optimizer, q.settings.defaulted) == ("bf16", "adamw-32bit",
+                                                                               ("dtype", "optimizer"))
+    assert (f.settings.dtype, f.settings.optimizer, f.settings.defaulted) == ("bf16", "adamw-32bit", ("optimizer",))
+    assert any("dtype bf16 is the default with quantize" in a for a in q.assumptions())
+    assert any("2 + 2 + 8 = 12 bytes" in a for a in f.assumptions())
+    explicit = plan("llama-1-65b", method="lora", quantize="nf4", gradient_checkpointing=True, batch_size=1,
+                    seq_len=512, dtype="bf16", optimizer="adamw-32bit")
+    assert explicit.memory == q.memory and explicit.settings.defaulted == ()
+    torch_adamw = plan("llama-1-65b", method="full", dtype="bf16", optimizer="adamw", batch_size=1, seq_len=8)
+    n = torch_adamw.full.total
+    assert torch_adamw.full.memory.optimizer == 2 * 2 * n + 4 * torch_adamw.full.trainable_tensors  # bf16 moments
+    assert f.full.memory.optimizer == 8 * n
+    plain = plan("minilm")
+    assert (plain.settings.dtype, plain.settings.optimizer) == ("fp32", "adamw")
+    assert plan("minilm", dtype="fp16").settings.optimizer == "adamw-32bit"
+    assert plan("llama-3-8b", quantize="int8", dtype="fp32").settings.optimizer == "adamw"
+
+
+def test_qlora_65b_breakdown_equals_a_hand_computation(qlora65):
+    """The issue's calls: LoRAConfig's defaults (r = 8 on q_proj and v_proj), bf16, AdamW with
+    float32 moments, CPU kernels, a padded batch (plan's defaults), checkpointing on."""
+    from workbench.lora.quantize import NF4_LAYER_TABLE_BYTES
+
+    q, f = qlora65
+    H, I, L, V, heads, r, T = 8192, 22016, 80, 32000, 64, 8, 512
+    block_linears = 4 * H * H + 3 * H * I
+    assert q.lora.quantized_params == L * block_linears == 64_760_053_760
+    nf4 = L * block_linears * (4 + 8 / 64 + 32 / (64 * 256)) / 8 + L * 7 * NF4_LAYER_TABLE_BYTES
+    other = 2 * V * H + L * 2 * H + H  # embeddings, lm_head, two RMSNorms a block, the final norm
+    adapters = L * r * (2 * (H + H))  # q_proj and v_proj, 8192 -> 8192
+    assert q.settings.lora.targets == ("q_proj", "v_proj")
+    assert q.lora.adapter_params == q.lora.trainable == adapters == 20_971_520
+    assert q.full.total == L * block_linears + other == 65_285_660_672
+    bd = q.breakdown().set_index("component")["bytes"]
+    assert bd["weights: quantized block Linear weights (nf4)"] == pytest.approx(nf4, abs=1)
+    assert bd["weights: other frozen weights (bf16)"] == 2 * other
+    assert bd["weights: trained (bf16)"] == bd["gradients (bf16)"] == 2 * adapters
+    assert bd["optimizer (adamw-32bit)"] == 8 * adapters  # float32 m and v
+    assert bd["activations: checkpointed block inputs"] == L * T * H * 2
+    recompute = (T * H * 4 + T * 4            # RMSNorm 1: input in float32, 1/rms
+                 + T * H * 2 + 2 * T * r * 2  # q/k/v input (shared by the adapters), A x for q and v
+                 + 4 * T * H * 2 + heads * T * 4  # rotated q, k, v and the output; log-sum-exp
+                 + T * T * 2                  # the padded batch's additive attention mask (bf16, CPU)
+                 + T * H * 4 + T * 4          # RMSNorm 2
+                 + 3 * T * I * 2)             # gate out, up out, SiLU out (frozen gate/up/down save no input)
+    assert bd["activations: one block recomputed in backward"] == recompute
+    outside = 2 * T * 128 * 2 + T * H * 4 + T * 4 + T * V * 4 + T * 8 + 4  # rotary, final norm, loss
+    assert bd["activations: outside the blocks"] == outside
+    assert bd["total"] == q.memory.total == sum(bd.drop("total"))
+    assert q.memory.total / 1e9 == pytest.approx(35.61, abs=0.01)
+    fb = f.breakdown().set_index("component")["bytes"]
+    assert fb["weights: trained (bf16)"] == fb["gradients (bf16)"] == 2 * q.full.total
+    assert fb["optimizer (adamw-32bit)"] == 8 * q.full.total  # 2 + 2 + 8 = 12 bytes per parameter
+    assert f.full.static_bytes == 12 * q.full.total
+    assert fb["total"] == f.memory.total
+    assert f.memory.total / 1e9 == pytest.approx(784.39, abs=0.01)
+
+
+def test_qlora_65b_recipe_breakdown_equals_a_hand_computation(qlora65_recipe):
+    """The paper's LoRA settings: r = 64 on every linear layer, paged 32-bit AdamW, CUDA, unpadded."""
+    from workbench.lora.quantize import NF4_LAYER_TABLE_BYTES
+
+    q = qlora65_recipe
+    H, I, L, V, heads, r, T = 8192, 22016, 80, 32000, 64, 64, 512
+    block_linears = 4 * H * H + 3 * H * I
+    nf4 = L * block_linears * (4 + 8 / 64 + 32 / (64 * 256)) / 8 + L * 7 * NF4_LAYER_TABLE_BYTES
+    other = 2 * V * H + L * 2 * H + H
+    adapters = L * r * (4 * (H + H) + 2 * (H + I) + (I + H))
+    assert q.lora.adapter_params == q.lora.trainable == adapters == 799_539_200
+    bd = q.breakdown().set_index("component")["bytes"]
+    assert bd["weights: quantized block Linear weights (nf4)"] == pytest.approx(nf4, abs=1)
+    assert bd["weights: other frozen weights (bf16)"] == 2 * other
+    assert bd["weights: trained (bf16)"] == bd["gradients (bf16)"] == 2 * adapters
+    assert bd["optimizer (paged-adamw-32bit)"] == 8 * adapters  # float32 m and v
+    assert bd["activations: checkpointed block inputs"] == L * T * H * 2
+    recompute = (T * H * 4 + T * 4          # RMSNorm 1: input in float32, 1/rms
+                 + T * H * 2 + 3 * T * r * 2  # q/k/v input (shared by the adapters), A x for q, k, v
+                 + 4 * T * H * 2 + heads * T * 4  # rotated q, k, v and the output; log-sum-exp
+                 + T * r * 2                  # o_proj's A x (its input is the attention output)
+                 + T * H * 4 + T * 4          # RMSNorm 2
+                 + T * H * 2 + 2 * T * r * 2  # gate/up input, A x for gate and up
+                 + 4 * T * I * 2 + T * r * 2)  # gate out, SiLU out, up out, product; down's A x
+    assert bd["activations: one block recomputed in backward"] == recompute
+    outside = 2 * T * 128 * 2 + T * H * 4 + T * 4 + T * V * 4 + T * 8 + 4  # rotary, final norm, loss
+    assert bd["activations: outside the blocks"] == outside
+    assert bd["total"] == q.memory.total == sum(bd.drop("total"))
+    assert q.memory.total / 1e9 == pytest.approx(44.98, abs=0.01)
+
+
+def test_assumptions_state_the_constants(qlora65_recipe):
+    text = "\n".join(qlora65_recipe.assumptions())
+    assert "4.127 bits" in text and "paged" in text and "gradient checkpointing" in text
+    assert "embeddings, norms, biases, output layer and the adapters stay in bf16" in text
+    assert "checkpointing" not in "\n".join(plan("minilm").assumptions()).replace("no gradient checkpointing", "")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"quantize": "nf4", "method": "full"}, "needs method='lora'"),
+        ({"quantize": "fp4"}, "quantize must be one of"),
+        ({"gradient_checkpointing": "yes"}, "gradient_checkpointing must be True or False"),
+    ],
+)
+def test_bad_quantize_and_checkpointing_inputs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        plan("llama-3-8b", **kwargs)
+
+
+def test_gpt2_has_nothing_to_quantize():
+    with pytest.raises(ValueError, match="Conv1D"):
+        plan("gpt2", quantize="nf4")
+
+
+# ----------------------------------------------------------- will it fit
+
+
+def test_fit_table_and_figure():
+    from workbench.lessons.planner import FIT_METHODS, GPU_SIZES_GB, fit_figure, fit_table
+
+    t = fit_table(["qwen2.5-0.5b", "llama-1-65b"])
+    assert list(t["method"]) == list(FIT_METHODS) * 2
+    for g in GPU_SIZES_GB:
+        assert (t[f"fits {g} GB"] == (t["total (GB)"] <= g)).all()
+    parts = t["weights (GB)"] + t["gradients + optimizer (GB)"] + t["activations (GB)"]
+    np.testing.assert_allclose(parts, t["total (GB)"], rtol=1e-12)
+    row = t.set_index(["architecture", "method"]).loc[("llama-1-65b", "QLoRA NF4")]
+    assert row["fits 48 GB"] and not row["fits 24 GB"]
+    assert not t.set_index(["architecture", "method"]).loc[("llama-1-65b", "full bf16"), "fits 80 GB"]
+    fig = fit_figure(t)
+    ax = fig.axes[0]
+    widths = sorted(round(b.get_width(), 9) for b in ax.patches)
+    assert widths == sorted(round(w, 9) for w in t["total (GB)"])
+    assert sorted(line.get_xdata()[0] for line in ax.lines) == list(GPU_SIZES_GB)
+    with pytest.raises(ValueError, match="no activation formula"):
+        fit_table(["gpt3-175b"])
+    with pytest.raises(ValueError, match="gpus_gb"):
+        fit_table(["qwen2.5-0.5b"], gpus_gb=(0,))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on the CPU machines)")
+def test_tiny_llama_plan_against_cuda_max_allocated():
+    """On CUDA the measured step also reports the allocator's peak (max allocated after a
+    reset): it holds at least the tensors the plan counts, and the tensor accounting agrees
+    with the plan's CUDA kernel rules (not checked on a GPU when this was written: 10 %)."""
+    from transformers import LlamaConfig
+
+    p = plan(LlamaConfig(**TINY_LLAMA), rank=4, targets="all-linear", batch_size=4, seq_len=64, device="cuda",
+             dtype="bf16", optimizer="adamw", gradient_checkpointing=True)
+    measured = measure(p)
+    _check_close(p, measured, tol=0.10)
+    for method in ("lora", "full"):
+        got = measured[method]
+        assert got.peak_kind == "cuda max allocated"
+        assert got.peak >= got.weights + got.gradients + got.optimizer
+    assert any(c.startswith("peak") for c in p.compare(measured)["component"])

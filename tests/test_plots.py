@@ -233,6 +233,31 @@ def test_memory_peak_far_above_the_stacks_is_off_scale(runs):
     assert [s[0][1] for s in peaks.get_segments()] == [131.0, 420.0]
 
 
+def test_a_qlora_bar_stands_beside_lora_and_full_with_its_quantized_weights_hatched(runs):
+    # A QLoRA run of the same rank as runs[1]: the same LoRA, its base's block linears in NF4.
+    qlora = _run(RunConfig(method="lora", lora=LoRAConfig(rank=8), quantize="nf4"), 148_994,
+                 FakeMemory(30_000_000, 600_000, 1_200_000, 41_000_000), 0.69, 0.86)
+    shown = [runs[1], qlora, runs[2]]
+    fig = plots.memory_breakdown(shown)
+    _texts_ok(fig)
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [b.get_label() for b in bars] == [lbl for _, lbl, _ in plots.MEMORY_COMPONENTS]
+    weights = bars[0].patches
+    np.testing.assert_allclose([p.get_height() for p in weights], [91, 30, 91])  # as measured, in MB
+    assert [p.get_hatch() for p in weights] == [None, plots.QUANTIZED_HATCH, None]
+    # The other components are not hatched: only the weights are stored differently.
+    assert all(p.get_hatch() is None for b in bars[1:] for p in b.patches)
+    ticks = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
+    assert ticks == ["LoRA r=8 (query,value)", "QLoRA r=8 (query,value), NF4 base", "full fine-tuning"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["activations", "optimizer state", "gradients", "weights", plots.QUANTIZED_WEIGHTS_LABEL,
+                      "measured peak (cuda allocated)"]
+    # No quantized run: no hatch and no legend entry for it.
+    legend = [t.get_text() for t in plots.memory_breakdown(runs).axes[0].get_legend().get_texts()]
+    assert plots.QUANTIZED_WEIGHTS_LABEL not in legend
+
+
 def test_memory_skips_runs_without_breakdown(runs):
     runs[1].memory = None
     ax = plots.memory_breakdown(runs).axes[0]

@@ -54,6 +54,9 @@ _LAZY: dict[str, str] = {
     "delete_run": "workbench.records.store",
     "export_merged": "workbench.lora.export",
     "model_roles": "workbench.lora.roles",
+    "set_adapter": "workbench.lora.serving",
+    "adapter_names": "workbench.lora.serving",
+    "active_adapter": "workbench.lora.serving",
     "sweep_configs": "workbench.engine.sweep",
     "train": "workbench.records.recording",  # the engine's train with the run store listening
     "run_sweep": "workbench.records.recording",
@@ -61,7 +64,14 @@ _LAZY: dict[str, str] = {
     "load_runs": "workbench.records.store",
     "export_report": "workbench.records.report",
     "Workbench": "workbench.ui.panel",
+    "quantize_model": "workbench.lora.quantize",
+    "dequantize_model": "workbench.lora.quantize",
+    "is_quantized": "workbench.lora.quantize",
+    "quantized_bytes_per_weight": "workbench.lora.quantize",
     "plan": "workbench.lessons.planner",
+    "fit_table": "workbench.lessons.planner",
+    "fit_figure": "workbench.lessons.planner",
+    "shipped_architectures": "workbench.lessons.planner",
 }
 
 __all__ = [

@@ -14,7 +14,10 @@ import pandas as pd
 from workbench.engine.memory import MemoryBreakdown
 from workbench.lora.config import LoRAConfig, split_settings
 from workbench.lora.params import ParamCounts
+from workbench.lora.quantize import check_quantize
 
+# How a quantized base is named in labels and legends.
+QUANTIZE_LABELS: dict[str, str] = {"nf4": "NF4", "int8": "int8"}
 Method = Literal["lora", "full", "head"]
 METHODS: tuple[str, ...] = ("lora", "full", "head")
 # The columns of a run's curve (``RunResult.history``, the store's history.csv): one row per
@@ -43,6 +46,10 @@ class RunConfig:
 
     method: Method = "lora"
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # LoRA settings (ignored for "full" and "head")
+    # QLoRA: the frozen base's block linears stored quantized with bitsandbytes ("nf4": 4-bit
+    # NormalFloat with double quantization; "int8": LLM.int8), LoRA trains in float on top.
+    # None: a float base.  Not with method "full" (quantized weights cannot train).
+    quantize: str | None = None
     model_dropout: float | None = None  # the base model's own dropout layers; None keeps the checkpoint's (0.1 for BERT)
     # Model and data.
     model: str = "minilm"  # "minilm" (bundled), a tiny preset, a Hub name or a local folder
@@ -76,6 +83,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.lora, LoRAConfig):
             raise TypeError(f"lora must be a LoRAConfig (e.g. LoRAConfig(rank=8)), got {type(self.lora).__name__}")
+        check_quantize(self.quantize)
+        if self.quantize is not None and self.method == "full":
+            raise ValueError(f"quantize={self.quantize!r} stores the frozen base in {self.quantize}, and full "
+                             "fine-tuning trains every weight, which quantized weights cannot: use method 'lora' "
+                             "(QLoRA) or 'head' with quantize, or quantize=None for full fine-tuning")
 
     def label(self) -> str:
         """A short human label: 'LoRA r=8 (query,value)', 'full fine-tuning', 'head only'."""
@@ -83,13 +95,17 @@ class RunConfig:
             return self.name
         if self.method == "full":
             return "full fine-tuning"
+        base = f", {QUANTIZE_LABELS[self.quantize]} base" if self.quantize else ""
         if self.method == "head":
-            return "head only"
+            return "head only" + base
+        if self.quantize:  # QLoRA: the same label, the quantized base named
+            return "Q" + self.lora.label() + base
         return self.lora.label()
 
     def slug(self) -> str:
-        """The settings part of a run id: 'lora-r8', 'dora-r8-pissa', 'full', 'head'."""
-        return self.lora.slug() if self.method == "lora" else self.method
+        """The settings part of a run id: 'lora-r8', 'dora-r8-pissa', 'full', 'head' ('-nf4' with quantize)."""
+        slug = self.lora.slug() if self.method == "lora" else self.method
+        return f"{slug}-{self.quantize}" if self.quantize else slug
 
     def with_changes(self, **changes: Any) -> "RunConfig":
         """A copy with fields changed; LoRA settings (``rank=4``) go into ``lora``."""

@@ -24,6 +24,10 @@ and to read, in forty lines than through ``GenerationConfig``'s many settings:
   in one call gets the same completion; for several samples of a prompt, vary ``seed``.
 * **The same function for base, adapted (our LoRA layers) and merged models**: it only
   calls ``model(...)``, so what the layers compute is what is generated.
+* **Many adapters, one batch.**  With several named adapters on one base
+  (``workbench.lora.serving``), ``adapters=[...]`` names one per prompt; every LoRA layer
+  then adds row i's own update to the shared base output, so one forward pass per step
+  serves them all, and each row is what its adapter alone would write.
 
 The prompt is tokenized as a generative run tokenizes it for training
 (``workbench.engine.sft.prompt_ids``: the tokenizer's BOS first, no EOS after it), so a
@@ -32,6 +36,7 @@ model is asked the question in the form it learned.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any, Sequence
 
@@ -39,6 +44,7 @@ import torch
 from torch import nn
 
 from workbench.engine.sft import prompt_ids
+from workbench.lora.serving import adapters_per_row, check_row_adapters
 from workbench.util.checks import check_integer, check_number, check_positive_int
 
 __all__ = ["generate", "exact_match", "normalize_answer", "position_limit"]
@@ -157,6 +163,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 16,
     chat: bool | Sequence[bool] = False,
+    adapters: Sequence[str | None] | None = None,
 ) -> list[str]:
     """The model's completion of each prompt (the new text only, without the prompt).
 
@@ -169,6 +176,10 @@ def generate(
     positions (``position_limit``).  Prompts go through in batches of ``batch_size``,
     sorted by length to pad little, left-padded.  ``chat``: the prompts are already
     formatted by a chat template (no BOS is added), one flag for all or one per prompt.
+    ``adapters``: one adapter name per prompt (None: the base model alone) of those loaded
+    with ``load_adapter(model, folder, name=...)``; a batch then mixes adapters, each row
+    through its own (``workbench.lora.serving``), and each completion is what that adapter
+    alone writes.  Without it, the model's active adapter answers every prompt.
 
     The model is put in eval mode while it writes (no dropout), and each of its modules is
     given back in the mode it was in.
@@ -180,6 +191,7 @@ def generate(
     check_integer("seed", seed, 0)
     check_positive_int("batch_size", batch_size, what="prompts per forward pass")
     encoded = _encode(tokenizer, prompts, chat)
+    per_row = None if adapters is None else check_row_adapters(model, adapters, len(prompts))
     limit = position_limit(model)
     caps = [max_new_tokens if limit is None else min(max_new_tokens, limit - len(x)) for x in encoded]
     full = [i for i, c in enumerate(caps) if c < 1]
@@ -197,8 +209,10 @@ def generate(
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            outs = _generate_batch(model, [encoded[i] for i in chunk], [caps[i] for i in chunk], pad_id, eos,
-                                   float(temperature), int(seed))
+            rows = contextlib.nullcontext() if per_row is None else adapters_per_row(model, [per_row[i] for i in chunk])
+            with rows:
+                outs = _generate_batch(model, [encoded[i] for i in chunk], [caps[i] for i in chunk], pad_id, eos,
+                                       float(temperature), int(seed))
             for i, o in zip(chunk, outs):
                 new_ids[i] = o
     finally:

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from workbench.lora.quantize import quantization_constant_bytes
 from workbench.util.checks import check_choice, check_positive_int
 from workbench.util.units import MB, MIB, format_bytes  # noqa: F401  (memory figures are reported in these)
 
@@ -56,6 +57,9 @@ __all__ = [
     "measure_train_step",
     "estimate_memory",
     "estimate_activation_bytes",
+    "checkpointed_activations",
+    "OPTIMIZERS",
+    "optimizer_state_estimate",
     "format_bytes",
     "MIB",
     "MB",
@@ -141,8 +145,14 @@ def parameter_bytes(model: nn.Module) -> int:
 
     ``model.parameters()`` yields a shared (tied) parameter once, so it is counted once.
     Only shapes and dtypes are read, so this works on ``meta`` tensors too.
+
+    A quantized base (QLoRA, ``workbench.lora.quantize``) counts as it is stored: its weight
+    parameters hold the packed codes (NF4: two weights per byte; int8: one), and the
+    constants bitsandbytes keeps beside them (absmax per block, the double-quantization
+    scales and code books, int8's row scales) are added, so bytes per weight come out as
+    ``quantized_bytes_per_weight`` says plus a fixed table per layer.
     """
-    return sum(_tensor_bytes(p) for p in model.parameters())
+    return sum(_tensor_bytes(p) for p in model.parameters()) + quantization_constant_bytes(model)
 
 
 def trainable_parameter_bytes(model: nn.Module) -> int:
@@ -168,12 +178,17 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     0-dim float32 tensor per parameter: 4 bytes per trainable parameter *tensor*.  We
     count it because it is real memory; it is tiny.  SGD with momentum keeps one
     ``momentum_buffer`` (1 x trainable); plain SGD keeps nothing.  Non-tensor entries
-    are ignored.
+    are ignored, and a tensor shared between parameters' states is counted once.
     """
-    total = 0
+    total, seen = 0, set()
     for state in optimizer.state.values():
         for value in state.values():
             if isinstance(value, torch.Tensor):
+                info = storage_key_and_bytes(value)
+                key = info[0] if info is not None else id(value)
+                if key in seen:  # a tensor shared by every parameter's state (bitsandbytes' quantile maps)
+                    continue
+                seen.add(key)
                 total += _tensor_bytes(value)
     return total
 
@@ -515,6 +530,53 @@ OPTIMIZER_STATES: dict[str, int] = {  # trainable-sized state tensors per parame
     "sgd-momentum": 1,
 }
 _STEP_COUNTER_BYTES = 4  # Adam/AdamW keep `step` as a float32 0-dim tensor per parameter
+
+# bitsandbytes' optimizers (Dettmers et al. 2022, "8-bit Optimizers via Block-wise
+# Quantization", arXiv:2110.02861), as bitsandbytes 0.50 allocates their state:
+BNB_8BIT_BLOCK = 256  # numbers per float32 absmax of an 8-bit state
+BNB_MIN_8BIT_SIZE = 4096  # smaller tensors keep 32-bit states (bitsandbytes' min_8bit_size)
+BNB_QMAP_BYTES = 2 * 256 * 4  # the two 256-entry float32 quantile maps, shared by all tensors
+
+#: Every optimizer the estimate knows, and what its state is.
+OPTIMIZERS: dict[str, str] = {
+    "adamw": "torch.optim.AdamW: exp_avg and exp_avg_sq in the parameter's dtype (2 x s bytes per number) "
+             "and a float32 step counter per tensor",
+    "adam": "torch.optim.Adam: as adamw",
+    "sgd": "torch.optim.SGD without momentum: no state",
+    "sgd-momentum": "torch.optim.SGD with momentum: one buffer in the parameter's dtype (s bytes per number)",
+    "adamw-32bit": "bitsandbytes AdamW32bit: both moments in float32 (8 bytes per number) whatever the "
+                   "parameter's dtype, as mixed-precision training keeps them",
+    "adamw-8bit": f"bitsandbytes AdamW8bit: both moments as 8-bit codes (2 bytes per number) plus one float32 "
+                  f"absmax per {BNB_8BIT_BLOCK} numbers for each moment; tensors under {BNB_MIN_8BIT_SIZE} numbers "
+                  f"keep float32 moments; two 256-entry float32 quantile maps ({BNB_QMAP_BYTES} bytes) per optimizer",
+    "paged-adamw-32bit": "bitsandbytes PagedAdamW32bit: the bytes of adamw-32bit; on CUDA, state tensors of "
+                         "100,000 numbers or more live in paged (unified) memory, which the driver moves to CPU "
+                         "memory when the GPU runs short (counted here on the GPU, as the memory it uses when "
+                         "nothing is evicted)",
+    "paged-adamw-8bit": "bitsandbytes PagedAdamW8bit: the bytes of adamw-8bit, paged as paged-adamw-32bit",
+}
+
+
+def optimizer_state_estimate(optimizer: str, numels: Iterable[int], bytes_per_element: int) -> int:
+    """Bytes of optimizer state for trainable tensors of ``numels`` numbers (see ``OPTIMIZERS``).
+
+    torch: k * n * s per tensor (k = 2 for Adam/AdamW, 1 for SGD with momentum, 0 for SGD)
+    + 4 bytes of float32 ``step`` per tensor for Adam/AdamW.  bitsandbytes 32-bit: 8 n.
+    bitsandbytes 8-bit: 2 n + 2 * 4 * ceil(n / 256) for n >= 4096 (else 8 n), plus 2048
+    bytes of quantile maps once.  bitsandbytes keeps ``step`` as a Python int: no tensor.
+    """
+    check_choice("optimizer", optimizer, tuple(OPTIMIZERS))
+    numels = [int(n) for n in numels]
+    if optimizer in OPTIMIZER_STATES:
+        k = OPTIMIZER_STATES[optimizer]
+        step = _STEP_COUNTER_BYTES * len(numels) if optimizer in ("adam", "adamw") else 0
+        return k * sum(numels) * bytes_per_element + step
+    if optimizer.endswith("32bit"):
+        return 8 * sum(numels)
+    small = [n for n in numels if n < BNB_MIN_8BIT_SIZE]
+    big = [n for n in numels if n >= BNB_MIN_8BIT_SIZE]
+    blocks = sum(-(-n // BNB_8BIT_BLOCK) for n in big)
+    return 8 * sum(small) + 2 * sum(big) + 2 * 4 * blocks + (BNB_QMAP_BYTES if big else 0)
 
 # Tensors of the intermediate size that an activation function saves for backward,
 # as labels: "in" (its input), "out" (its output, which the next linear layer may also
@@ -918,9 +980,130 @@ def _gpt2_activations(model: nn.Module, tape: _Tape, B: int, S: int, device: str
         raise ValueError(f"unsupported head on {type(model).__name__}: expected lm_head or score")
 
 
+def _rms_norm(tape: _Tape, x: str, tokens: int, width: int, x_grad: bool, trainable: bool, name: str) -> bool:
+    """Llama's RMSNorm, w * (x / rms(x)), computed in float32 whatever the model's dtype.
+
+    When x needs a gradient it saves x in float32 (x itself in fp32; a float32 copy of a
+    16-bit x, which is then a storage of its own) and 1/rms (one float32 per token); when
+    its weight trains, the normalised x (model dtype) for dw.  Returns whether the output
+    needs a gradient."""
+    if x_grad:
+        tape.save(x if tape.e == 4 else f"{x}.fp32", tokens * width * 4)
+        tape.save(f"{name}.rstd", tokens * 4)
+    if trainable:
+        tape.save(f"{name}.normed", tokens * width * tape.e)
+    return x_grad or trainable
+
+
+def _llama_activations(model: nn.Module, tape: _Tape, B: int, S: int, device: str,
+                       info: Callable[[str], _LinearInfo], trainable_under: Callable[[str], bool]) -> None:
+    """Llama-style decoder (Llama, Qwen2, Mistral): RMSNorm, rotary positions, grouped-query
+    attention through sdpa, SwiGLU FFN -> LM head (tied or not) or score head.
+
+    Per block, T = B*S tokens, H hidden, I FFN width, h query heads, g key/value heads of d,
+    e bytes per element, full fine-tuning (every weight trains):
+      RMSNorm x2   2 x (T*H*4 input in float32 + T*4 for 1/rms + T*H*e normalised x)
+      q/k/v input  T*H*e (shared), rotated q T*h*d*e, k and v T*g*d*e each (sdpa's own GQA
+                   when the batch is unpadded; padded: transformers repeats k and v to h heads,
+                   T*h*d*e each when 1 < g < h, and the kernel keeps a B*S*S*e mask), output T*h*d*e (o_proj's
+                   input too), log-sum-exp B*h*S*4
+      SwiGLU       gate/up input T*H*e (shared); gate output (SiLU's input), SiLU output, up
+                   output, their product (down_proj's input): 4 x T*I*e
+    In fp32 unpadded that is (8 T*H + 2 T*g*d + 4 T*I + 2 T + B*h*S) x 4 bytes a block.
+    plus, once: cos and sin of the rotary embedding (S*d*e each), the final RMSNorm, the LM
+    head's input when it trains, and the loss (T*vocab float32 log-probabilities).  With a
+    frozen base (LoRA), the norms' normalised x, down_proj's input (unless it is adapted)
+    and everything below the lowest adapter are not saved; an adapter saves its input and A x.
+    """
+    cfg = model.config
+    prefix, layers = _find_blocks(model, r"^(.*?)layers\.(\d+)\.self_attn\.q_proj$")
+    names = dict(model.named_modules())
+    first = f"{prefix}layers.{layers[0]}."
+    if first + "mlp.gate_proj" not in names or first + "input_layernorm" not in names:
+        raise ValueError(
+            f"no activation formula for {type(model).__name__} (model_type {getattr(cfg, 'model_type', '?')!r}): "
+            "the Llama-style formula needs blocks with input_layernorm, self_attn.q_proj and a gated "
+            "mlp.gate_proj/up_proj/down_proj (Llama, Qwen2, Mistral)"
+        )
+    H = _cfg(cfg, "hidden_size")
+    heads = _cfg(cfg, "num_attention_heads")
+    kv_heads = _cfg(cfg, "num_key_value_heads", default=heads)
+    d = getattr(cfg, "head_dim", None) or H // heads
+    inter = _cfg(cfg, "intermediate_size")
+    vocab = _cfg(cfg, "vocab_size")
+    p_attn = float(getattr(cfg, "attention_dropout", 0.0) or 0.0)
+    if _attention_path(cfg, device, tape.dropout and p_attn > 0) != "fused":
+        raise ValueError(
+            "the Llama-style formula models sdpa's fused attention kernels (attn_implementation='sdpa', "
+            f"attention_dropout 0); this model has {getattr(cfg, '_attn_implementation', None)!r} with "
+            f"attention_dropout {p_attn}"
+        )
+    saves = _activation_act(cfg, "hidden_act")
+    T, e = B * S, tape.e
+    q_bytes, kv_bytes = T * heads * d * e, T * kv_heads * d * e
+    # Padded: transformers' repeat_kv hands sdpa k and v at h heads, copies when 1 < g < h (for
+    # g = 1, multi-query attention, the repeat is a stride-0 view of the g-head tensors).
+    repeated = tape.padded and kv_heads not in (1, heads)
+
+    g = False
+    if trainable_under(prefix + "embed_tokens"):
+        tape.save("input_ids", T * 8)
+        g = True
+    x = _hidden_label(layers, 0)
+    for pos, i in enumerate(layers):
+        L, n = f"{prefix}layers.{i}.", f"layer{i}"
+        g1 = _rms_norm(tape, x, T, H, g, trainable_under(L + "input_layernorm"), n + ".ln1")
+        ln1 = n + ".ln1_out"
+        gq = tape.linear(info(L + "self_attn.q_proj"), ln1, T * H, g1, T, n + ".q_proj")
+        gk = tape.linear(info(L + "self_attn.k_proj"), ln1, T * H, g1, T, n + ".k_proj")
+        gv = tape.linear(info(L + "self_attn.v_proj"), ln1, T * H, g1, T, n + ".v_proj")
+        if gq or gk:  # q*cos + rotate(q)*sin saves cos and sin (made once, shared by every block)
+            tape.save("rotary.cos", S * d * e)
+            tape.save("rotary.sin", S * d * e)
+        k = (n + ".k_repeated", q_bytes) if repeated else (n + ".k_rotated", kv_bytes)
+        v = (n + ".v_repeated", q_bytes) if repeated else (n + ".v", kv_bytes)
+        ctx = n + ".context"
+        g_ctx = _attention(tape, path="fused", name=n, B=B, S=S, H=heads * d, heads=heads,
+                           q=(n + ".q_rotated", q_bytes), k=k, v=v, gq=gq, gk=gk, gv=gv, p_drop=0.0, ctx=ctx)
+        g_o = tape.linear(info(L + "self_attn.o_proj"), ctx, T * heads * d, g_ctx, T, n + ".o_proj")
+        g = g_o or g
+        g2 = _rms_norm(tape, n + ".resid1", T, H, g, trainable_under(L + "post_attention_layernorm"), n + ".ln2")
+        ln2 = n + ".ln2_out"
+        g_gate = tape.linear(info(L + "mlp.gate_proj"), ln2, T * H, g2, T, n + ".gate_proj")
+        g_up = tape.linear(info(L + "mlp.up_proj"), ln2, T * H, g2, T, n + ".up_proj")
+        _ffn_activation(tape, saves, n + ".gate_out", n + ".act_out", T * inter, g_gate, n)
+        if g_gate:  # act * up: d(act) needs up
+            tape.save(n + ".up_out", T * inter * e)
+        if g_up:  # d(up) needs act
+            tape.save(n + ".act_out", T * inter * e)
+        g_down = tape.linear(info(L + "mlp.down_proj"), n + ".product", T * inter, g_gate or g_up, T,
+                             n + ".down_proj")
+        g = g_down or g
+        x = _hidden_label(layers, pos + 1)
+    g = _rms_norm(tape, x, T, H, g, trainable_under(prefix + "norm"), "norm")
+    head_prefix = prefix[: -len("model.")] if prefix.endswith("model.") else prefix
+    if head_prefix + "lm_head" in names:
+        g = tape.linear(info(head_prefix + "lm_head"), "norm_out", T * H, g, T, "lm_head")
+        if g:  # cross entropy over T x vocab logits, in float32 whatever the model's dtype
+            tape.save("loss.log_probs", T * vocab * 4)
+            tape.save("loss.labels", T * 8)
+            tape.save("loss.total_weight", 4)
+    elif head_prefix + "score" in names:
+        labels = _cfg(cfg, "num_labels", default=2)
+        g = tape.linear(info(head_prefix + "score"), "norm_out", T * H, g, T, "score")
+        if g:
+            tape.save("score.pick_indices", 2 * B * 8)
+            tape.save("loss.log_probs", B * labels * e)
+            tape.save("loss.labels", B * 8)
+            tape.save("loss.total_weight", e)
+    else:
+        raise ValueError(f"unsupported head on {type(model).__name__}: expected lm_head or score")
+
+
 _ARCHITECTURES: tuple[tuple[str, Callable[..., None]], ...] = (
     (r"^(.*?)encoder\.layer\.(\d+)\.attention\.self\.query$", _bert_activations),
     (r"^(.*?)h\.(\d+)\.attn\.c_attn$", _gpt2_activations),
+    (r"^(.*?)layers\.(\d+)\.self_attn\.q_proj$", _llama_activations),
 )
 
 
@@ -957,12 +1140,14 @@ def estimate_activation_bytes(
     dtype: torch.dtype | None = None,
     trainable: Collection[str] | Callable[[str, nn.Parameter], bool] | None = None,
     padded: bool = True,
+    gradient_checkpointing: bool = False,
 ) -> dict[str, int]:
     """Bytes saved for backward by one forward pass, itemised: {label: bytes}.
 
     See ``estimate_memory`` for the assumptions; the labels name the tensors (e.g.
     ``layer3.act_in``: the FFN activation's input in block 3) so a notebook can show
     where the memory goes.  Reads only shapes and ``model.config``: works on ``meta``.
+    ``gradient_checkpointing``: see ``checkpointed_activations``.
     """
     check_positive_int("batch_size", batch_size)
     check_positive_int("seq_len", seq_len)
@@ -987,13 +1172,54 @@ def estimate_activation_bytes(
     for pattern, builder in _ARCHITECTURES:
         if any(re.match(pattern, n) for n in names):
             builder(model, tape, batch_size, seq_len, device, info, trainable_under)
-            return tape.items
+            if not gradient_checkpointing:
+                return tape.items
+            _, layers = _find_blocks(model, pattern)
+            hidden = _cfg(model.config, "hidden_size", "n_embd")
+            return checkpointed_activations(tape.items, layers, batch_size * seq_len * hidden * elem)
     raise ValueError(
         f"no activation formula for {type(model).__name__} (model_type "
         f"{getattr(model.config, 'model_type', '?')!r}): supported are BERT-style encoders "
-        "(bert, roberta: modules encoder.layer.N.attention.self.query) and GPT-2-style "
-        "decoders (gpt2: modules h.N.attn.c_attn)"
+        "(bert, roberta: modules encoder.layer.N.attention.self.query), GPT-2-style "
+        "decoders (gpt2: modules h.N.attn.c_attn) and Llama-style decoders (llama, qwen2, "
+        "mistral: modules layers.N.self_attn.q_proj with a gated mlp)"
     )
+
+
+def checkpointed_activations(items: Mapping[str, int], layers: Iterable[int], input_bytes: int) -> dict[str, int]:
+    """The activation items of a step under gradient checkpointing (one checkpoint per block).
+
+    transformers checkpoints each block (``model.gradient_checkpointing_enable()``, with
+    torch's reentrant ``checkpoint``): the forward pass runs the blocks without saving
+    anything inside them and keeps only each block's input (B x S x H in the model's dtype);
+    backward then re-runs one block at a time, with its input requiring a gradient, and
+    holds that block's activations until it is done.  So
+
+        activations = L x T*H*e  (the checkpoint inputs, ``layerN.input``)
+                      + what is saved outside the blocks (embeddings, final norm, head, loss)
+                      + the largest block's own activations, its input excluded
+                        (``recompute.*``: the block being recomputed; its input is the checkpoint's)
+
+    ``items``: the no-checkpointing tape (``estimate_activation_bytes``); its blocks are
+    the labels ``layerN.*``.  The largest block is an interior one when adapters sit in
+    every block (the lowest block saves less without checkpointing; recomputed, it saves
+    as much as the others once its input requires a gradient, as
+    ``enable_input_require_grads`` makes it for LoRA).  A peak bound in the same sense as
+    the rest: gradients in flight during backward are not in it.
+    """
+    layers = list(layers)
+    check_positive_int("input_bytes", input_bytes)
+    if not layers:
+        raise ValueError("checkpointed_activations needs the model's block indices (none given)")
+    blocks = {i: {k: v for k, v in items.items() if k.startswith(f"layer{i}.")} for i in layers}
+    in_blocks = {k for b in blocks.values() for k in b}
+    out = {k: v for k, v in items.items() if k not in in_blocks}
+    for i in layers:
+        out[f"layer{i}.input"] = int(input_bytes)
+    own = {i: {k: v for k, v in b.items() if k != f"layer{i}.input"} for i, b in blocks.items()}
+    worst = max(layers, key=lambda i: sum(own[i].values()))
+    out.update({f"recompute.{k}": v for k, v in own[worst].items()})
+    return out
 
 
 def _activation_dtype(model: nn.Module, dtype: torch.dtype | None) -> torch.dtype:
@@ -1018,6 +1244,7 @@ def estimate_memory(
     dropout: bool = True,
     device: str = "cpu",
     padded: bool = True,
+    gradient_checkpointing: bool = False,
 ) -> MemoryBreakdown:
     """Training memory predicted from the model's shapes and config, without running it.
 
@@ -1075,21 +1302,31 @@ def estimate_memory(
       not counted.
     * ``dtype`` means training wholly in that dtype; autocast mixed precision (fp32
       weights, bf16 matmuls) is not modelled.
+    * ``optimizer``: any of ``OPTIMIZERS`` (bitsandbytes' 32-bit, 8-bit and paged AdamW
+      too: ``optimizer_state_estimate``).
+    * ``gradient_checkpointing``: every block checkpointed, as transformers'
+      ``gradient_checkpointing_enable()`` does (``checkpointed_activations``).
     """
-    check_choice("optimizer", optimizer, tuple(OPTIMIZER_STATES))
+    check_choice("optimizer", optimizer, tuple(OPTIMIZERS))
     is_trainable = _trainable_predicate(model, trainable)
     size = (lambda p: dtype.itemsize) if dtype is not None else (lambda p: p.element_size())
     if dtype is not None:
         _activation_dtype(model, dtype)  # validates it
     params = list(model.parameters())
     train = [p for p in params if is_trainable(p)]
-    weights = sum(p.numel() * size(p) for p in params)
+    # A quantized base's codes (uint8/int8) keep their own size whatever ``dtype`` says, and
+    # their constants are added: the weights as they are stored (``parameter_bytes``).
+    weights = (sum(p.numel() * (size(p) if p.is_floating_point() else p.element_size()) for p in params)
+               + quantization_constant_bytes(model))
     grads = sum(p.numel() * size(p) for p in train)
-    k = OPTIMIZER_STATES[optimizer]
-    opt = k * grads + (_STEP_COUNTER_BYTES * len(train) if optimizer in ("adam", "adamw") else 0)
+    if optimizer in OPTIMIZER_STATES:  # torch: states in each parameter's own dtype
+        k = OPTIMIZER_STATES[optimizer]
+        opt = k * grads + (_STEP_COUNTER_BYTES * len(train) if optimizer in ("adam", "adamw") else 0)
+    else:
+        opt = optimizer_state_estimate(optimizer, [p.numel() for p in train], 4)
     items = estimate_activation_bytes(
         model, batch_size, seq_len, dropout=dropout, device=device, dtype=dtype, trainable=trainable,
-        padded=padded,
+        padded=padded, gradient_checkpointing=gradient_checkpointing,
     )
     return MemoryBreakdown(
         weights=weights,

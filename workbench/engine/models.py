@@ -26,6 +26,7 @@ from torch import nn
 
 from workbench.engine.bundled import bundled_model_path
 from workbench.engine.data import TASKS, Task
+from workbench.lora.quantize import check_quantize, quantize_model
 from workbench.util.checks import check_choice, check_positive_int, is_probability
 
 BUNDLED = "minilm"
@@ -106,12 +107,22 @@ def load_base(
     num_labels: int = 2,
     task: Task = "classification",
     seed: int = 0,
+    quantize: str | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[nn.Module, object]:
     """Return ``(model, tokenizer)`` for a classification or causal-LM task.
 
     ``name``: "minilm" (bundled, offline), "tiny-bert" / "tiny-gpt2" (small, built from
     a config with ``seed``), a local folder, or a Hugging Face Hub name.
+
+    ``quantize``: "nf4" or "int8" replaces the ``nn.Linear`` layers of the transformer blocks
+    by bitsandbytes layers holding the weights quantized (QLoRA's NF4 with double
+    quantization, or LLM.int8), frozen; the embeddings, the pooler and the head stay in float
+    (``workbench.lora.quantize.quantize_model``).  ``compute_dtype``: the dtype NF4 layers
+    dequantize to for their matmul (None: the input's).  GPT-2 style models (Conv1D) are
+    refused.
     """
+    check_quantize(quantize)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     check_choice("task", task, TASKS)
@@ -139,5 +150,7 @@ def load_base(
             ) from None
     if task == "classification" and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # GPT-2 classifiers need it
+    if quantize is not None:
+        quantize_model(model, quantize, compute_dtype)
     model.workbench_name = name  # recorded in adapter files as the base model
     return model, tokenizer

@@ -67,19 +67,33 @@ def run_sweep(
     configs: Sequence[RunConfig],
     progress: bool = True,
     on_run: Callable[[int, RunResult], None] | None = None,
+    backend: str = "local",
+    address: str | None = None,
     **train_kwargs: Any,
 ) -> list[RunResult]:
-    """Train each config in turn (a progress bar over runs); stop early if a run is stopped.
+    """Train each config (a progress bar over runs); stop early if a run is stopped.
 
-    ``train_kwargs`` go to every ``workbench.engine.training.train`` call (``sinks``,
-    ``on_step``, ``stop``, ``keep_model``, ``fresh_process``).  Nothing is stored here:
-    ``wb.run_sweep`` (``workbench.records.recording.run_sweep``) attaches the run store.
+    ``backend="local"`` trains the configs one after another here; ``"ray"`` trains each
+    as a Ray task (``workbench.engine.ray_sweep``): on the cluster at ``address``
+    ('HOST:PORT'), or without one on a Ray instance started on this machine for the sweep.
+    Either way the results come in the configs' order, and ``on_run(i, result)`` is called
+    as each run ends.  ``train_kwargs`` go to every ``workbench.engine.training.train``
+    call (``sinks``, ``on_step``, ``stop``, ``keep_model``, ``fresh_process``; with Ray not
+    ``on_step``, and ``worker_check`` besides).  Nothing is stored here: ``wb.run_sweep``
+    (``workbench.records.recording.run_sweep``) attaches the run store.
     """
-    from tqdm.auto import tqdm
+    from workbench.engine.ray_sweep import check_backend, run_sweep_on_ray
 
+    check_backend(backend)
     configs = list(configs)
     if not configs:
         raise ValueError("run_sweep needs at least one RunConfig (see sweep_configs)")
+    if backend == "ray":
+        return run_sweep_on_ray(configs, progress=progress, on_run=on_run, address=address, **train_kwargs)
+    if address is not None:
+        raise ValueError(f"address {address!r} is a Ray cluster's: it needs backend='ray'")
+    from tqdm.auto import tqdm
+
     results = []
     for i, cfg in enumerate(tqdm(configs, desc="sweep", disable=not progress)):
         result = train(cfg, progress=progress, **train_kwargs)

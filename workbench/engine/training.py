@@ -249,14 +249,16 @@ def set_up(cfg: RunConfig) -> Setup:
     seed_everything(cfg.seed)
 
     writing = None
+    # QLoRA: a quantized base dequantizes to bf16 for its matmuls in a bf16 run.
+    quantized = dict(quantize=cfg.quantize, compute_dtype=torch.bfloat16 if use_bf16 else None)
     if cfg.task == "causal-lm":
-        model, tokenizer = load_base(cfg.model, task=cfg.task, seed=cfg.seed)
+        model, tokenizer = load_base(cfg.model, task=cfg.task, seed=cfg.seed, **quantized)
         train_loader, eval_batches, writing = _language_data(cfg, tokenizer)
     else:
         train_ds, eval_ds = load_task(cfg.data, cfg.eval_data, cfg.text_column, cfg.label_column, cfg.seed)
         train_ds, eval_ds = train_ds.head(cfg.max_train_examples), eval_ds.head(cfg.max_eval_examples)
         model, tokenizer = load_base(cfg.model, num_labels=max(2, train_ds.num_labels), task=cfg.task,
-                                     seed=cfg.seed)
+                                     seed=cfg.seed, **quantized)
         train_loader = make_batches(train_ds, tokenizer, cfg.batch_size, cfg.max_length, shuffle=True,
                                     seed=cfg.seed, task=cfg.task)
         # Evaluation order does not change its result: batch similar lengths to pad less.

@@ -42,6 +42,7 @@ where a column says MB.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -52,12 +53,14 @@ from torch import nn
 
 from workbench.engine.config import RunConfig
 from workbench.engine.memory import (
-    OPTIMIZER_STATES,
+    OPTIMIZERS,
+    SavedActivations,
     MemoryBreakdown,
     estimate_activation_bytes,
     estimate_memory,
     measure_train_step,
 )
+from workbench.lora.quantize import logical_numel
 from workbench.util.checks import check_choice, check_positive_int
 from workbench.util.units import MB
 
@@ -169,14 +172,26 @@ class MemoryComparison:
 
 
 def step_optimizer(name: str, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer ``name`` ("adamw", "adam", "sgd", "sgd-momentum") at learning rate 0.
+    """The optimizer ``name`` (one of ``workbench.engine.memory.OPTIMIZERS``) at learning rate 0.
 
     It allocates and updates its state in ``step`` as in any training step (the state
-    sizes are ``workbench.engine.memory.OPTIMIZER_STATES``), but no weight moves, so one
-    model can be measured again and again.
+    sizes are ``workbench.engine.memory.optimizer_state_estimate``), but no weight moves,
+    so one model can be measured again and again.  "adamw-8bit", "adamw-32bit" and the
+    paged ones are bitsandbytes' optimizers (on a CPU bitsandbytes falls back from paged
+    to ordinary memory, with the same bytes).
     """
-    check_choice("optimizer", name, tuple(OPTIMIZER_STATES))
+    check_choice("optimizer", name, tuple(OPTIMIZERS))
     params = list(params)
+    if name not in ("adamw", "adam", "sgd", "sgd-momentum"):
+        import warnings
+
+        import bitsandbytes as bnb
+
+        cls = {"adamw-32bit": bnb.optim.AdamW32bit, "adamw-8bit": bnb.optim.AdamW8bit,
+               "paged-adamw-32bit": bnb.optim.PagedAdamW32bit, "paged-adamw-8bit": bnb.optim.PagedAdamW8bit}[name]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
+            return cls(params, lr=0.0, weight_decay=0.0)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=0.0, weight_decay=0.0)
     if name == "adam":
@@ -185,7 +200,7 @@ def step_optimizer(name: str, params: Iterable[nn.Parameter]) -> torch.optim.Opt
 
 
 def measure_step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizer: str = "adamw",
-                 seed: int = 0) -> MemoryBreakdown:
+                 seed: int = 0, gradient_checkpointing: bool = False) -> MemoryBreakdown:
     """One training step of ``model`` as it stands, accounted exactly.
 
     Its ``requires_grad`` flags say what trains and its mode says whether dropout runs;
@@ -195,6 +210,11 @@ def measure_step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizer:
     step, the bytes autograd saved for backward, and on CUDA the peak (max allocated
     after a reset).  ``seed`` fixes the dropout masks.  The gradients are cleared
     afterwards and no weight changes (learning rate 0).
+
+    ``gradient_checkpointing``: every block of a transformers model is checkpointed for
+    this step (``measure_checkpointed_step``); the activations are then what the forward
+    pass saved (each block's input, and what lies outside the blocks) plus the most that
+    one block's recomputation saved during backward.
 
     On a CPU no peak is reported: the only one there is the resident high-water mark of
     this whole process, which keeps what earlier steps and runs in it allocated, so the
@@ -207,13 +227,79 @@ def measure_step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizer:
     device = trainable[0].device
     model.zero_grad(set_to_none=True)
     opt = step_optimizer(optimizer, trainable)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)  # the dropout masks
-        measured = measure_train_step(model, opt, batch, device=device)
+    probe = _RecomputeProbe(model) if gradient_checkpointing else None
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
+            torch.manual_seed(seed)  # the dropout masks
+            measured = measure_train_step(model, opt, batch, device=device)
+    finally:
+        if probe is not None:
+            probe.close()
+    if probe is not None:
+        if not probe.recomputed:
+            raise RuntimeError("gradient checkpointing was on but no block was recomputed in backward")
+        measured.activations += max(probe.recomputed)
     model.zero_grad(set_to_none=True)
     if device.type != "cuda":
         measured.peak, measured.peak_kind = None, ""
     return measured
+
+
+class _RecomputeProbe:
+    """Checkpoint every block of a transformers model and measure each block's recomputation.
+
+    transformers' blocks call ``self._gradient_checkpointing_func(forward, *args)``; we
+    enable it with torch's *reentrant* checkpoint, whose saved inputs pass through
+    autograd's saved-tensor hooks (so the forward pass's ``SavedActivations`` counts the
+    block inputs; the non-reentrant default keeps the same tensors alive by reference,
+    out of the hooks' sight), and wrap the function it calls: when it runs with grad
+    enabled it is the recomputation in backward, and a fresh ``SavedActivations`` (block
+    input excluded: that memory is the checkpoint's) counts what it saves.  For a frozen
+    base (LoRA) the embeddings' output is made to require a gradient
+    (``enable_input_require_grads``), as reentrant checkpointing needs and PEFT does.
+    ``close()`` turns checkpointing off again.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+        self.model = model
+        self.recomputed: list[int] = []
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": True})
+        else:  # pragma: no cover - transformers before 5
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        self._input_grads = not model.get_input_embeddings().weight.requires_grad
+        if self._input_grads:
+            model.enable_input_require_grads()
+        self._wrapped = [m for m in model.modules()
+                         if getattr(m, "gradient_checkpointing", False) and hasattr(m, "_gradient_checkpointing_func")]
+        if not self._wrapped:
+            raise ValueError(f"{type(model).__name__} has no checkpointed block")
+        for m in self._wrapped:
+            m._gradient_checkpointing_func = self._wrap(m._gradient_checkpointing_func)
+
+    def _wrap(self, checkpoint: Any) -> Any:
+        def wrapped(function: Any, *args: Any, **kwargs: Any) -> Any:
+            def run(*inputs: Any) -> Any:
+                if not torch.is_grad_enabled():  # the forward pass (under no_grad): nothing is saved
+                    return function(*inputs)
+                with SavedActivations(self.model, exclude=[t for t in inputs if isinstance(t, torch.Tensor)]) as saved:
+                    out = function(*inputs)
+                self.recomputed.append(saved.bytes)
+                return out
+
+            return checkpoint(run, *args, **kwargs)
+
+        return wrapped
+
+    def close(self) -> None:
+        if self._input_grads:
+            self.model.disable_input_require_grads()
+        disable = getattr(self.model, "activation_checkpointing_disable", None) or self.model.gradient_checkpointing_disable
+        disable()
 
 
 def _max_positions(model: nn.Module) -> int | None:
@@ -229,7 +315,9 @@ def prepared_model(cfg: RunConfig, seed: int | None = None) -> tuple[nn.Module, 
     """(model, tokenizer): ``cfg.model`` loaded, ``cfg.method`` applied, in train mode, on
     ``cfg.device``, in float32.  Which parameters train is exactly what ``train`` would
     train (the same ``prepare_model``).  ``seed`` (default ``cfg.seed``) seeds the random
-    weights of the tiny presets and LoRA's A.
+    weights of the tiny presets and LoRA's A.  ``cfg.quantize`` (QLoRA) quantizes the
+    base's block linears as ``train`` does; their codes keep their own dtype (uint8/int8)
+    and everything else is float32.
     """
     from workbench.engine.models import load_base
     from workbench.engine.training import prepare_model, resolve_device, validate
@@ -241,7 +329,7 @@ def prepared_model(cfg: RunConfig, seed: int | None = None) -> tuple[nn.Module, 
     device = resolve_device(cfg.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, tokenizer = load_base(cfg.model, num_labels=2, task=cfg.task, seed=seed)
+        model, tokenizer = load_base(cfg.model, num_labels=2, task=cfg.task, seed=seed, quantize=cfg.quantize)
         prepare_model(cfg, model)
     model.to(device=device, dtype=torch.float32).train()
     return model, tokenizer
@@ -288,6 +376,10 @@ def measure_vs_estimate(cfg: RunConfig, batch_size: int, seq_len: int, seed: int
         weights = total * 4,  gradients = trainable * 4,
         optimizer = 2 * trainable * 4 + 4 * (number of trainable tensors)
 
+    With ``cfg.quantize`` (QLoRA) the quantized weights count as stored on both sides:
+    their 4/8-bit codes plus the constants bitsandbytes keeps (``parameter_bytes``);
+    ``total_params`` still counts weights (``logical_numel``), not bytes.
+
     ``model``/``tokenizer``: a model already prepared for ``cfg`` (``prepared_model``),
     to reuse across calls; it is left as it was (learning rate 0, gradients cleared).
     Without them the model is loaded and prepared here (the slow part).
@@ -319,7 +411,7 @@ def measure_vs_estimate(cfg: RunConfig, batch_size: int, seq_len: int, seed: int
     return MemoryComparison(
         label=cfg.label(), method=cfg.method, rank=cfg.lora.rank if cfg.method == "lora" else 0,
         batch_size=int(batch_size), seq_len=int(seq_len),
-        trainable=sum(p.numel() for p in trainable), total_params=sum(p.numel() for p in model.parameters()),
+        trainable=sum(p.numel() for p in trainable), total_params=sum(logical_numel(p) for p in model.parameters()),
         device=str(device), measured=measured, estimated=estimated, activation_items=items,
     )
 

@@ -19,6 +19,9 @@ builds the layers with PiSSA init first, which turns the base weight into the re
 ``W - s B0 A0`` again by the same SVD, and then puts the trained A and B in place.  So
 the base you load into must be the original model, not an already-residual one, and the
 SVD must give the same top-r subspace (true unless singular values r and r+1 tie).
+
+Several adapters on one base: ``load_adapter(model, folder, name="sql")`` loads each under
+a name (``workbench.lora.serving``: switching, and one adapter per row of a batch).
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from torch import nn
 
 from workbench.util.fileio import atomic_write, atomic_write_json, atomic_write_text
 from workbench.lora.config import LoRAConfig
-from workbench.lora.inject import add_lora, remove_lora
+from workbench.lora.inject import add_lora, lora_layers, remove_lora
 from workbench.lora.targets import find_targets
-from workbench.lora.layer import Conv1D, layer_shape
+from workbench.lora.layer import Conv1D, LoRALayer, layer_shape
+from workbench.lora.serving import AdapterSet, NamedAdapter, adapter_names, adapter_set, check_adapter_name, plain_view
 from workbench.lora.roles import peft_target_modules
 
 CONFIG_FILE = "adapter_config.json"
@@ -213,15 +217,26 @@ def key_list(keys: list[str]) -> str:
     return f"{keys[0]!r}" + (f" and {len(keys) - 1} more key(s)" if len(keys) > 1 else "")
 
 
-def load_adapter(model: nn.Module, folder: str | os.PathLike) -> list[str]:
+def load_adapter(model: nn.Module, folder: str | os.PathLike, name: str | None = None) -> list[str]:
     """Add the LoRA layers an adapter describes to a plain base model, then load its weights.
 
     Reads our adapters and PEFT's.  Returns the wrapped module paths.  On any mismatch
     (missing or extra key, wrong shape, corrupt file) raises ``AdapterError`` and leaves
     the model exactly as it was.
+
+    ``name``: load it as a named adapter (``workbench.lora.serving``); then a model that
+    already has adapters takes it beside them (``set_adapter`` switches, ``generate(...,
+    adapters=[...])`` mixes them in one batch).  The first adapter of a model keeps its
+    place in the layers' own ``lora_A``/``lora_B``; a model adapted without a name has one
+    adapter called "default".
     """
+    if name is not None:
+        check_adapter_name(name)
+        if getattr(model, "lora_settings", None) is not None:
+            return _load_beside(model, folder, name)
     if getattr(model, "lora_settings", None) is not None:
-        raise AdapterError("the model already has LoRA layers; load the adapter into a plain base model")
+        raise AdapterError("the model already has LoRA layers; load the adapter into a plain base model, or load "
+                           "it beside them under a name: load_adapter(model, folder, name=...)")
     config, state = read_adapter(folder)
     names, heads = _check_fits(model, config, state)
     # PiSSA rebuilds the residual base by the same SVD; see the module doc.
@@ -245,4 +260,68 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike) -> list[str]:
     for h in heads:
         model.get_submodule(h).requires_grad_(True)
     model.lora_settings.modules_to_save = heads
+    if name is not None:
+        _name_first(model, name)
+    return names
+
+
+def _name_first(model: nn.Module, name: str) -> None:
+    """The model's one adapter is called ``name`` (and is active)."""
+    for layer in lora_layers(model).values():
+        layer.adapter_name = layer.active_adapter = name
+    s = model.lora_settings
+    model.lora_adapters = AdapterSet({name: s.config}, {name: list(s.wrapped)}, name, owner=s)
+
+
+def _refuse_beside(model: nn.Module, name: str, settings: LoRAConfig | None = None) -> None:
+    """Why the adapter cannot join the model's adapters, if it cannot."""
+    loaded = adapter_names(model)
+    if name in loaded:
+        raise AdapterError(f"an adapter named {name!r} is already loaded (loaded: {', '.join(map(repr, loaded))}); "
+                           "load it under another name")
+    first = model.lora_settings.config
+    for what, c in (("the model's first adapter", first), (f"adapter {name!r}", settings)):
+        if c is not None and (c.dora or c.init == "pissa"):
+            raise AdapterError(
+                f"{what} is {'DoRA' if c.dora else 'PiSSA'}, which changes the base weights' use ("
+                f"{'a learned length per output' if c.dora else 'a residual base weight'}); several adapters on one "
+                "base are plain LoRA only: load a DoRA or PiSSA adapter alone into its own base model")
+    if any(layer.merged for layer in lora_layers(model).values()):
+        raise AdapterError("the model's adapter is merged into its weights; unmerge_lora before loading another")
+
+
+def _load_beside(model: nn.Module, folder: str | os.PathLike, name: str) -> list[str]:
+    """Load the adapter in ``folder`` under ``name`` beside the adapters the model has (inference only:
+    its weights are frozen).  Checked whole before anything changes, as ``load_adapter`` is."""
+    _refuse_beside(model, name)
+    config, state = read_adapter(folder)
+    try:
+        settings = LoRAConfig.from_peft(config)
+    except (ValueError, TypeError) as e:
+        raise AdapterError(f"{Path(folder) / CONFIG_FILE} has settings this workbench cannot use: {e}") from None
+    _refuse_beside(model, name, settings)
+    with plain_view(model):  # the targets and shapes of the base, as for a first adapter
+        names, heads = _check_fits(model, config, state)
+    if heads:
+        raise AdapterError(f"adapter {name!r} trains a head ({', '.join(heads)}); a batch cannot switch heads per "
+                           "row, so only a model's first adapter may have one")
+    found = adapter_set(model)
+    with torch.no_grad():
+        for n in names:
+            a, b = state[f"{PREFIX}{n}.lora_A.weight"], state[f"{PREFIX}{n}.lora_B.weight"]
+            module = model.get_submodule(n)
+            if isinstance(module, LoRALayer):
+                w = module.lora_A.weight
+                extra = NamedAdapter(module.in_features, module.out_features, settings, device=w.device, dtype=w.dtype)
+                module.extra_adapters[name] = extra
+            else:  # a layer no adapter had: wrapped now, with this adapter as its own
+                extra = module = LoRALayer(module, settings)
+                module.adapter_name, module.active_adapter = name, found.active
+                parent, _, child = n.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, module)
+            extra.lora_A.weight.copy_(a.to(extra.lora_A.weight.dtype))
+            extra.lora_B.weight.copy_(b.to(extra.lora_B.weight.dtype))
+            extra.lora_A.weight.requires_grad_(False)
+            extra.lora_B.weight.requires_grad_(False)
+    found.configs[name], found.wrapped[name] = settings, names
     return names

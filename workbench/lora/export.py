@@ -10,7 +10,8 @@ model folder: ``AutoModelForCausalLM.from_pretrained(folder)`` (or
 ``AutoModelForSequenceClassification`` for a classifier) loads it with no workbench and
 no PEFT installed, and it computes what the adapted model computes, at the base model's
 cost.  The adapted model itself keeps its adapter (to train on, or to save in PEFT's
-format with ``save_adapter``).
+format with ``save_adapter``).  A quantized base (QLoRA) is exported only with
+``dequantize=True`` (float32 weights: the dequantized base plus the merged update).
 """
 
 from __future__ import annotations
@@ -26,15 +27,31 @@ from typing import Any
 from torch import nn
 
 from workbench.lora.inject import lora_layers, remove_lora
+from workbench.lora.quantize import dequantize_model, is_quantized, model_quantization
+from workbench.util.checks import check_bool
 from workbench.util.fileio import atomic_write_text, current_umask
 
 __all__ = ["export_merged", "merged_copy"]
 
 
-def merged_copy(model: nn.Module) -> nn.Module:
+def merged_copy(model: nn.Module, *, dequantize: bool = False) -> nn.Module:
     """A copy of ``model`` with every LoRA update merged into its base weight and no LoRA
-    modules left; ``model`` is not changed.  A model without LoRA is simply copied."""
+    modules left; ``model`` is not changed.  A model without LoRA is simply copied.
+
+    A quantized base (QLoRA) cannot hold the merged weight in its 4/8-bit codes: it is
+    refused unless ``dequantize=True``, which first turns every quantized layer of the copy
+    into a float32 ``Linear`` holding the weights the quantized layer computed with, then
+    merges:  W' = dequant(W_q) + s B A.
+    """
+    check_bool("dequantize", dequantize)
+    if is_quantized(model) and not dequantize:
+        raise ValueError(
+            f"the model's base is quantized ({model_quantization(model)}): its LoRA update cannot be merged into "
+            "the 4/8-bit codes. Pass dequantize=True to write a float model (the dequantized base with the update "
+            "merged), or save the adapter alone with save_adapter")
     out = copy.deepcopy(model)
+    if dequantize:
+        dequantize_model(out)
     if lora_layers(out):
         remove_lora(out, merge=True)
     if hasattr(out, "lora_settings"):
@@ -79,6 +96,10 @@ def _card(model: nn.Module) -> str:
     base = getattr(model, "workbench_name", None) or getattr(model, "name_or_path", None) or "a base model"
     what = (f"{settings.config.label()}, alpha {settings.config.alpha:g}, on {len(settings.wrapped)} layers"
             if settings is not None else "no LoRA layers (the model as it was)")
+    quantized = model_quantization(model)
+    if quantized:
+        what += (f"; the base was stored in {quantized} and is written dequantized to float32, the weights the "
+                 "quantized model computed with")
     return (
         "# Merged model\n\nWritten by LoRA Workbench: `"
         f"{base}` with its LoRA update merged into the weights ({what}).\n\n"
@@ -89,7 +110,8 @@ def _card(model: nn.Module) -> str:
     )
 
 
-def export_merged(model: nn.Module, tokenizer: Any, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def export_merged(model: nn.Module, tokenizer: Any, folder: str | os.PathLike, *, overwrite: bool = False,
+                  dequantize: bool = False) -> Path:
     """Write ``model`` with LoRA merged in (and ``tokenizer`` beside it) as a plain
     ``transformers`` folder; return the folder's path.
 
@@ -98,6 +120,10 @@ def export_merged(model: nn.Module, tokenizer: Any, folder: str | os.PathLike, *
     ``overwrite=True`` (then it is replaced, after the new one is complete).  ``model`` must
     be a ``transformers`` model (it has ``save_pretrained``); it is not changed.
     ``tokenizer`` may be None for a model used without one.
+
+    A quantized base (QLoRA) is refused unless ``dequantize=True``: then the folder holds
+    float32 weights, the dequantized base with the update merged (``merged_copy``), which
+    compute what the quantized adapted model computes, at float size.
     """
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"export_merged needs a transformers model (with save_pretrained); got a "
@@ -108,8 +134,8 @@ def export_merged(model: nn.Module, tokenizer: Any, folder: str | os.PathLike, *
     if not isinstance(overwrite, bool):
         raise ValueError(f"overwrite must be True or False, got {overwrite!r}")
     folder = Path(folder)
+    merged = merged_copy(model, dequantize=dequantize)  # refuses a quantized base before any file is touched
     _check_folder(folder, overwrite)
-    merged = merged_copy(model)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:

@@ -7,6 +7,10 @@ it, freezes everything else, and keeps a classification head trainable (as PEFT'
 
 Variants: ``dora=True`` (a learned magnitude per output) and ``init="pissa"`` (start from
 the top-r singular directions of W); see ``workbench.lora.variants``.
+
+A quantized base (``workbench.lora.quantize``: QLoRA's NF4, LLM.int8) is wrapped as a plain
+``Linear`` is; its update cannot be merged into the 4/8-bit codes, so merging is refused
+with a message saying how to dequantize first.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch import nn
 
 from workbench.lora.config import LoRAConfig
 from workbench.lora.layer import LoRALayer, layer_shape
+from workbench.lora.quantize import is_quantized_layer, refuse_merge
 from workbench.lora.targets import find_targets, head_names
 
 __all__ = ["LoRASettings", "add_lora", "lora_layers", "merge_lora", "unmerge_lora", "remove_lora"]
@@ -64,6 +69,12 @@ def add_lora(
     if getattr(model, "lora_settings", None) is not None:
         raise ValueError("this model already has LoRA layers; LoRA cannot be added twice (use remove_lora first)")
     names = find_targets(model, cfg.targets, cfg.layers)
+    quantized = [n for n in names if is_quantized_layer(model.get_submodule(n))]
+    if quantized and (cfg.dora or cfg.init == "pissa"):
+        raise ValueError(
+            f"{'DoRA' if cfg.dora else 'PiSSA'} reads and rewrites the base weight W in full precision, and "
+            f"{len(quantized)} target layers are quantized ({quantized[0]}, ...): use plain LoRA on a quantized "
+            "base (dora=False, init='kaiming' or 'gaussian'), or load the base without quantize")
     for n in names:
         fan_in, fan_out = layer_shape(model.get_submodule(n))
         if cfg.rank > min(fan_in, fan_out):
@@ -100,8 +111,18 @@ def merge_lora(model: nn.Module) -> None:
     found = _require_lora(model)
     if any(m.merged for m in found.values()):
         raise RuntimeError("the model's LoRA layers are already merged; unmerge_lora first")
+    for m in found.values():  # all or nothing: refuse before any layer changes
+        refuse_merge(m.base_layer)
+    _refuse_merge_named(found)
     for m in found.values():
         m.merge()
+
+
+def _refuse_merge_named(found: "OrderedDict[str, LoRALayer]") -> None:
+    """Several named adapters share the base (``workbench.lora.serving``): none may be merged into it."""
+    if any(m.extra_adapters or m.active_adapter != m.adapter_name for m in found.values()):
+        raise RuntimeError("the model serves several named adapters (or not the layers' own): merging would bake "
+                           "one into the base they share; load that adapter alone into a fresh base to merge it")
 
 
 def unmerge_lora(model: nn.Module) -> None:
@@ -119,14 +140,20 @@ def remove_lora(model: nn.Module, merge: bool = False) -> nn.Module:
     Without ``merge`` the weights are the original ones, also after PiSSA (whose base
     holds the residual while the adapter is on).
     """
-    for name, layer in _require_lora(model).items():
+    found = _require_lora(model)
+    if merge:
+        for layer in found.values():
+            refuse_merge(layer.base_layer)
+        _refuse_merge_named(found)
+    for name, layer in found.items():
         if merge and not layer.merged:
             layer.merge()
         elif not merge:
             if layer.merged:
                 layer.unmerge()
-            with torch.no_grad():  # a variant may have rewritten W (PiSSA keeps the residual)
-                layer.base_layer.weight.copy_(layer.original_weight())
+            if layer.variants:  # a variant may have rewritten W (PiSSA keeps the residual)
+                with torch.no_grad():
+                    layer.base_layer.weight.copy_(layer.original_weight())
         _set_module(model, name, layer.base_layer)
     model.lora_settings = None
     return model

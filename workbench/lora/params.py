@@ -14,6 +14,7 @@ from torch import nn
 
 from workbench.lora.targets import head_names
 from workbench.lora.layer import LoRALayer, layer_shape
+from workbench.lora.quantize import logical_numel
 
 
 def lora_parameter_count(in_features: int, out_features: int, rank: int, dora: bool = False) -> int:
@@ -53,6 +54,10 @@ def count_parameters(model: nn.Module) -> ParameterReport:
     Each row is a module that owns parameters: a whole LoRA layer (its frozen base plus
     A and B) or an ordinary module with parameters of its own.  ``kind`` says what role
     the module plays: "lora", "head", or "base".
+
+    Counts are numbers of weights, whatever their storage: a quantized base's NF4 weight
+    packs two 4-bit codes per byte, so its ``numel()`` is half the weights it stands for
+    (``logical_numel``); a quantized model counts what the same model in float counts.
     """
     seen: set[int] = set()
     heads = tuple(head_names(model))
@@ -81,8 +86,8 @@ def count_parameters(model: nn.Module) -> ParameterReport:
                 "module": name or "(model)",
                 "kind": kind,
                 "type": detail,
-                "trainable": sum(p.numel() for p in fresh if p.requires_grad),
-                "total": sum(p.numel() for p in fresh),
+                "trainable": sum(logical_numel(p) for p in fresh if p.requires_grad),
+                "total": sum(logical_numel(p) for p in fresh),
             }
         )
     table = pd.DataFrame(rows, columns=["module", "kind", "type", "trainable", "total"])

@@ -12,9 +12,12 @@ listener on the run's edges (``workbench.engine.events``):
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -25,10 +28,11 @@ from workbench.engine import sweep as engine_sweep
 from workbench.engine import training as engine
 from workbench.engine.config import RunConfig, RunResult
 from workbench.engine.events import RunSink, StepInfo
+from workbench.engine.ray_sweep import check_backend
 from workbench.lora.adapters import save_adapter
 from workbench.records.store import ADAPTER_FOLDER, DEFAULT_ROOT, save_run
 
-__all__ = ["StoreSink", "train", "run_sweep", "ADAPTER_FOLDER"]
+__all__ = ["StoreSink", "train", "run_sweep", "check_store_visible", "ADAPTER_FOLDER"]
 
 
 @dataclass
@@ -36,9 +40,16 @@ class StoreSink(RunSink):
     """Writes a run into the run store under ``runs_dir`` as it goes (``workbench.records.store``)."""
 
     runs_dir: str | os.PathLike = DEFAULT_ROOT
+    # Write the record as soon as the run starts (status "running"), so that it has its
+    # run id from the start: a Ray sweep marks the run of a worker that died under that id.
+    save_at_start: bool = False
 
     def needs_model(self, config: RunConfig) -> bool:
         return config.method == "lora"  # for the adapter
+
+    def on_start(self, result: RunResult) -> None:
+        if self.save_at_start:
+            save_run(result, self.runs_dir)
 
     def on_eval(self, result: RunResult) -> None:
         save_run(result, self.runs_dir)  # checkpoint: the record and the curve so far
@@ -93,12 +104,40 @@ def run_sweep(
     on_run: Callable[[int, RunResult], None] | None = None,
     *,
     sinks: Iterable[RunSink] = (),
+    backend: str = "local",
+    address: str | None = None,
     **train_kwargs: Any,
 ) -> list[RunResult]:
-    """Train each config in turn, storing each run under ``runs_dir``; stop early if a run is stopped.
+    """Train each config, storing each run under ``runs_dir``; stop early if a run is stopped.
 
-    ``on_run(i, result)`` is called after each run; ``train_kwargs`` go to every ``train``
-    (``on_step``, ``stop``, ``keep_model``, ``fresh_process``).
+    ``backend="local"``: one after another, here.  ``backend="ray"``: each run a Ray task
+    (``workbench.engine.ray_sweep``), on the cluster at ``address`` or, without one, on a
+    Ray instance started here for the sweep; the workers write to the same store, so on a
+    cluster ``runs_dir`` must be a folder every node mounts at the same path (each task
+    checks that it sees it).  ``on_run(i, result)`` is called as each run ends; the results
+    come in the configs' order.  ``train_kwargs`` go to every ``train`` (``on_step`` -
+    local only -, ``stop``, ``keep_model``, ``fresh_process``).
     """
+    if check_backend(backend) == "ray":
+        store = []
+        if runs_dir is not None:
+            # Absolute, so that every worker writes to the same place whatever its working folder.
+            runs_dir = Path(runs_dir).resolve()
+            runs_dir.mkdir(parents=True, exist_ok=True)
+            store = [StoreSink(str(runs_dir), save_at_start=True)]
+            train_kwargs["worker_check"] = functools.partial(check_store_visible, str(runs_dir))
+        return engine_sweep.run_sweep(configs, progress=progress, on_run=on_run, backend="ray", address=address,
+                                      sinks=store + list(sinks), **train_kwargs)
     return engine_sweep.run_sweep(configs, progress=progress, on_run=on_run, sinks=_with_store(sinks, runs_dir),
-                                  **train_kwargs)
+                                  backend=backend, address=address, **train_kwargs)
+
+
+def check_store_visible(runs_dir: str) -> None:
+    """In a Ray worker: refuse to train when the run store's folder is not there.
+
+    The sweep created it on the machine that started the sweep; a node that does not see
+    it would write its records into a folder of its own, which nobody reads."""
+    if not Path(runs_dir).is_dir():
+        raise FileNotFoundError(f"the run store {runs_dir} does not exist on the Ray node {socket.gethostname()}: "
+                                "with backend 'ray' the runs_dir must be a folder every node sees at the same path "
+                                "(a shared file system, e.g. NFS, mounted alike on every node)")

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from workbench.engine.config import RunResult
+from workbench.engine.config import RunConfig, RunResult
 from workbench.engine.memory import describe_peak
 from workbench.util.fileio import atomic_write, atomic_write_text
 from workbench.util.units import MB
@@ -144,7 +144,7 @@ def adapter_folder(result: RunResult) -> Path | None:
 LOAD_HOWTO = """How to load an adapter (a folder with adapter_config.json and adapter_model.safetensors):
 
     import workbench as wb
-    model, tokenizer = wb.load_base("{model}", num_labels=2)
+{load_base}
     wb.load_adapter(model, "adapters/<run id>")
 
 or with PEFT and transformers:
@@ -152,6 +152,35 @@ or with PEFT and transformers:
     from peft import PeftModel
     model = PeftModel.from_pretrained(base_model, "adapters/<run id>")
 """
+
+
+def load_base_call(config: RunConfig) -> str:
+    """The ``wb.load_base(...)`` call that rebuilds a run's base model for its adapter.
+
+    The model's name, its head (``num_labels=2`` for classification, ``task="causal-lm"``
+    for a language model) and, for a QLoRA run, ``quantize=``: its adapter was trained on
+    the quantized weights, so it belongs on the same quantized base (``load_base`` with the
+    same ``quantize`` rebuilds exactly those codes from the float checkpoint).
+    """
+    args = [f'"{config.model}"', 'task="causal-lm"' if config.task == "causal-lm" else "num_labels=2"]
+    if config.quantize is not None:
+        args.append(f'quantize="{config.quantize}"')
+    return f"wb.load_base({', '.join(args)})"
+
+
+def load_howto(results: Sequence[RunResult]) -> str:
+    """The bundle's README: how to load its adapters, with one ``load_base`` line per distinct
+    base among the runs (each line naming its runs when there are several)."""
+    calls: dict[str, list[str]] = {}
+    for r in results:
+        calls.setdefault(load_base_call(r.config), []).append(r.run_id or r.config.label())
+    if not calls:
+        calls = {load_base_call(RunConfig()): []}
+    if len(calls) == 1:
+        lines = [f"    model, tokenizer = {call}" for call in calls]
+    else:
+        lines = [f"    model, tokenizer = {call}  # for {', '.join(runs)}" for call, runs in calls.items()]
+    return LOAD_HOWTO.format(load_base="\n".join(lines))
 
 
 def export_bundle(report_files: Sequence[Path], results: Sequence[RunResult], out: str | os.PathLike) -> Path:
@@ -162,7 +191,6 @@ def export_bundle(report_files: Sequence[Path], results: Sequence[RunResult], ou
 
     out = Path(out)
     results = list(results)
-    model = results[0].config.model if results else "minilm"
 
     def write(tmp: str) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
@@ -176,6 +204,6 @@ def export_bundle(report_files: Sequence[Path], results: Sequence[RunResult], ou
                 for f in sorted(folder.rglob("*")):
                     if f.is_file():
                         z.write(f, f"adapters/{r.run_id}/{f.relative_to(folder)}")
-            z.writestr("README.txt", LOAD_HOWTO.format(model=model))
+            z.writestr("README.txt", load_howto([r for r in results if adapter_folder(r) is not None] or results))
 
     return atomic_write(out, write)

@@ -24,7 +24,9 @@ from typing import Any, Literal, Sequence
 
 from workbench.engine.config import METHODS, PRESETS, RunConfig, RunResult, preset
 from workbench.engine.sweep import DEFAULT_RANKS, FULL_LR, HEAD_LR, VARIANTS, sweep_configs
+from workbench.engine.ray_sweep import BACKENDS, RayUnavailable
 from workbench.lora.config import INITS, LoRAConfig
+from workbench.lora.quantize import QUANTIZE_CHOICES
 from workbench.util.units import format_bytes
 
 # What each flag means (the flag itself is the field's name).  A field missing here still
@@ -42,6 +44,8 @@ LORA_HELP: dict[str, str] = {
 }
 RUN_HELP: dict[str, str] = {
     "model_dropout": "the base model's own dropout probability (unset: the checkpoint's, 0.1 for BERT)",
+    "quantize": "QLoRA: store the frozen base's block linears quantized with bitsandbytes, nf4 (4-bit NormalFloat, "
+                "double quantization) or int8 (LLM.int8); unset: a float base. Not with --method full",
     "model": "'minilm' (bundled classifier), 'story-lm' (bundled language model), 'tiny-bert', 'tiny-gpt2', "
              "a folder or a Hub name",
     "task": "'classification' (a label per text) or 'causal-lm' (a model that writes)",
@@ -116,7 +120,7 @@ _READERS: list[tuple[Any, dict[str, Any]]] = [
     (bool | str, dict(type=_bf16, metavar="{auto,on,off}")),
 ]
 # ... and where the type alone does not say which values are allowed.
-_CHOICES: dict[str, tuple[str, ...]] = {"init": INITS}
+_CHOICES: dict[str, tuple[str, ...]] = {"init": INITS, "quantize": QUANTIZE_CHOICES}
 
 
 def flag(name: str) -> str:
@@ -208,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head-lr", type=float, default=HEAD_LR,
                    help="learning rate of the head run (default: %(default)g)")
     s.add_argument("--out", default="reports/sweep", help="folder for the CSV, Markdown and figures")
+    s.add_argument("--backend", choices=BACKENDS, default="local",
+                   help="local: the runs one after another here; ray: each run a Ray task, on the cluster at "
+                        "--address or on a Ray instance started here (default: %(default)s)")
+    s.add_argument("--address", default=None,
+                   help="--backend ray: the Ray head's HOST:PORT (as `ray start --head` prints it); the runs "
+                        "directory must then be a path every node sees (default: a Ray instance on this machine)")
     _add_run_options(s, lora_exclude=("rank",), run_exclude=("name",))  # --ranks; each run is named by its settings
     r = sub.add_parser("runs", help="list the stored runs", allow_abbrev=False)
     r.add_argument("--runs-dir", dest="runs_dir", default="runs", help="run store folder (default: %(default)s)")
@@ -249,12 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("give --alpha (the same for every rank) or --alpha-per-rank (alpha = k x rank), not both")
         configs = sweep_configs(config_from_args(args), args.ranks, args.with_full, args.with_head,
                                 args.alpha_per_rank, args.full_lr, args.head_lr, variants=args.variants)
-        results = run_sweep(configs, runs_dir=args.runs_dir, progress=not args.quiet)
+        if args.address is not None and args.backend != "ray":
+            raise ValueError("--address is a Ray cluster's: it needs --backend ray")
+        results = run_sweep(configs, runs_dir=args.runs_dir, progress=not args.quiet, backend=args.backend,
+                            address=args.address)
         for res in results:
             print(_summary(res))
         written = export_report(results, args.out)
         print(f"wrote {len(written)} files to {args.out}: " + ", ".join(p.name for p in written))
         return 0 if all(r.status == "completed" for r in results) else 1
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OSError, RayUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -67,6 +67,7 @@ from workbench.ui.state import (
     HEAD_NOT_FOR_LM,
     METHOD_LABELS,
     NUMBER_CHOICES,
+    QUANTIZE_OPTIONS,
     RANK_CAP,
     TASK_LABELS,
     TRY_MAX_NEW_TOKENS,
@@ -330,6 +331,12 @@ class Workbench:
                                        layout=widgets.Layout(width="auto"))
         self.variant = widgets.Dropdown(options=VARIANT_OPTIONS, value=c.variant, description="variant",
                                         style=label_w, layout=box("205px"))
+        # The base's storage (QLoRA): a dropdown's value cannot be None, so "float" is "none" here.
+        self.quantize = widgets.Dropdown(options=[(label, v or "none") for label, v in QUANTIZE_OPTIONS],
+                                         value=c.quantize or "none", description="base", style=label_w,
+                                         layout=box("230px"),
+                                         tooltip="how the frozen base is stored: float, or quantized with "
+                                                 "bitsandbytes (QLoRA: NF4; LLM.int8); LoRA trains in float on top")
         self.targets: dict[str, widgets.ToggleButton] = self._target_toggles()
         blocks = s.model.blocks or (0,)
         self.layer_range = widgets.IntRangeSlider(value=c.layer_range, min=blocks[0], max=blocks[-1],
@@ -405,6 +412,7 @@ class Workbench:
         self.lora_box = widgets.VBox([
             widgets.HBox([self.rank, self.layer_range], layout=row),
             widgets.HBox([self.alpha, self.variant, self.rslora], layout=row),
+            widgets.HBox([self.quantize], layout=row),
             self.targets_row,
         ])
         settings = widgets.VBox([
@@ -504,6 +512,8 @@ class Workbench:
         for name, w in self._choice_widgets().items():
             w.observe(lambda change, name=name: self._set_choice(name, change["new"]), names="value")
         self._bind_targets()
+        self.quantize.observe(lambda change: self._set_choice("quantize", None if change["new"] == "none"
+                                                              else change["new"]), names="value")
         self.task.observe(lambda change: None if self._syncing else self._switch_task(change["new"]), names="value")
         self.prompt.observe(lambda change: self.state.set_prompt(change["new"]), names="value")
         self.examples.observe(self._on_example, names="value")
@@ -632,6 +642,8 @@ class Workbench:
             for key, box in self.targets.items():
                 box.value = key in c.targets
                 box.icon = "check" if box.value else ""
+            if self.quantize.value != (c.quantize or "none"):
+                self.quantize.value = c.quantize or "none"
         finally:
             self._syncing = False
         self.method_note.value = ("" if self.state.task != "causal-lm" else
@@ -652,7 +664,7 @@ class Workbench:
         for w in (self.task, self.method, self.lr, self.steps, self.batch_size, self.seed, self.train_button,
                   self.export_button, self.delete_button, self.confirm_delete_button):
             w.disabled = running
-        for w in (self.rank, self.alpha, self.rslora, self.variant, *self.targets.values()):
+        for w in (self.rank, self.alpha, self.rslora, self.variant, self.quantize, *self.targets.values()):
             w.disabled = running or not lora
         self.layer_range.disabled = running or not lora or len(s.model.blocks) < 2
         self.stop_button.disabled = not running or s.stopping

@@ -57,7 +57,7 @@ from typing import Any, Callable, Literal
 
 import pandas as pd
 
-from workbench.engine.config import METHODS, RunConfig, RunResult, preset as make_preset
+from workbench.engine.config import METHODS, QUANTIZE_LABELS, RunConfig, RunResult, preset as make_preset
 from workbench.engine.labels import distinct_labels
 from workbench.engine.outcome import Outcome, run_outcome
 from workbench.engine.sweep import FULL_LR, HEAD_LR, VARIANTS
@@ -65,6 +65,7 @@ from workbench.lora.config import LoRAConfig, lora_scaling
 from workbench.lora.roles import model_roles
 from workbench.lora.targets import OUTPUT_NAMES, LayerGroup, head_names, layer_groups, layer_index, targets_for
 from workbench.lora.params import ParamCounts, lora_parameter_count
+from workbench.lora.quantize import QUANTIZE_CHOICES, int8_bits_per_weight, nf4_bits_per_weight
 from workbench.records.store import last_answer
 from workbench.util.checks import check_choice, check_integer, check_positive_int, check_positive_number, is_integer
 from workbench.util.units import format_bytes
@@ -75,6 +76,10 @@ METHOD_LABELS: tuple[tuple[str, str], ...] = (("LoRA", "lora"), ("full fine-tuni
 VARIANT_OPTIONS: tuple[tuple[str, str], ...] = (
     ("LoRA", "lora"), ("DoRA (learned magnitude)", "dora"), ("PiSSA init (top-r SVD of W)", "pissa"),
     ("LoRA+ (B's lr x16)", "loraplus"),
+)
+# How the frozen base is stored under LoRA, as (label, RunConfig.quantize): QLoRA's choices.
+QUANTIZE_OPTIONS: tuple[tuple[str, str | None], ...] = (
+    ("float (no quantization)", None), ("NF4 (4-bit, QLoRA)", "nf4"), ("int8 (LLM.int8)", "int8"),
 )
 # The rank never goes above this, even for wide layers: beyond it a workshop run learns
 # nothing new and a slider becomes hard to aim.
@@ -125,6 +130,19 @@ def default_train(cfg: RunConfig, **kwargs: Any) -> RunResult:
     from workbench.records import recording
 
     return recording.train(cfg, **kwargs)
+
+
+def quantize_note(quantize: str, model: "ModelLayers") -> str:
+    """What a quantized base stores per weight, constants included (``workbench.lora.quantize``)."""
+    if quantize == "nf4":
+        bits = nf4_bits_per_weight()
+        how = "4-bit codes + an 8-bit absmax per 64 weights + an fp32 scale per 256 absmax"
+    else:
+        widths = [g.shape[0] for g in model.targets.values() if g.type == "Linear"] or [1]
+        bits = int8_bits_per_weight(min(widths))
+        how = "8-bit codes + an fp32 scale per output row"
+    return (f"QLoRA base: the frozen block linears stored in {quantize} ({how}: about {bits:.3g} bits, "
+            f"{bits / 8:.3g} byte per weight, against 4 in fp32 and 2 in bf16); LoRA trains in float on top")
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -243,6 +261,7 @@ class Choices:
     steps: int
     batch_size: int
     seed: int
+    quantize: str | None = None  # QLoRA: the frozen base stored in "nf4" or "int8"; None: float (LoRA only)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -542,7 +561,7 @@ class PanelState:
                         if VARIANTS[v] and all(getattr(d.lora, k) == x for k, x in VARIANTS[v].items())), "lora")
         return Choices(method=d.method, variant=variant, rank=d.lora.rank, alpha=d.lora.alpha, rslora=d.lora.rslora,
                        targets=wanted, layer_range=lo_hi, lr=self.starting_lr(d.method), steps=d.steps,
-                       batch_size=d.batch_size, seed=d.seed)
+                       batch_size=d.batch_size, seed=d.seed, quantize=d.quantize if d.method == "lora" else None)
 
     def update(self, **changes: Any) -> None:
         """Change some choices.  They are kept as given; ``problem()`` says what is wrong.
@@ -682,12 +701,30 @@ class PanelState:
                 if c.rank > limit:
                     raise ValueError(f"rank must be at most {limit} for the ticked layers ({why}), got {c.rank}")
                 self.lora_config()  # LoRAConfig's own checks: alpha > 0, ...
+                quantize_problem = self._quantize_problem()
+                if quantize_problem:
+                    return f"Cannot train with these settings: {quantize_problem}"
             check_positive_number("lr", c.lr, what="learning rate")
             check_positive_int("steps", c.steps)
             check_positive_int("batch_size", c.batch_size, what="batch size")
             check_integer("seed", c.seed)
         except ValueError as e:
             return f"Cannot train with these settings: {e}"
+        return None
+
+    def _quantize_problem(self) -> str | None:
+        """Why the quantize choice cannot go with the others (LoRA only), or None."""
+        c = self.choices
+        check_choice("quantize", c.quantize, tuple(v for _, v in QUANTIZE_OPTIONS))
+        if c.quantize is None:
+            return None
+        if c.variant in ("dora", "pissa"):
+            variant = "DoRA" if c.variant == "dora" else "PiSSA"
+            return (f"{variant} reads and rewrites the base weight in full precision, which a {c.quantize} base "
+                    "does not keep: choose plain LoRA or LoRA+ with a quantized base, or a float base")
+        if not any(g.type == "Linear" for g in self.model.targets.values()):
+            return (f"{self.model.name} computes with Conv1D layers (GPT-2 style), which bitsandbytes does not "
+                    "quantize: choose a float base")
         return None
 
     def _check_layer_range(self) -> None:
@@ -727,14 +764,18 @@ class PanelState:
         if c.method != "lora":
             return make_preset(self.preset_name, **over)
         lora = self.lora_config()
-        cfg = make_preset(self.preset_name, **over, lora=lora)
+        cfg = make_preset(self.preset_name, **over, lora=lora, quantize=c.quantize)
         if isinstance(lora.targets, str) or lora.layers is not None:
             # A regex or a layer range makes the default label unreadable: name the kinds.
             kinds = ",".join(s.key for s in self.selected_layers() if s.names)
             layers = lora.layers
             where = "" if not layers else (f", layer {layers[0]}" if len(layers) == 1
                                            else f", layers {layers[0]}-{layers[-1]}")
-            cfg = replace(cfg, name=f"{lora.label().split(' (')[0]} ({kinds}{where})")
+            what = lora.label().split(" (")[0]
+            if c.quantize:  # as RunConfig.label says it: QLoRA, and the base's storage
+                what = f"Q{what}"
+                where += f", {QUANTIZE_LABELS[c.quantize]} base"
+            cfg = replace(cfg, name=f"{what} ({kinds}{where})")
         return cfg
 
     def problem(self) -> str | None:
@@ -793,6 +834,8 @@ class PanelState:
         if isinstance(c.alpha, (int, float)) and not isinstance(c.alpha, bool) and math.isfinite(c.alpha):
             formula = "α/√r" if c.rslora else "α/r"
             how += f" · scale s = {formula} = {lora_scaling(r, c.alpha, bool(c.rslora)):.3g}"
+        if c.quantize in QUANTIZE_CHOICES:
+            how += f" · {quantize_note(c.quantize, self.model)}"
         return Readout(estimate, how, problem, base)
 
     # ------------------------------------------------------------------ the run
@@ -1205,7 +1248,9 @@ class PanelState:
             if folder is None:
                 raise ValueError(f"run {result.run_id} has no stored adapter (a full fine-tuning run keeps none) "
                                  "and its trained model is gone: retrain it to ask it")
-            model, _ = load_base(result.config.model, task="causal-lm", seed=result.config.seed)
+            # A QLoRA run's adapter goes onto the base quantized as it was when it trained.
+            model, _ = load_base(result.config.model, task="causal-lm", seed=result.config.seed,
+                                 quantize=result.config.quantize)
             load_adapter(model, folder)
             loaded = [k for k in self._models if not k.startswith("base:")]
             for key in loaded[:max(0, len(loaded) - TRY_CACHE_RUNS + 1)]:  # dicts keep insertion order

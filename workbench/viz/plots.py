@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,10 @@ MEMORY_COMPONENTS: tuple[tuple[str, str, str], ...] = (
 )
 #: A measured peak above this multiple of the tallest stack is drawn off the scale.
 PEAK_OFF_SCALE = 2.0
+#: The weights of a quantized base (QLoRA: NF4 or int8 codes plus their constants) are
+#: drawn in the weights colour with this hatch, so a QLoRA bar reads as one beside LoRA's.
+QUANTIZED_HATCH = "////"
+QUANTIZED_WEIGHTS_LABEL = "weights, quantized base (codes + constants)"
 
 _LINESTYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D", "v", "P")
@@ -512,8 +517,10 @@ def memory_breakdown(results: Iterable[RunResult]) -> Figure:
     bottoms = np.zeros(len(runs))
     for attr, label, color in MEMORY_COMPONENTS:
         heights = np.array([float(getattr(r.memory, attr)) / MB for r in runs])
-        ax.bar(x, heights, width, bottom=bottoms, color=color, label=label,
-               edgecolor="white", linewidth=0.6)
+        bars = ax.bar(x, heights, width, bottom=bottoms, color=color, label=label,
+                      edgecolor="white", linewidth=0.6)
+        if attr == "weights":
+            _hatch_quantized(ax, bars, runs, color)
         bottoms = bottoms + heights
     stack_max = max(float(bottoms.max()), 1e-9)
     tops = bottoms.copy()  # where each bar's note goes: above its stack or its drawn peak
@@ -555,7 +562,7 @@ def memory_breakdown(results: Iterable[RunResult]) -> Figure:
         ax.annotate(note, (x[i], tops[i]), xytext=(0, 3),
                     textcoords="offset points", ha="center", va="bottom",
                     fontsize=STYLE["annotation_size"], color=STYLE["text_color"])
-    ax.set_xticks(x, [label.replace(" (", "\n(").replace(" · ", "\n") for label in run_labels(runs)])
+    ax.set_xticks(x, [_tick_label(label) for label in run_labels(runs)])
     ax.set_ylim(0, ymax)
     ax.grid(False, axis="x")
     label_axes(ax, title, "run", "memory (MB, 1 MB = 10⁶ bytes)")
@@ -565,9 +572,38 @@ def memory_breakdown(results: Iterable[RunResult]) -> Figure:
                             "edgecolor": STYLE["grid_color"]}
     _legend_outside(ax, labels, opts)
     stack_pos = {label: k for k, (_, label, _) in enumerate(MEMORY_COMPONENTS)}
+    stack_pos[QUANTIZED_WEIGHTS_LABEL] = stack_pos["weights"] - 0.5  # just below the weights it hatches
     order = sorted(range(len(labels)), key=lambda i: -stack_pos.get(labels[i], -1))
     ax.legend([handles[i] for i in order], [labels[i] for i in order], **opts)
     return fig
+
+
+def _tick_label(label: str, width: int = 18) -> str:
+    """A run label on short lines, so that four or more bars' labels do not run into each other."""
+    parts = label.replace(" (", "\n(").replace(" · ", "\n").split("\n")
+    return "\n".join(textwrap.fill(part, width) for part in parts)
+
+
+def _is_quantized_run(result: RunResult) -> bool:
+    return getattr(result.config, "quantize", None) is not None
+
+
+def _hatch_quantized(ax: Axes, bars: Any, runs: Sequence[RunResult], color: str) -> None:
+    """Hatch the weights of runs whose base was quantized (QLoRA), with a legend entry for it.
+
+    Their weights bar is what the run measured: the packed 4/8-bit codes plus the constants
+    bitsandbytes keeps (absmax per block, scales, code books), next to the float weights
+    of the other runs.
+    """
+    quantized = [patch for patch, r in zip(bars.patches, runs) if _is_quantized_run(r)]
+    for patch in quantized:
+        patch.set_hatch(QUANTIZED_HATCH)
+        patch.set_edgecolor(STYLE["face_color"])
+    if quantized:  # a legend entry only: an empty rectangle at the origin, which the bars cover anyway
+        from matplotlib.patches import Rectangle
+
+        ax.add_patch(Rectangle((0, 0), 0, 0, facecolor=color, edgecolor=STYLE["face_color"], hatch=QUANTIZED_HATCH,
+                               label=QUANTIZED_WEIGHTS_LABEL))
 
 
 #: Share of the accuracy axis's height kept free above the highest point for its label
