@@ -37,6 +37,7 @@ active one, or one per row of a mixed batch.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -52,7 +53,7 @@ except ImportError:  # pragma: no cover - transformers is a hard dependency
 
 SUPPORTED_TYPES: tuple[type, ...] = (nn.Linear,) + ((Conv1D,) if Conv1D is not None else ())
 
-__all__ = ["LoRALayer", "SUPPORTED_TYPES", "Conv1D", "layer_shape", "lora_scaling"]
+__all__ = ["LoRALayer", "RowGroups", "SUPPORTED_TYPES", "Conv1D", "layer_shape", "lora_scaling"]
 
 
 def layer_shape(layer: nn.Module) -> tuple[int, int]:
@@ -66,6 +67,21 @@ def layer_shape(layer: nn.Module) -> tuple[int, int]:
         f"LoRA supports {', '.join(t.__name__ for t in SUPPORTED_TYPES)} layers, "
         f"not {type(layer).__name__}"
     )
+
+
+@dataclass(frozen=True)
+class RowGroups:
+    """A mixed batch's rows grouped by adapter: ``groups[name]`` holds the indices of the rows
+    that adapter serves (rows whose adapter is None, the base alone, are in no group)."""
+
+    rows: int
+    groups: dict[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, adapters: list[str | None], device: torch.device | str | None = None) -> "RowGroups":
+        names = [n for n in dict.fromkeys(adapters) if n is not None]  # in order of first row
+        return cls(len(adapters), {n: torch.tensor([i for i, a in enumerate(adapters) if a == n], device=device)
+                                   for n in names})
 
 
 class LoRALayer(nn.Module):
@@ -96,7 +112,8 @@ class LoRALayer(nn.Module):
         # ``adapter_name``; others sit beside it in ``extra_adapters`` (name -> its A, B and scale).
         self.adapter_name, self.active_adapter = "default", "default"
         self.extra_adapters = nn.ModuleDict()  # empty unless more adapters are loaded: no state-dict keys
-        self.row_adapters: list[str | None] | None = None  # a mixed batch: row i's adapter (None: the base)
+        # A mixed batch: adapter name -> the rows it serves, grouped once per batch (workbench.lora.serving).
+        self.row_adapters: RowGroups | None = None
         self.variants: tuple[LoRAVariant, ...] = variants_for(self.config)  # () for plain LoRA
         self.variant = next((v for v in self.variants if v.changes_output), None)  # the one that computes y
         if not any(v.replaces_init for v in self.variants):
@@ -139,12 +156,12 @@ class LoRALayer(nn.Module):
         if self.row_adapters is None:
             update = self.named_update(self.active_adapter)
             return result if update is None else result + update(self.lora_input(x)).to(result.dtype)
-        if len(self.row_adapters) != x.shape[0]:
-            raise ValueError(f"{len(self.row_adapters)} adapter names for a batch of {x.shape[0]} rows")
-        for name in dict.fromkeys(self.row_adapters):  # each adapter once, in order of first row
+        if self.row_adapters.rows != x.shape[0]:
+            raise ValueError(f"{self.row_adapters.rows} adapter names for a batch of {x.shape[0]} rows")
+        for name, rows in self.row_adapters.groups.items():  # each adapter once, in order of first row
             update = self.named_update(name)
             if update is not None:
-                rows = torch.tensor([i for i, n in enumerate(self.row_adapters) if n == name], device=x.device)
+                rows = rows.to(x.device)  # a no-op unless the model spans devices
                 result = result.index_add(0, rows, update(self.lora_input(x[rows])).to(result.dtype))
         return result
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from workbench.lora.config import LoRAConfig
-from workbench.lora.layer import LoRALayer
+from workbench.lora.layer import LoRALayer, RowGroups
 
 __all__ = ["DEFAULT_NAME", "NamedAdapter", "AdapterSet", "adapter_names", "active_adapter", "set_adapter",
            "check_adapter_name", "check_row_adapters", "adapters_per_row", "plain_view", "adapter_bytes",
@@ -171,9 +171,11 @@ def adapters_per_row(model: nn.Module, adapters: Sequence[str | None]) -> Iterat
     layers = [m for m in model.modules() if isinstance(m, LoRALayer)]
     if any(layer.merged for layer in layers):
         raise RuntimeError("the model's LoRA layers are merged; unmerge_lora before serving a batch per adapter")
+    device = next((p.device for layer in layers for p in layer.parameters()), None)
+    groups = RowGroups.of(adapters, device)  # once per batch, not in every layer at every step
     try:
         for layer in layers:
-            layer.row_adapters = adapters
+            layer.row_adapters = groups
         yield
     finally:
         for layer in layers:
