@@ -36,6 +36,7 @@ from workbench.lora.quantize import (
     model_quantization,
     quantize_layer,
     quantize_model,
+    quantized_layer_types,
     quantized_bytes_per_weight,
     quantized_layer_bytes,
 )
@@ -257,6 +258,33 @@ def test_a_quantized_run_trains_and_counts_its_quantized_weights():
     float_run = wb.train(preset("tiny", steps=3, eval_every=0, threads=1, bf16=False), runs_dir=None,
                          progress=False)
     assert result.memory.weights < float_run.memory.weights
+
+
+@pytest.mark.parametrize("quantize", ["nf4", "int8"])
+def test_a_model_trained_in_a_worker_comes_back_quantized_and_exports(quantize, tmp_path):
+    """The worker process pickles the trained model back; bitsandbytes' weight classes must survive
+    it, or a copy (export_merged's) loses the quantization constants."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForSequenceClassification
+
+    result = wb.train(preset("tiny", quantize=quantize, steps=3, eval_every=0, threads=1, bf16=False),
+                      runs_dir=None, progress=False, keep_model=True)
+    assert result.status == "completed", result.message
+    # Train mode with dropout off: bitsandbytes' int8 evaluates with int8 inputs, and trains, as
+    # the export computes, through the dequantized weight.
+    model = result.model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    kind = bnb.nn.Params4bit if quantize == "nf4" else bnb.nn.Int8Params
+    weights = [m.weight for m in model.modules() if isinstance(m, quantized_layer_types())]
+    assert weights and all(type(w) is kind for w in weights)
+    folder = wb.export_merged(model, wb.load_tokenizer(result.config.model), tmp_path / "merged", dequantize=True)
+    plain = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    inputs = {"input_ids": torch.randint(5, 100, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    with torch.no_grad():
+        want, got = model(**inputs).logits, plain(**inputs).logits
+    assert_close(got, want, 1e-5, "exported (dequantized, merged) against the returned quantized model")
 
 
 # ---- dequantize, merge, export ---------------------------------------------------------------------------------------

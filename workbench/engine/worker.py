@@ -50,6 +50,7 @@ import pandas as pd
 
 from workbench.engine.config import HISTORY_COLUMNS, RunConfig, RunResult
 from workbench.engine.events import RunSink, StepInfo
+from workbench.lora.quantize import restore_quantized_weights
 
 __all__ = ["train_in_worker", "WorkerDied", "close_fork_server"]
 
@@ -182,6 +183,8 @@ class _Follower:
             self.result = result
         else:
             _adopt(self.result, result)
+        if model is not None:
+            restore_quantized_weights(model)  # bitsandbytes' weight classes, lost in the pickle
         if self.job.keep_model:
             self.result.model = model
         self.sinks.on_finish(self.result, model)

@@ -105,21 +105,26 @@ class _CastNotice(logging.Filter):
         return "will be cast from" not in record.getMessage()
 
 
+class _KernelsNotice(logging.Filter):
+    """Drops bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" warning,
+    logged when it is imported on a CPU with AVX-512 bf16 and the optional ``kernels`` package
+    (a faster NF4 kernel downloaded from the Hub) is absent: its own CPU path works without it.
+    Installed when this module loads, since bitsandbytes may be imported by unpickling a model."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_KernelsNotice())
+
+
 def _bnb():
     """The ``bitsandbytes`` module, or an ImportError that says how to get it."""
-    # On CPUs with AVX-512 bf16, bitsandbytes' import looks for an optional faster NF4 kernel
-    # (the `kernels` package, downloaded from the Hub) and logs a warning when it is absent;
-    # its own CPU path works without it, so that one message is kept below the warning level.
-    cpu_ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level = cpu_ops.level
-    cpu_ops.setLevel(logging.ERROR)
     try:
         import bitsandbytes
     except ImportError as e:  # pragma: no cover - a hard dependency (requirements.txt)
         raise ImportError("quantize='nf4' or 'int8' needs bitsandbytes (pip install bitsandbytes); "
                           f"it could not be imported: {e}") from None
-    finally:
-        cpu_ops.setLevel(level)
     log = logging.getLogger("bitsandbytes.autograd._functions")
     if not any(isinstance(f, _CastNotice) for f in log.filters):
         log.addFilter(_CastNotice())
@@ -385,3 +390,29 @@ def quantized_layer_bytes(layer: nn.Module) -> int:
     """All the bytes a quantized layer's weight costs: codes + constants (bias not included)."""
     w = layer.weight
     return w.numel() * w.element_size() + sum(t.untyped_storage().nbytes() for t in _state_tensors(layer))
+
+
+def restore_quantized_weights(model: nn.Module) -> nn.Module:
+    """Give each quantized layer its bitsandbytes weight class back after a trip between processes.
+
+    torch's multiprocessing pickler rebuilds a ``Parameter`` subclass as a plain ``Parameter``
+    carrying the subclass's attributes (``quant_state``; ``CB``, ``SCB``).  bitsandbytes'
+    forward still runs on it, but a copy of it (``copy.deepcopy``, as ``export_merged`` makes)
+    drops those attributes, and the codes could no longer be read back.  A model trained in a
+    worker process comes back through here (``workbench.engine.worker``).
+    """
+    types = quantized_layer_types()
+    if not types:
+        return model
+    bnb = sys.modules["bitsandbytes"]
+    for layer in model.modules():
+        w = getattr(layer, "weight", None)
+        if isinstance(layer, bnb.nn.Linear4bit) and not isinstance(w, bnb.nn.Params4bit):
+            layer.weight = bnb.nn.Params4bit(
+                w.data, requires_grad=w.requires_grad, quant_state=w.quant_state, blocksize=w.blocksize,
+                compress_statistics=w.compress_statistics, quant_type=w.quant_type,
+                quant_storage=w.quant_storage, module=layer, bnb_quantized=True)
+        elif isinstance(layer, bnb.nn.Linear8bitLt) and not isinstance(w, bnb.nn.Int8Params):
+            layer.weight = bnb.nn.Int8Params(w.data, requires_grad=w.requires_grad,
+                                             has_fp16_weights=w.has_fp16_weights, CB=w.CB, SCB=w.SCB)
+    return model
