@@ -580,7 +580,7 @@ def memory_breakdown(results: Iterable[RunResult]) -> Figure:
 
 def _tick_label(label: str, width: int = 18) -> str:
     """A run label on short lines, so that four or more bars' labels do not run into each other."""
-    parts = label.replace(" (", "\n(").replace(" · ", "\n").split("\n")
+    parts = label.replace(" (", "\n(").replace(" · ", "\n").replace(" [", "\n[").split("\n")
     return "\n".join(textwrap.fill(part, width) for part in parts)
 
 
