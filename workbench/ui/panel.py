@@ -333,8 +333,8 @@ class Workbench:
                                         style=label_w, layout=box("205px"))
         # The base's storage (QLoRA): a dropdown's value cannot be None, so "float" is "none" here.
         self.quantize = widgets.Dropdown(options=[(label, v or "none") for label, v in QUANTIZE_OPTIONS],
-                                         value=c.quantize or "none", description="base", style=label_w,
-                                         layout=box("230px"),
+                                         value=c.quantize or "none", description="quantize",
+                                         style={"description_width": "60px"}, layout=box("242px"),
                                          tooltip="how the frozen base is stored: float, or quantized with "
                                                  "bitsandbytes (QLoRA: NF4; LLM.int8); LoRA trains in float on top")
         self.targets: dict[str, widgets.ToggleButton] = self._target_toggles()
