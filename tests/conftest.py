@@ -43,3 +43,13 @@ def sst2_dir() -> Path:
     if not (SST2 / "dev.tsv").is_file():
         pytest.skip("../shared/data/sst2 is not present")
     return SST2
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Models this small run fastest on one thread, and do not wait on a busy machine's other core.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

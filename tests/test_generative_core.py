@@ -118,13 +118,7 @@ BERT = Arch("bert-classifier", _seeded(lambda: BertForSequenceClassification(Ber
 ALL = ARCHS + [BERT]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Models this small run fastest on one thread, and do not wait on a busy machine's other core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 LMS = [pytest.param(a, id=a.id) for a in ARCHS]
 EVERY = [pytest.param(a, id=a.id) for a in ALL]
 PROMPTS = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10 w11", "w12 w13", "w14 w15 w16 w17 w18"]

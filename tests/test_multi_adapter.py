@@ -34,12 +34,7 @@ PEFT_TARGETS = {"gpt2": ["c_proj"], "llama": ["o_proj", "down_proj"]}  # PEFT's 
 ROWS = ["sql", "chat", None, "peft", "sql"]  # five prompts: two share an adapter, one asks for the base
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _ours(arch, rank, targets, seed):

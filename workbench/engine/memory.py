@@ -958,10 +958,17 @@ def _gpt2_activations(model: nn.Module, tape: _Tape, B: int, S: int, device: str
     g = tape.layer_norm(x, T, H, g, trainable_under(prefix + "ln_f"), "ln_f")
     names = dict(model.named_modules())
     head_prefix = prefix[: -len("transformer.")] if prefix.endswith("transformer.") else prefix
+    _decoder_head(tape, model, names, info, head_prefix, "ln_f_out", B=B, T=T, H=H, vocab=vocab, e=e, g=g)
+
+
+def _decoder_head(tape: _Tape, model: nn.Module, names: Mapping[str, nn.Module], info: Callable[[str], Any],
+                  head_prefix: str, x: str, *, B: int, T: int, H: int, vocab: int, e: int, g: bool) -> None:
+    """A decoder's head on its final norm's output ``x`` (GPT-2 and Llama alike), and its loss."""
+    cfg = model.config
     if head_prefix + "lm_head" in names:
         # Every position predicts the next token: cross entropy over T x vocab logits,
         # computed in float32 whatever the model's dtype.
-        g = tape.linear(info(head_prefix + "lm_head"), "ln_f_out", T * H, g, T, "lm_head")
+        g = tape.linear(info(head_prefix + "lm_head"), x, T * H, g, T, "lm_head")
         if g:
             tape.save("loss.log_probs", T * vocab * 4)
             tape.save("loss.labels", T * 8)
@@ -970,7 +977,7 @@ def _gpt2_activations(model: nn.Module, tape: _Tape, B: int, S: int, device: str
         labels = _cfg(cfg, "num_labels", default=2)
         # Scores for every position, then the last non-padding one is picked: the
         # indexing saves its two index vectors (B each).
-        g = tape.linear(info(head_prefix + "score"), "ln_f_out", T * H, g, T, "score")
+        g = tape.linear(info(head_prefix + "score"), x, T * H, g, T, "score")
         if g:
             tape.save("score.pick_indices", 2 * B * 8)
             tape.save("loss.log_probs", B * labels * e)
@@ -1082,22 +1089,7 @@ def _llama_activations(model: nn.Module, tape: _Tape, B: int, S: int, device: st
         x = _hidden_label(layers, pos + 1)
     g = _rms_norm(tape, x, T, H, g, trainable_under(prefix + "norm"), "norm")
     head_prefix = prefix[: -len("model.")] if prefix.endswith("model.") else prefix
-    if head_prefix + "lm_head" in names:
-        g = tape.linear(info(head_prefix + "lm_head"), "norm_out", T * H, g, T, "lm_head")
-        if g:  # cross entropy over T x vocab logits, in float32 whatever the model's dtype
-            tape.save("loss.log_probs", T * vocab * 4)
-            tape.save("loss.labels", T * 8)
-            tape.save("loss.total_weight", 4)
-    elif head_prefix + "score" in names:
-        labels = _cfg(cfg, "num_labels", default=2)
-        g = tape.linear(info(head_prefix + "score"), "norm_out", T * H, g, T, "score")
-        if g:
-            tape.save("score.pick_indices", 2 * B * 8)
-            tape.save("loss.log_probs", B * labels * e)
-            tape.save("loss.labels", B * 8)
-            tape.save("loss.total_weight", e)
-    else:
-        raise ValueError(f"unsupported head on {type(model).__name__}: expected lm_head or score")
+    _decoder_head(tape, model, names, info, head_prefix, "norm_out", B=B, T=T, H=H, vocab=vocab, e=e, g=g)
 
 
 _ARCHITECTURES: tuple[tuple[str, Callable[..., None]], ...] = (
