@@ -37,6 +37,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.patches import Rectangle
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter
@@ -573,6 +574,11 @@ def memory_breakdown(results: Iterable[RunResult]) -> Figure:
     _legend_outside(ax, labels, opts)
     stack_pos = {label: k for k, (_, label, _) in enumerate(MEMORY_COMPONENTS)}
     stack_pos[QUANTIZED_WEIGHTS_LABEL] = stack_pos["weights"] - 0.5  # just below the weights it hatches
+    # A component's legend swatch is its plain colour: matplotlib would copy the first bar, which
+    # is hatched when the first run's base is quantized.
+    plain = {label: Rectangle((0, 0), 0, 0, facecolor=color, edgecolor="white")
+             for _, label, color in MEMORY_COMPONENTS}
+    handles = [plain.get(label, h) for h, label in zip(handles, labels)]
     order = sorted(range(len(labels)), key=lambda i: -stack_pos.get(labels[i], -1))
     ax.legend([handles[i] for i in order], [labels[i] for i in order], **opts)
     return fig
@@ -600,8 +606,6 @@ def _hatch_quantized(ax: Axes, bars: Any, runs: Sequence[RunResult], color: str)
         patch.set_hatch(QUANTIZED_HATCH)
         patch.set_edgecolor(STYLE["face_color"])
     if quantized:  # a legend entry only: an empty rectangle at the origin, which the bars cover anyway
-        from matplotlib.patches import Rectangle
-
         ax.add_patch(Rectangle((0, 0), 0, 0, facecolor=color, edgecolor=STYLE["face_color"], hatch=QUANTIZED_HATCH,
                                label=QUANTIZED_WEIGHTS_LABEL))
 
