@@ -22,7 +22,7 @@ import torch  # noqa: E402
 import workbench as wb  # noqa: E402
 from workbench.engine.timing import interleaved_timings  # noqa: E402
 from workbench.engine.data import load_texts  # noqa: E402
-from workbench.engine.training import resolve_device  # noqa: E402
+from workbench.engine.hardware import resolve_device  # noqa: E402
 from workbench.engine.memory import SavedActivations, gradient_bytes, optimizer_state_bytes, parameter_bytes  # noqa: E402
 from workbench.util.units import format_bytes  # noqa: E402
 

@@ -7,19 +7,21 @@ notebook panel all speak about runs in the same words.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pandas as pd
 
+from workbench.engine import labels  # a run's names (label, slug) are built there
+from workbench.engine.data import TASKS, Task
 from workbench.engine.memory import MemoryBreakdown
 from workbench.lora.config import LoRAConfig, split_settings
 from workbench.lora.params import ParamCounts
 from workbench.lora.quantize import check_quantize
+from workbench.util.checks import (check_choice, check_integer, check_number, check_positive_int,
+                                   check_positive_number, is_probability)
 
-# How a quantized base is named in labels and legends.
-QUANTIZE_LABELS: dict[str, str] = {"nf4": "NF4", "int8": "int8"}
 Method = Literal["lora", "full", "head"]
-METHODS: tuple[str, ...] = ("lora", "full", "head")
+METHODS: tuple[str, ...] = get_args(Method)
 # The columns of a run's curve (``RunResult.history``, the store's history.csv): one row per
 # optimizer step, the evaluation columns filled at the steps that evaluated (NaN elsewhere).
 # A language model's run (task "causal-lm") also fills the generative columns:
@@ -29,6 +31,21 @@ METHODS: tuple[str, ...] = ("lora", "full", "head")
 # and its eval_accuracy is the completion tokens' next-token accuracy.
 GENERATIVE_COLUMNS: tuple[str, ...] = ("eval_exact_match", "eval_perplexity", "heldout_loss")
 HISTORY_COLUMNS: tuple[str, ...] = ("step", "train_loss", "lr", "eval_loss", "eval_accuracy") + GENERATIVE_COLUMNS
+
+
+def history_row(step: int, train_loss: float, lr: float, evaluation: dict[str, float] | None = None) -> dict[str, Any]:
+    """One row of a run's curve, built here only (the loop, the worker and the Ray sweep all call this).
+
+    A step that evaluated adds its ``evaluation`` (eval_loss, eval_accuracy and, for a
+    language model, the generative columns); a step that did not leaves them out, and the
+    curve's frame shows NaN there.
+    """
+    return {"step": step, "train_loss": train_loss, "lr": lr, **(evaluation or {})}
+
+
+def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A run's curve (``RunResult.history``) from its rows: the HISTORY_COLUMNS, NaN where a step has no value."""
+    return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
 
 
 @dataclass
@@ -53,7 +70,7 @@ class RunConfig:
     model_dropout: float | None = None  # the base model's own dropout layers; None keeps the checkpoint's (0.1 for BERT)
     # Model and data.
     model: str = "minilm"  # "minilm" (bundled), a tiny preset, a Hub name or a local folder
-    task: Literal["classification", "causal-lm"] = "classification"
+    task: Task = "classification"
     data: str = "default"  # the bundled task, a CSV/TSV/JSONL path, or a `datasets` name
     eval_data: str | None = None  # None: a held-out split of `data` (or the bundled validation set)
     text_column: str = "text"
@@ -81,31 +98,72 @@ class RunConfig:
     name: str | None = None  # a label for tables and legends; default built from the settings
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Every check a config allows without loading a model; say what is wrong and what is allowed.
+
+        Runs when the config is made (and ``replace``/``with_changes`` make a new one); ``train``
+        runs it again, since a dataclass's fields can be set after it was made.  What needs the
+        model itself (does a target name match a layer, is a rank above a layer's width) is
+        checked where the model is loaded.
+        """
         if not isinstance(self.lora, LoRAConfig):
             raise TypeError(f"lora must be a LoRAConfig (e.g. LoRAConfig(rank=8)), got {type(self.lora).__name__}")
+        check_choice("method", self.method, METHODS)
+        check_choice("task", self.task, TASKS)
         check_quantize(self.quantize)
         if self.quantize is not None and self.method == "full":
             raise ValueError(f"quantize={self.quantize!r} stores the frozen base in {self.quantize}, and full "
                              "fine-tuning trains every weight, which quantized weights cannot: use method 'lora' "
                              "(QLoRA) or 'head' with quantize, or quantize=None for full fine-tuning")
+        if self.quantize is not None and self.method == "lora" and (self.lora.dora or self.lora.init == "pissa"):
+            variant = "DoRA" if self.lora.dora else "PiSSA"
+            raise ValueError(f"{variant} reads and rewrites the base weight W in full precision, which a "
+                             f"{self.quantize} base does not keep: use plain LoRA or LoRA+ on a quantized base "
+                             "(dora=False, init='kaiming' or 'gaussian'), or quantize=None")
+        if self.method == "head" and self.task != "classification":
+            raise ValueError("method 'head' trains a classification head, and a language model (task 'causal-lm') "
+                             "has none to train apart: choose method 'lora' or 'full'")
+        for name in ("model", "data", "text_column", "label_column"):
+            _check_text(name, getattr(self, name))
+        for name in ("eval_data", "heldout_data", "name"):
+            if getattr(self, name) is not None:
+                _check_text(name, getattr(self, name), what="or None")
+        check_positive_number("lr", self.lr, what="learning rate")  # first: the panel shows lr, steps, batch, seed
+        check_positive_int("steps", self.steps)
+        check_positive_int("batch_size", self.batch_size, what="batch size")
+        check_positive_int("max_length", self.max_length)
+        check_integer("max_length", self.max_length, 2, what="tokens per example: at least a token and its next")
+        for name in ("max_train_examples", "max_eval_examples"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name), what="None keeps every example")
+        check_number("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_number("max_grad_norm", self.max_grad_norm, 0, what="0 turns clipping off")
+        check_integer("eval_every", self.eval_every, 0, what="0 evaluates only at the end")
+        check_integer("seed", self.seed)
+        if self.threads is not None:
+            check_positive_int("threads", self.threads, what="None keeps torch's default")
+        if self.model_dropout is not None and not is_probability(self.model_dropout):
+            raise ValueError("model_dropout must be None (the checkpoint's own) or a probability in [0, 1), "
+                             f"got {self.model_dropout!r}")
+        if self.bf16 != "auto" and not isinstance(self.bf16, bool):
+            raise ValueError(f"bf16 must be True, False or 'auto', got {self.bf16!r}")
+        _check_device(self.device)
+        if self.task == "causal-lm":
+            if self.max_generate_examples is not None:
+                check_integer("max_generate_examples", self.max_generate_examples, 0,
+                              what="0 or None: None answers every evaluation prompt, 0 none")
+            check_positive_int("max_new_tokens", self.max_new_tokens, what="the longest answer generated")
 
     def label(self) -> str:
-        """A short human label: 'LoRA r=8 (query,value)', 'full fine-tuning', 'head only'."""
-        if self.name:
-            return self.name
-        if self.method == "full":
-            return "full fine-tuning"
-        base = f", {QUANTIZE_LABELS[self.quantize]} base" if self.quantize else ""
-        if self.method == "head":
-            return "head only" + base
-        if self.quantize:  # QLoRA: the same label, the quantized base named
-            return "Q" + self.lora.label() + base
-        return self.lora.label()
+        """A short human label: 'LoRA r=8 (query,value)', 'full fine-tuning', 'head only' (``labels.label``)."""
+        return labels.label(self)
 
     def slug(self) -> str:
-        """The settings part of a run id: 'lora-r8', 'dora-r8-pissa', 'full', 'head' ('-nf4' with quantize)."""
-        slug = self.lora.slug() if self.method == "lora" else self.method
-        return f"{slug}-{self.quantize}" if self.quantize else slug
+        """The settings part of a run id: 'lora-r8', 'dora-r8-pissa', 'full', 'head' (``labels.slug``)."""
+        return labels.slug(self)
 
     def with_changes(self, **changes: Any) -> "RunConfig":
         """A copy with fields changed; LoRA settings (``rank=4``) go into ``lora``."""
@@ -133,6 +191,34 @@ class RunConfig:
         lora = d.get("lora")
         lora = LoRAConfig.from_dict(lora) if isinstance(lora, dict) else LoRAConfig.from_dict(lora_flat)
         return cls(**{k: v for k, v in d.items() if k in known and k != "lora"}, lora=lora)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check a config before anything loads: a RunConfig, and its own checks (``RunConfig.check``)."""
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"train needs a RunConfig (e.g. wb.preset('default', rank=8)), got {type(cfg).__name__}")
+    cfg.check()
+
+
+def _check_text(name: str, value: object, what: str | None = None) -> None:
+    """A non-empty string (a name, a path, a column)."""
+    if not isinstance(value, str) or not value.strip():
+        say = f"{name} ({what})" if what else name
+        raise ValueError(f"{say} must be a non-empty string, got {value!r}")
+
+
+def _check_device(device: object) -> None:
+    """'auto', or a name torch reads as a device ('cpu', 'cuda', 'cuda:1', ...).  Whether that
+    device is there is asked when the run starts: a config may be made here for a cluster's GPU."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device must be 'auto' (CUDA when present, else the CPU) or a torch device such as "
+                         f"'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
 
 
 @dataclass

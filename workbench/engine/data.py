@@ -1,6 +1,8 @@
 """From a data source to tokenized, dynamically padded batches: one code path for every run.
 
-The steps, in the order a run takes them:
+(Files are opened in ``workbench.engine.files``; a run's batches are made by
+``workbench.engine.batches.run_batches``, which calls the steps below.)  The steps, in the
+order a run takes them:
 
 1. ``load_texts`` reads texts and integer labels from one source: the bundled task
    ("default"), a local .csv / .tsv / .jsonl / .json file (or a folder holding
@@ -22,20 +24,19 @@ for a tokens-per-second figure: ``num_tokens = sum(attention_mask)``.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence, get_args
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from workbench.engine.bundled import bundled_data_dir
+from workbench.engine.files import (FILE_SUFFIXES, SPLIT_ALIASES, DataError, has_split, looks_like_path, read_rows,
+                                    split_file)
 from workbench.util.checks import check_choice, check_integer, check_number, check_positive_int, is_integer
 
 # --------------------------------------------------------------------------------------
@@ -46,13 +47,6 @@ DEFAULT_TASK = "who_acts"
 DATA_DIR = bundled_data_dir()  # the checkout's data/, or the copy an installed package carries
 DEFAULT_TASK_DIR = DATA_DIR / DEFAULT_TASK
 
-FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
-# Names a folder's evaluation file may carry, tried in this order.
-SPLIT_ALIASES = {
-    "train": ("train",),
-    "validation": ("validation", "dev", "valid", "val", "eval"),
-    "test": ("test",),
-}
 ACCEPTED_SOURCES = (
     '"default" (the bundled task, splits "train", "validation", "test"); '
     "a path to a .csv, .tsv, .jsonl or .json file; a folder holding train.* and "
@@ -61,13 +55,10 @@ ACCEPTED_SOURCES = (
     "network access or a local datasets cache"
 )
 
+# The tasks a run can have, declared here once (RunConfig, the models, the planner and the panel take them from here).
 Task = Literal["classification", "causal-lm"]
-TASKS: tuple[str, ...] = ("classification", "causal-lm")
+TASKS: tuple[str, ...] = get_args(Task)
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy (and Hugging Face) skip
-
-
-class DataError(ValueError):
-    """A data source could not be read as texts and labels; the message says why."""
 
 
 @dataclass
@@ -132,86 +123,6 @@ class TextDataset:
 # --------------------------------------------------------------------------------------
 # Reading one source
 # --------------------------------------------------------------------------------------
-
-
-def _looks_like_path(source: str) -> bool:
-    """A string is meant as a local path if it exists, ends like a data file, or starts
-    like a path; anything else is taken to be a Hugging Face datasets name."""
-    return (
-        os.path.exists(source)
-        or source.lower().endswith(FILE_SUFFIXES)
-        or source.startswith(("/", "./", "../", "~"))
-    )
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .csv / .tsv / .jsonl / .json file as dicts keyed by column name.
-
-    TSV files are read as GLUE writes them: tab-separated, no quoting (a ``"`` inside a
-    sentence is an ordinary character). CSV files use standard CSV quoting.
-    """
-    suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8-sig")
-    if not text.strip():
-        raise DataError(f"{path} is empty: it holds no rows")
-    if suffix in (".csv", ".tsv"):
-        # newline="": only \n, \r\n and \r end a line (str.splitlines would also split on
-        # characters such as U+2028 that may sit inside a text).
-        lines = io.StringIO(text, newline="")
-        if suffix == ".tsv":
-            reader = csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
-        else:
-            reader = csv.DictReader(lines)
-        rows = list(reader)
-        if not rows:
-            raise DataError(f"{path} has a header line ({', '.join(reader.fieldnames or [])}) "
-                            "but no rows")
-        return rows
-    if suffix == ".json":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError:
-            obj = None  # not one JSON document: read it as JSON lines below
-        if isinstance(obj, list):
-            rows = obj
-        elif isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):
-            lengths = {len(v) for v in obj.values()}
-            if len(lengths) != 1:
-                raise DataError(f"{path}: the column lists have different lengths {sorted(lengths)}")
-            keys = list(obj)
-            rows = [dict(zip(keys, vals)) for vals in zip(*obj.values())]
-        elif isinstance(obj, dict) and isinstance(obj.get("data"), list):
-            rows = obj["data"]
-        elif obj is None:
-            rows = _json_lines(path, text)
-        else:
-            raise DataError(
-                f"{path}: a .json file must hold a list of records, a dict of equally long "
-                "column lists, {\"data\": [records]}, or one JSON record per line"
-            )
-    elif suffix == ".jsonl":
-        rows = _json_lines(path, text)
-    else:
-        raise DataError(f"{path}: unknown file type {suffix!r}; accepted: {', '.join(FILE_SUFFIXES)}")
-    if not rows:
-        raise DataError(f"{path} is empty: it holds no rows")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: record {i + 1} is a {type(row).__name__}, not an object "
-                            "with named fields")
-    return rows
-
-
-def _json_lines(path: Path, text: str) -> list[dict[str, Any]]:
-    rows = []
-    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: see above
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from None
-    return rows
 
 
 def _check_columns(columns: Sequence[str], wanted: dict[str, str | None], where: str) -> None:
@@ -293,21 +204,6 @@ def _dataset_from_rows(rows: list[dict[str, Any]], text_column: str, label_colum
     return TextDataset(texts=texts, labels=labels, label_names=names, name=name)
 
 
-def _split_file(folder: Path, split: str) -> Path:
-    """The file for ``split`` in a folder: e.g. validation -> validation.jsonl or dev.tsv."""
-    names = SPLIT_ALIASES.get(split, (split,))
-    for stem in names:
-        for suffix in FILE_SUFFIXES:
-            candidate = folder / f"{stem}{suffix}"
-            if candidate.is_file():
-                return candidate
-    present = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in FILE_SUFFIXES)
-    raise DataError(
-        f"{folder} has no file for split {split!r} (looked for {', '.join(names)} with "
-        f"suffix {', '.join(FILE_SUFFIXES)}). Data files present: {', '.join(present) or 'none'}"
-    )
-
-
 def load_default(split: str = "train") -> TextDataset:
     """A split of the bundled task (see data/README.md): "train", "validation" or "test"."""
     if split not in SPLIT_ALIASES:
@@ -318,7 +214,7 @@ def load_default(split: str = "train") -> TextDataset:
         raise DataError(f"the bundled task file {path} is missing; regenerate it with "
                         f"`python {DATA_DIR / 'make_task.py'}`")
     meta = json.loads((DEFAULT_TASK_DIR / "labels.json").read_text(encoding="utf-8"))
-    return _dataset_from_rows(_read_rows(path), "text", "label", str(path),
+    return _dataset_from_rows(read_rows(path), "text", "label", str(path),
                               f"{DEFAULT_TASK}/{split}", meta["label_names"])
 
 
@@ -337,6 +233,8 @@ def _load_hub(source: str, split: str, text_column: str, label_column: str | Non
             f"Accepted data sources: {ACCEPTED_SOURCES}."
         ) from err
     where = f"dataset {source!r} split {split!r}"
+    if len(hf) == 0:
+        raise DataError(f"{where} holds no rows: choose a split with examples")
     _check_columns(list(hf.column_names), {"text": text_column, "label": label_column}, where)
     texts = [str(t) for t in hf[text_column]]
     if label_column is None:
@@ -366,16 +264,16 @@ def load_texts(source: str, split: str = "train", text_column: str = "text",
         if label_column is None:
             return TextDataset(texts=ds.texts, name=ds.name)
         return ds
-    if _looks_like_path(source):
+    if looks_like_path(source):
         path = Path(source).expanduser()
         if path.is_dir():
-            path = _split_file(path, split)
+            path = split_file(path, split)
         elif not path.exists():
             raise DataError(f"no such file: {path}. Accepted data sources: {ACCEPTED_SOURCES}.")
         if path.suffix.lower() not in FILE_SUFFIXES:
             raise DataError(f"{path}: unknown file type {path.suffix!r}; accepted: "
                             f"{', '.join(FILE_SUFFIXES)}")
-        return _dataset_from_rows(_read_rows(path), text_column, label_column, str(path),
+        return _dataset_from_rows(read_rows(path), text_column, label_column, str(path),
                                   path.name, label_names)
     return _load_hub(source, split, text_column, label_column, label_names)
 
@@ -425,12 +323,14 @@ def load_task(data: str = "default", eval_data: str | None = None, text_column: 
     if data.strip() == "default":
         return train, load_texts("default", "validation", text_column, label_column)
     path = Path(data.strip()).expanduser()
-    is_file = _looks_like_path(data.strip()) and not path.is_dir()
+    is_file = looks_like_path(data.strip()) and not path.is_dir()
     if not is_file:
         try:
             return train, load_texts(data, "validation", text_column, label_column, names)
         except DataError:
-            pass  # no validation split: hold out part of train below
+            if has_split(path, "validation"):
+                raise  # the folder's validation file is there and could not be read: say so
+            # no validation split: hold out part of train below
     return train_eval_split(train, eval_fraction, seed)
 
 

@@ -22,10 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from workbench.engine.config import history_row
+
 if TYPE_CHECKING:
     from torch import nn
 
     from workbench.engine.config import RunConfig, RunResult
+
+_STEP_COLUMNS = ("step", "train_loss", "lr", "eval_loss", "eval_accuracy")  # StepInfo's own fields of a row
 
 
 @dataclass
@@ -41,6 +45,19 @@ class StepInfo:
     eval_accuracy: float | None = None
     history: list[dict] = field(default_factory=list)  # every row so far (step, train_loss, ...)
     metrics: dict[str, float] = field(default_factory=dict)  # a language model's evaluation: eval_exact_match, ...
+
+    @classmethod
+    def from_row(cls, row: dict, steps: int, seconds: float, history: list[dict]) -> "StepInfo":
+        """The step's info from its row of the curve (``history_row``)."""
+        return cls(row["step"], steps, row["train_loss"], row["lr"], seconds, row.get("eval_loss"),
+                   row.get("eval_accuracy"), history, {k: v for k, v in row.items() if k not in _STEP_COLUMNS})
+
+    def row(self) -> dict:
+        """The step's row of the curve again (``history_row``): what a worker's caller or the
+        Ray sweep's board keeps of each step they hear of."""
+        evaluation = {} if self.eval_loss is None else {"eval_loss": self.eval_loss,
+                                                        "eval_accuracy": self.eval_accuracy}
+        return history_row(self.step, self.train_loss, self.lr, {**evaluation, **self.metrics})
 
 
 class RunSink:

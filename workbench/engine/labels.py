@@ -1,27 +1,125 @@
-"""Names for several runs shown together: each says what sets it apart from the others.
+"""A run's names, all built here: its label, its slug, its short label and its id's text.
 
-``config.label()`` names a run by method, variant, rank and targets ("LoRA r=1
-(query,value)"); five runs that differ only in learning rate would read identically in a
-legend.  ``distinct_labels(configs)`` keeps that label and appends every setting whose
-value is not the same across the runs shown::
+Every layer names a run the same way because every layer asks this module:
 
-    LoRA r=1 (query,value) · lr=0.001          LoRA r=1 (query,value) · lr=0.01
+* ``label(config)``: the human label in tables, legends and messages ("LoRA r=8
+  (query,value)", "QLoRA r=4 (query,value), NF4 base", "full fine-tuning", "head only");
+  ``RunConfig.label()`` is this function.  The LoRA part comes from ``LoRAConfig.label()``
+  (the LoRA core names its own settings; it cannot import the engine).
+* ``slug(config)``: the settings part of a run id ("lora-r8", "dora-r8-pissa", "full",
+  "head", "-nf4" with a quantized base); ``RunConfig.slug()`` is this function.
+* ``short_label(config)``: short enough to sit next to a point in a figure ("r=8", "full").
+* ``id_label(config)``: the text the run store puts in a run id (the slug, or the run's
+  own name made safe for a folder name by ``path_slug``).
+* ``label_for_kinds(config, kinds)``: the label with the targets named by their kinds,
+  for a regular expression or a layer range whose default label would be unreadable
+  (the panel names such runs so).
+* ``distinct_labels(configs)``: labels for several runs shown together.  Five runs that
+  differ only in learning rate would read identically in a legend, so each label gets
+  every setting whose value is not the same across the runs shown::
 
-The settings compared (``DIFFERING``) are the run's own names: lr, steps, alpha, seed,
-batch_size, rslora, model_dropout, dropout, model, data.  Method and variant are already
-in ``label()``.  Runs whose settings are all equal get " #2", " #3" in order, so no two
-labels are ever the same.
+      LoRA r=1 (query,value) · lr=0.001          LoRA r=1 (query,value) · lr=0.01
+
+  The settings compared (``DIFFERING``) are the run's own names: lr, steps, alpha, seed,
+  batch_size, dropout, model_dropout, model, data.  Method and variant are already in
+  ``label()``.  Runs whose settings are all equal get " #1", " #2" in order, so no two
+  labels are ever the same.
+
+This module sits below ``workbench.engine.config`` (which calls it for ``label()`` and
+``slug()``), so it reads a config by its attributes and never imports the config module.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import re
+from typing import Any, Callable, Protocol, Sequence
 
-from workbench.engine.config import RunConfig
+from workbench.lora.config import LoRAConfig
+
+
+class NamedConfig(Protocol):
+    """What naming reads from a ``workbench.engine.config.RunConfig`` (which imports this
+    module, so it cannot be imported here: a protocol names the attributes instead)."""
+
+    method: str
+    lora: LoRAConfig
+    quantize: str | None
+    name: str | None
+    lr: float
+    steps: int
+    seed: int
+    batch_size: int
+    model_dropout: float | None
+    model: str
+    data: str
+
+#: How a quantized base is named in labels and legends.
+QUANTIZE_LABELS: dict[str, str] = {"nf4": "NF4", "int8": "int8"}
+
+# --------------------------------------------------------------------------- one run
+
+
+def label(config: NamedConfig) -> str:
+    """A short human label: 'LoRA r=8 (query,value)', 'full fine-tuning', 'head only'
+    (the config's own ``name`` when it has one).  A QLoRA run reads 'QLoRA r=8 (query,value),
+    NF4 base': the same label with its quantized base named."""
+    if config.name:
+        return config.name
+    if config.method == "full":
+        return "full fine-tuning"
+    base = f", {QUANTIZE_LABELS[config.quantize]} base" if config.quantize else ""
+    if config.method == "head":
+        return "head only" + base
+    if config.quantize:
+        return "Q" + config.lora.label() + base
+    return config.lora.label()
+
+
+def label_for_kinds(config: NamedConfig, kinds: str) -> str:
+    """The label with the targets written as ``kinds`` (say "query,FFN out") and the block
+    range: 'LoRA r=2 (query,FFN out, layer 1)', 'QLoRA r=4 (query,value, layers 0-3, NF4 base)'.
+
+    For a run whose targets are a regular expression or a layer range: its default label
+    would print the expression, which says little to a reader.
+    """
+    layers = config.lora.layers
+    where = "" if not layers else (f", layer {layers[0]}" if len(layers) == 1
+                                   else f", layers {layers[0]}-{layers[-1]}")
+    if config.quantize:  # as label() says it: QLoRA, and the base's storage
+        where += f", {QUANTIZE_LABELS[config.quantize]} base"
+    return ("Q" if config.quantize else "") + config.lora.label(where=f"{kinds}{where}")
+
+
+def slug(config: NamedConfig) -> str:
+    """The settings part of a run id: 'lora-r8', 'dora-r8-pissa', 'full', 'head' ('-nf4' with quantize)."""
+    text = config.lora.slug() if config.method == "lora" else config.method
+    return f"{text}-{config.quantize}" if config.quantize else text
+
+
+def short_label(config: NamedConfig) -> str:
+    """A label short enough to sit next to a point: 'r=8', 'full', 'head' (or the run's name)."""
+    if config.name:
+        return config.name
+    return {"full": "full", "head": "head"}.get(config.method, f"r={config.lora.rank}")
+
+
+def path_slug(text: str, max_len: int = 24) -> str:
+    """Lower-case letters, digits and single dashes: safe in a folder name on every OS."""
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:max_len].strip("-") or "run"
+
+
+def id_label(config: NamedConfig) -> str:
+    """The label in a run id: 'lora-r8', 'dora-r8-rslora-pissa' (``slug``, whole), 'full',
+    'head', or the config's own name, made safe for a folder name and shortened."""
+    return path_slug(config.name) if config.name else path_slug(slug(config), max_len=64)
+
+
+# --------------------------------------------------------------------------- several runs
 
 # Each setting that can tell runs apart: (name shown, how to read it from a config).
 # LoRA settings read None for full fine-tuning and head-only runs, which have no LoRA.
-DIFFERING: tuple[tuple[str, Callable[[RunConfig], Any]], ...] = (
+DIFFERING: tuple[tuple[str, Callable[[NamedConfig], Any]], ...] = (
     ("lr", lambda c: c.lr),
     ("steps", lambda c: c.steps),
     ("alpha", lambda c: c.lora.alpha if c.method == "lora" else None),
@@ -33,13 +131,16 @@ DIFFERING: tuple[tuple[str, Callable[[RunConfig], Any]], ...] = (
     ("data", lambda c: c.data),
 )
 SEPARATOR = " · "
+# What makes an object a run's config here (RunConfig itself cannot be imported: see the docstring).
+_CONFIG_FIELDS = ("method", "lora", "quantize", "name", "lr", "steps", "seed", "batch_size", "model_dropout",
+                  "model", "data")
 
 
 def _text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def differing_settings(configs: Sequence[RunConfig]) -> list[str]:
+def differing_settings(configs: Sequence[NamedConfig]) -> list[str]:
     """The names in ``DIFFERING`` whose value is not the same for all ``configs`` it applies to
     (a LoRA setting is compared among the LoRA runs only)."""
     names = []
@@ -50,28 +151,29 @@ def differing_settings(configs: Sequence[RunConfig]) -> list[str]:
     return names
 
 
-def distinct_labels(configs: Sequence[RunConfig]) -> list[str]:
+def distinct_labels(configs: Sequence[NamedConfig]) -> list[str]:
     """One label per config: ``label()`` plus ``name=value`` for every setting that differs among them.
 
     A LoRA setting is left out of a non-LoRA run's label (it has none).  Labels still equal
-    after that (the same settings run twice) get " #2", " #3", ... in order.
+    after that (the same settings run twice) get " #1", " #2", ... in order.
     """
     configs = list(configs)
     for c in configs:
-        if not isinstance(c, RunConfig):
+        if isinstance(c, type) or not all(hasattr(c, a) for a in _CONFIG_FIELDS):
             raise TypeError(f"distinct_labels needs RunConfigs, got {type(c).__name__}")
     differ = differing_settings(configs)
     readers = dict(DIFFERING)
     labels = []
     for c in configs:
         parts = [f"{n}={_text(v)}" for n in differ if (v := readers[n](c)) is not None]
-        labels.append(c.label() + (SEPARATOR + " ".join(parts) if parts else ""))
+        labels.append(label(c) + (SEPARATOR + " ".join(parts) if parts else ""))
     seen: dict[str, int] = {}
     out = []
-    for label in labels:
-        seen[label] = seen.get(label, 0) + 1
-        out.append(label if labels.count(label) == 1 else f"{label} #{seen[label]}")
+    for text in labels:
+        seen[text] = seen.get(text, 0) + 1
+        out.append(text if labels.count(text) == 1 else f"{text} #{seen[text]}")
     return out
 
 
-__all__ = ["distinct_labels", "differing_settings", "DIFFERING"]
+__all__ = ["NamedConfig", "QUANTIZE_LABELS", "label", "label_for_kinds", "slug", "short_label", "path_slug", "id_label",
+           "distinct_labels", "differing_settings", "DIFFERING", "SEPARATOR"]

@@ -109,6 +109,7 @@ def load_base(
     seed: int = 0,
     quantize: str | None = None,
     compute_dtype: torch.dtype | None = None,
+    tokenizer: object = None,
 ) -> tuple[nn.Module, object]:
     """Return ``(model, tokenizer)`` for a classification or causal-LM task.
 
@@ -120,7 +121,8 @@ def load_base(
     quantization, or LLM.int8), frozen; the embeddings, the pooler and the head stay in float
     (``workbench.lora.quantize.quantize_model``).  ``compute_dtype``: the dtype NF4 layers
     dequantize to for their matmul (None: the input's).  GPT-2 style models (Conv1D) are
-    refused.
+    refused.  ``tokenizer``: the one already loaded for ``name`` (``load_tokenizer``), or None
+    to load it here.
     """
     check_quantize(quantize)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -128,7 +130,7 @@ def load_base(
     check_choice("task", task, TASKS)
     check_positive_int("num_labels", num_labels)
     _quiet_transformers()
-    tokenizer = load_tokenizer(name)
+    tokenizer = load_tokenizer(name) if tokenizer is None else tokenizer
     auto = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
     if name in TINY_PRESETS:
         config = tiny_config(name, vocab_size=len(tokenizer), num_labels=num_labels)

@@ -14,6 +14,8 @@ from datetime import datetime
 from importlib import metadata
 from typing import Any
 
+from workbench.util import procfs
+
 
 def now() -> datetime:
     """Local time with its UTC offset, so stored times stay unambiguous across time zones."""
@@ -30,14 +32,7 @@ def package_version(package: str) -> str | None:
 
 def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo on Linux, else whatever ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return procfs.cpu_model_name() or platform.processor() or platform.machine()
 
 
 def environment(device: Any = None, threads: int | None = None) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """A sweep on a Ray cluster: each run of the sweep is one Ray task.
 
 ``run_sweep(configs, backend="ray")`` (``workbench.engine.sweep``) comes here.  Each
-config becomes a task that runs the same ``workbench.engine.training.train`` as a local
+config becomes a task that runs the same ``workbench.engine.launch.train`` as a local
 sweep, on whichever node Ray gives it, with the sinks the caller passed (the run store's
 ``StoreSink`` among them, writing to a folder every node must see).  Results come back in
 the configs' order, as a local sweep's do; the progress bar and ``on_run`` follow the runs
@@ -46,8 +46,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 
-from workbench.engine.config import HISTORY_COLUMNS, RunConfig, RunResult, Timing
+from workbench.engine.config import HISTORY_COLUMNS, RunConfig, RunResult, Timing, validate
 from workbench.engine.events import RunSink, SinkGroup, StepInfo
+from workbench.util.units import MIB
 
 if TYPE_CHECKING:
     from torch import nn
@@ -58,7 +59,7 @@ __all__ = ["BACKENDS", "run_sweep_on_ray", "ray_session", "check_backend", "chec
 BACKENDS = ("local", "ray")
 # The object store of a Ray instance started here: results are small (a curve, a record);
 # a model comes back only with keep_model.  Ray's minimum is 75 MB.
-LOCAL_OBJECT_STORE_BYTES = 200 * 2**20
+LOCAL_OBJECT_STORE_BYTES = 200 * MIB
 # How long to wait for something to answer at a cluster's address before calling it unreachable
 # (ray.init itself retries for minutes).
 CONNECT_TIMEOUT_S = 5.0
@@ -264,9 +265,7 @@ class _Reporter(RunSink):
         _ray().get(self.board.start.remote(self.index, _pack(replace(result, model=None))))
 
     def on_step(self, info: StepInfo) -> None:
-        row = {"step": info.step, "train_loss": info.train_loss, "lr": info.lr, "eval_loss": info.eval_loss,
-               "eval_accuracy": info.eval_accuracy, **info.metrics}
-        _ray().get(self.board.step.remote(self.index, _pack(row)))
+        _ray().get(self.board.step.remote(self.index, _pack(info.row())))
         self.sinks.on_step(info)
 
     def on_eval(self, result: RunResult) -> None:
@@ -299,7 +298,7 @@ def _train_task(cfg: RunConfig, task: _Task, board: Any) -> RunResult:
     """The body of a run's Ray task, on whichever node Ray chose."""
     import torch
 
-    from workbench.engine.training import train
+    from workbench.engine.launch import train
 
     if task.worker_check is not None:
         task.worker_check()
@@ -366,8 +365,6 @@ def run_sweep_on_ray(
     ``ray_session``.
     """
     from tqdm.auto import tqdm
-
-    from workbench.engine.training import validate
 
     if on_step is not None:
         raise ValueError("on_step is not available with backend 'ray': the steps run in other processes, on other "

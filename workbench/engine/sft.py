@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from workbench.engine.bundled import bundled_data_dir
-from workbench.engine.data import (FILE_SUFFIXES, IGNORE_INDEX, DataError, TextDataset, _json_lines, _looks_like_path,
-                                   _read_rows, _split_file, load_texts, train_eval_split)
+from workbench.engine.data import IGNORE_INDEX, TextDataset, load_texts, train_eval_split
+from workbench.engine.files import (FILE_SUFFIXES, DataError, has_split, looks_like_path, read_lines, read_rows,
+                                    split_file)
 from workbench.util.checks import check_integer
 
 BUNDLED_SKILL = "skill"  # the bundled generative task: data/skill/{train,validation}.jsonl
@@ -41,6 +42,9 @@ ACCEPTED_SFT_SOURCES = (
     'validation.* files) whose records have "prompt" and "completion", or "messages" (a chat), or "text"; '
     'a .txt file (one text per line, for continued pretraining); or a Hugging Face datasets name with those columns'
 )
+# What a generative data file may hold, said in the errors about one that holds nothing readable.
+SFT_RECORDS = ('accepted: UTF-8 records with "prompt" and "completion", or "messages" (a chat), or "text", in a '
+               '.jsonl (one JSON object per line), .json, .csv or .tsv file; or a .txt file, one text per line')
 
 
 @dataclass
@@ -93,6 +97,8 @@ def format_chat(messages: Any, tokenizer: Any, where: str) -> tuple[str, str]:
 
 
 def _from_rows(rows: list[dict[str, Any]], where: str, name: str, tokenizer: Any) -> PromptDataset:
+    if not rows:
+        raise DataError(f"{where} holds no records ({SFT_RECORDS})")
     columns = set(rows[0])
     prompts, completions, chat = [], [], []
     if {"prompt", "completion"} <= columns:
@@ -125,10 +131,7 @@ def _from_rows(rows: list[dict[str, Any]], where: str, name: str, tokenizer: Any
 
 
 def _read_text_file(path: Path) -> PromptDataset:
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").split("\n")]
-    texts = [ln for ln in lines if ln]
-    if not texts:
-        raise DataError(f"{path} holds no text")
+    texts = read_lines(path, SFT_RECORDS)
     return PromptDataset([""] * len(texts), texts, path.name, [False] * len(texts))
 
 
@@ -138,8 +141,7 @@ def _read_path(path: Path, tokenizer: Any) -> PromptDataset:
     if path.suffix.lower() not in FILE_SUFFIXES:
         raise DataError(f"{path}: unknown file type {path.suffix!r}; accepted: "
                         f"{', '.join(FILE_SUFFIXES + TEXT_SUFFIXES)}")
-    rows = _json_lines(path, path.read_text(encoding="utf-8")) if path.suffix.lower() == ".jsonl" else _read_rows(path)
-    return _from_rows(rows, str(path), path.name, tokenizer)
+    return _from_rows(read_rows(path, SFT_RECORDS), str(path), path.name, tokenizer)
 
 
 def _load_hub_prompts(source: str, split: str, tokenizer: Any) -> PromptDataset:
@@ -172,14 +174,14 @@ def load_prompts(source: str, split: str = "train", tokenizer: Any = None) -> Pr
         if not folder.is_dir():
             raise DataError(f"the bundled generative task {folder} is missing; regenerate it with "
                             f"`python {bundled_data_dir() / 'make_skill.py'}`")
-        return _read_path(_split_file(folder, split), tokenizer)
+        return _read_path(split_file(folder, split), tokenizer)
     if source == "default":  # the classification task's sentences, as plain text
         texts = load_texts("default", split, label_column=None)
         return PromptDataset([""] * len(texts), list(texts.texts), texts.name, [False] * len(texts))
-    if _looks_like_path(source) or source.lower().endswith(TEXT_SUFFIXES):
+    if looks_like_path(source) or source.lower().endswith(TEXT_SUFFIXES):
         path = Path(source).expanduser()
         if path.is_dir():
-            return _read_path(_split_file(path, split), tokenizer)
+            return _read_path(split_file(path, split), tokenizer)
         if not path.exists():
             raise DataError(f"no such file: {path}. Accepted: {ACCEPTED_SFT_SOURCES}.")
         return _read_path(path, tokenizer)
@@ -194,12 +196,14 @@ def load_prompt_task(data: str, eval_data: str | None = None, tokenizer: Any = N
         return train, load_prompts(eval_data, "validation", tokenizer)
     source = data.strip()
     path = Path(source).expanduser()
-    single_file = (_looks_like_path(source) or source.lower().endswith(TEXT_SUFFIXES)) and not path.is_dir()
+    single_file = (looks_like_path(source) or source.lower().endswith(TEXT_SUFFIXES)) and not path.is_dir()
     if not single_file:
         try:
             return train, load_prompts(data, "validation", tokenizer)
         except DataError:
-            pass  # no validation split: hold out part of train
+            if has_split(path, "validation"):
+                raise  # the folder's validation file is there and could not be read: say so
+            # no validation split: hold out part of train
     as_text = TextDataset(texts=[str(i) for i in range(len(train))], name=train.name)
     kept, held = train_eval_split(as_text, eval_fraction, seed)
     return (train.select([int(t) for t in kept.texts], f"{train.name} (train part)"),
@@ -234,6 +238,14 @@ class PromptTokens:
     @property
     def num_tokens(self) -> int:
         return sum(len(ids) for ids in self.input_ids)
+
+
+def shortest_first(tokens: PromptTokens) -> PromptTokens:
+    """The same examples, shortest first: for evaluation, where order does not matter and
+    batches of similar lengths pad less (as ``data.by_length`` for classification)."""
+    order = sorted(range(len(tokens)), key=lambda i: len(tokens.input_ids[i]))
+    return PromptTokens([tokens.input_ids[i] for i in order], [tokens.prompt_lengths[i] for i in order],
+                        tokens.max_length, tokens.name)
 
 
 def prompt_ids(tokenizer: Any, prompt: str, chat: bool = False) -> list[int]:
@@ -279,5 +291,5 @@ def tokenize_prompts(ds: PromptDataset, tokenizer: Any, max_length: int) -> Prom
 
 def read_text_lines(path: str | Path) -> list[str]:
     """Non-empty lines of a text file (held-out pretraining text, for measuring forgetting)."""
-    return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").split("\n") if ln.strip()]
+    return read_lines(path, "heldout_data: a UTF-8 text file of pretraining text, one text per line")
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from workbench.engine.config import RunConfig, RunResult
-from workbench.engine.training import train
+from workbench.engine.launch import train
 from workbench.util.checks import check_positive_int, check_positive_number
 
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32)
@@ -77,7 +77,7 @@ def run_sweep(
     as a Ray task (``workbench.engine.ray_sweep``): on the cluster at ``address``
     ('HOST:PORT'), or without one on a Ray instance started on this machine for the sweep.
     Either way the results come in the configs' order, and ``on_run(i, result)`` is called
-    as each run ends.  ``train_kwargs`` go to every ``workbench.engine.training.train``
+    as each run ends.  ``train_kwargs`` go to every ``workbench.engine.launch.train``
     call (``sinks``, ``on_step``, ``stop``, ``keep_model``, ``fresh_process``; with Ray not
     ``on_step``, and ``worker_check`` besides).  Nothing is stored here: ``wb.run_sweep``
     (``workbench.records.recording.run_sweep``) attaches the run store.

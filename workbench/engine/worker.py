@@ -5,7 +5,9 @@ On a CPU the only peak memory there is is the resident memory of a whole process
 on to what it freed, and earlier results may hold models.  Measured in one notebook
 kernel, the same head-only run peaked at 507 MB alone and at 578 MB right after a full
 fine-tuning; notebook 02's peaks climbed run after run.  So ``train`` (on the CPU, by
-default) runs each run in a fresh worker process and reports that process's peak.
+default; the choice is ``workbench.engine.launch``'s) runs each run in a fresh worker
+process and reports that process's peak.  This module knows the loop
+(``workbench.engine.training.train_here``), and the loop knows nothing of it.
 
 A fresh interpreter per run would cost several seconds (importing torch and
 transformers), more than a tiny run takes.  Instead, once per session, a *fork server*
@@ -46,9 +48,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from workbench.engine.config import HISTORY_COLUMNS, RunConfig, RunResult
+from workbench.engine.config import RunConfig, RunResult, history_frame
 from workbench.engine.events import RunSink, StepInfo
 from workbench.lora.quantize import restore_quantized_weights
 
@@ -164,9 +164,7 @@ class _Follower:
                 self.sinks.on_eval(self.result)
             else:
                 info: StepInfo = payload
-                self.history.append({"step": info.step, "train_loss": info.train_loss, "lr": info.lr,
-                                     "eval_loss": info.eval_loss, "eval_accuracy": info.eval_accuracy,
-                                     **info.metrics})
+                self.history.append(info.row())
                 info.history = self.history
                 self.sinks.on_step(info)
         except KeyboardInterrupt:
@@ -231,7 +229,7 @@ class _Follower:
         self.result.message = (f"interrupted after {done} of {self.result.config.steps} steps" if stopped else
                                f"the training worker process ended after {done} of "
                                f"{self.result.config.steps} steps ({how})")
-        self.result.history = pd.DataFrame(self.history, columns=list(HISTORY_COLUMNS))
+        self.result.history = history_frame(self.history)
         self.sinks.on_finish(self.result, None)
         if stopped:
             return self.result

@@ -32,6 +32,7 @@ from workbench.engine.evaluation import evaluate, evaluate_writing
 from workbench.engine.training import set_up
 from workbench.records.recording import train
 from workbench.util.checks import check_integer, check_positive_int, check_positive_number
+from workbench.viz.style import FIGSIZE, FULL_COLOR, MARKERS, STYLE, label_axes, legend_options, rank_color, style_axes
 
 COLUMNS = ("method", "rank", "lr", "seed", "exact_match", "completion_loss", "heldout_loss", "seconds", "run_id",
            "status")
@@ -165,32 +166,174 @@ def summarize(table: pd.DataFrame, base: BasePoint | None = None) -> pd.DataFram
 def forgetting_figure(table: pd.DataFrame, base: BasePoint) -> Figure:
     """Two panels: the new skill (exact match; completion loss) against forgetting (held-out loss).
 
-    Each marker is one run (squares: full fine-tuning; circles: LoRA); the black star is the
-    base model.  Right means more forgotten; up on the left panel and down on the right
-    panel mean more learned.  Built on a ``Figure`` of its own: no pyplot state is touched.
+    Each marker is one run (circles: LoRA, coloured by rank; squares, then triangles, diamonds ...: full
+    fine-tuning at each learning rate, in red, as in every figure of the workbench); the black star is the
+    base model.  Right means more forgotten; up on the left panel and down on the right panel mean more
+    learned.  Built on a ``Figure`` of its own: no pyplot state is touched.
     """
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(2 * FIGSIZE[0] * 0.72, FIGSIZE[1]), layout="constrained", facecolor=STYLE["face_color"])
     axes = fig.subplots(1, 2)
     groups = list(dict.fromkeys(zip(table["method"], table["rank"].fillna(0).astype(int), table["lr"])))
+    full_lrs = [lr for method, _, lr in groups if method != "lora"]
     for ax, col, ylabel, base_y in ((axes[0], "exact_match", "exact match on the skill (learning \u2191)",
                                      base.exact_match),
                                     (axes[1], "completion_loss", "completion loss on the skill (learning \u2193)",
                                      base.completion_loss)):
+        style_axes(ax)
         for method, rank, lr in groups:
             keep = (table["method"] == method) & (table["lr"] == lr)
-            if method == "lora":
+            if method == "lora":  # the house palette: LoRA by rank, full fine-tuning red (a marker per lr)
                 keep &= table["rank"] == rank
+                color, marker = rank_color(rank), "o"
+            else:
+                color, marker = FULL_COLOR, ("s", *MARKERS[2:])[full_lrs.index(lr) % (len(MARKERS) - 1)]
             rows = table[keep]
             ax.scatter(rows["heldout_loss"], rows[col], label=label(method, rank, lr), s=40, alpha=0.85,
-                       marker="s" if method == "full" else "o")
+                       marker=marker, color=color)
         ax.scatter([base.heldout_loss], [base_y], marker="*", s=180, color="black", label="base model")
-        ax.set_xlabel("loss on held-out pretraining text (forgetting \u2192)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
+        label_axes(ax, "", "loss on held-out pretraining text (forgetting \u2192)", ylabel)
     axes[1].set_yscale("log")
-    axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle("Learning vs forgetting on the bundled story-lm (one marker per run)")
+    axes[0].legend(**legend_options(), loc="best")
+    fig.suptitle("Learning vs forgetting on the bundled story-lm (one marker per run)", fontsize=STYLE["title_size"],
+                 color=STYLE["text_color"])
     return fig
+
+
+LEARNED = 0.9  # a run "learned the skill" at this exact match or more (the datasheet's bar for LoRA r = 8)
+
+
+@dataclass
+class Findings:
+    """What notebook 07's grid shows, as data: the notebook renders it (``markdown``), its self-test and the
+    unit tests assert on the fields.  Every sentence of ``markdown`` is formatted from these fields.
+
+    ``groups``: ``summarize``'s table (one row per method, rank and learning rate).  ``reference_rank``: the
+    LoRA rank compared with full fine-tuning (8 when the grid has it, else its last rank).  ``lr_gap`` and
+    ``method_gap`` are None when full fine-tuning has one learning rate.  ``best``: of the runs that learned
+    the skill (exact match ``LEARNED`` or more), the one with the lowest held-out loss (a row of the grid's
+    table as a dict), or None when none learned it.
+    """
+
+    base: BasePoint
+    groups: pd.DataFrame
+    seeds: int
+    forgot_all: bool  # every run's held-out loss is above the base model's
+    rank_order: list[int]  # LoRA's ranks from least to most forgetting (mean held-out loss)
+    forgetting_grows_with_rank: bool
+    full_learns_more_loss: bool  # full fine-tuning's completion loss below every LoRA rank's, at every lr
+    smallest_rank: int
+    small_less_both: bool  # the smallest rank learned less and forgot less than full fine-tuning at every lr
+    ranks_that_learned: list[int]  # LoRA ranks whose mean exact match is LEARNED or more
+    reference_rank: int
+    lr_gap: float | None  # full FT's held-out loss at its highest lr minus at its lowest
+    method_gap: float | None  # |LoRA reference_rank - full FT at its lowest lr|, held-out loss
+    learned_runs: int
+    best: dict | None
+
+    @property
+    def lora(self) -> pd.DataFrame:
+        """LoRA's groups, indexed by rank."""
+        return self.groups[self.groups["method"] == "lora"].set_index("rank")
+
+    @property
+    def full(self) -> pd.DataFrame:
+        """Full fine-tuning's groups, indexed by learning rate."""
+        return self.groups[self.groups["method"] == "full"].set_index("lr")
+
+    @property
+    def least_forgetting_learner(self) -> str | None:
+        """'lora' or 'full': the method of ``best`` (None when no run learned the skill)."""
+        return None if self.best is None else self.best["method"]
+
+    def markdown(self) -> str:
+        """The paragraph notebook 07 shows under its figure."""
+        g, lora_g, full_g, base = self.groups.set_index("group"), self.lora, self.full, self.base
+        lines = [f"* **{name}**: exact match {row.exact_match_mean:.3f} ({row.exact_match_min:.3f} to "
+                 f"{row.exact_match_max:.3f}), completion loss {row.completion_loss_mean:.3f}, held-out loss "
+                 f"{row.heldout_loss_mean:.3f} ({row.heldout_loss_min:.3f} to {row.heldout_loss_max:.3f}): "
+                 f"{row.forgetting:+.3f} nats per token against the base."
+                 for name, row in g.iterrows()]
+        order = ", ".join(map(str, self.rank_order))
+        text = (f"**What the measurement shows** ({self.seeds} seeds; the base model at exact match "
+                f"{base.exact_match:.3f}, held-out loss {base.heldout_loss:.3f}):\n\n" + "\n".join(lines) + "\n\n")
+        text += ("* **Forgetting.** " + ("Every run forgot: each one's held-out loss is above the base model's. "
+                                         if self.forgot_all else
+                                         "Not every run's held-out loss is above the base model's. ")
+                 + (f"Across LoRA's ranks it grows with the rank (r = {order}, least to most): at "
+                    "alpha = 2r and one learning rate, a larger rank moves the model further.\n"
+                    if self.forgetting_grows_with_rank else
+                    f"Ordered from least to most forgetting, the LoRA ranks go r = {order}.\n"))
+        if self.full_learns_more_loss:
+            learning = (f"Full fine-tuning reached a lower completion loss at every learning rate "
+                        f"({full_g['completion_loss_mean'].max():.3f} at most) than any LoRA rank "
+                        f"({lora_g['completion_loss_mean'].min():.3f} at least): in the loss, it learned more, "
+                        "as in the paper. ")
+        else:
+            learning = "Full fine-tuning did not reach a lower completion loss than every LoRA rank. "
+        text += ("* **Learning.** " + learning + f"In exact match, LoRA ranks "
+                 f"{', '.join(map(str, self.ranks_that_learned)) or 'none'} reached 0.9 or more on average.\n")
+        r = self.smallest_rank
+        text += ("* **The smallest rank.** "
+                 + (f"LoRA r = {r} learned less (exact match {lora_g.loc[r, 'exact_match_mean']:.3f}) "
+                    f"and forgot less (held-out {lora_g.loc[r, 'heldout_loss_mean']:.3f}) than full fine-tuning at "
+                    "either learning rate: the paper's title, on this model.\n" if self.small_less_both else
+                    f"LoRA r = {r} did not both learn less and forget less than full fine-tuning at every "
+                    "learning rate.\n"))
+        if self.lr_gap is not None and self.method_gap is not None:
+            lo_lr, hi_lr = min(full_g.index), max(full_g.index)
+            text += (f"* **The learning rate.** Full fine-tuning's held-out loss went from "
+                     f"{full_g.loc[lo_lr, 'heldout_loss_mean']:.3f} at lr {lo_lr:g} to "
+                     f"{full_g.loc[hi_lr, 'heldout_loss_mean']:.3f} at lr {hi_lr:g}: {self.lr_gap:+.2f} nats, "
+                     + ("more" if self.lr_gap > self.method_gap else "less")
+                     + f" than the {self.method_gap:.2f} nats between LoRA r={self.reference_rank} and full "
+                     f"fine-tuning at lr {lo_lr:g}.\n")
+        best = self.best
+        if best is not None:
+            who = f"LoRA r={int(best['rank'])}" if best["method"] == "lora" else f"full fine-tuning at lr {best['lr']:g}"
+            text += (f"* **At equal learning.** Of the {self.learned_runs} grid runs that learned the skill (exact "
+                     f"match 0.9 or more), the one that forgot least is **{who}** (seed {int(best['seed'])}: exact "
+                     f"match {best['exact_match']:.3f}, held-out loss {best['heldout_loss']:.3f})"
+                     + (": at the grid's learning rates, LoRA forgot more for the same skill. In the paper the two "
+                        "methods lay on about the same learning-forgetting curve (LoRA at its learn-less, forget-less "
+                        "end), so this end point is worse for LoRA than the paper's." if best["method"] == "full" else
+                        ": at equal learning LoRA forgot less here.") + "\n")
+        return text
+
+
+def findings(table: pd.DataFrame, base: BasePoint) -> Findings:
+    """Read the grid (``grid_table``'s rows) against the base model: the directions notebook 07 states.
+
+    Needs at least one LoRA rank and one full fine-tuning learning rate (the comparison is between them).
+    """
+    groups = summarize(table, base)
+    lora_g = groups[groups["method"] == "lora"].set_index("rank")
+    full_g = groups[groups["method"] == "full"].set_index("lr")
+    if lora_g.empty or full_g.empty:
+        raise ValueError("findings compare LoRA with full fine-tuning: the grid needs at least one LoRA rank and "
+                         "one full fine-tuning learning rate")
+    rank_order = [int(r) for r in lora_g.sort_values("heldout_loss_mean").index]
+    r_small = int(min(lora_g.index))
+    ranks = [int(r) for r in lora_g.index]
+    reference = 8 if 8 in ranks else ranks[-1]
+    lr_gap = method_gap = None
+    if len(full_g) > 1:  # how far full fine-tuning's own learning rate moved it, against LoRA vs full FT
+        lo_lr, hi_lr = min(full_g.index), max(full_g.index)
+        lr_gap = float(full_g.loc[hi_lr, "heldout_loss_mean"] - full_g.loc[lo_lr, "heldout_loss_mean"])
+        method_gap = float(abs(lora_g.loc[reference, "heldout_loss_mean"] - full_g.loc[lo_lr, "heldout_loss_mean"]))
+    learned = table[table["exact_match"] >= LEARNED]
+    best = learned.loc[learned["heldout_loss"].idxmin()].to_dict() if len(learned) else None
+    return Findings(
+        base=base, groups=groups, seeds=int(groups["seeds"].max()),
+        forgot_all=bool((table["heldout_loss"] > base.heldout_loss).all()),
+        rank_order=rank_order,
+        forgetting_grows_with_rank=len(rank_order) > 1 and rank_order == sorted(rank_order),
+        full_learns_more_loss=bool(full_g["completion_loss_mean"].max() < lora_g["completion_loss_mean"].min()),
+        smallest_rank=r_small,
+        small_less_both=bool((lora_g.loc[r_small, "exact_match_mean"] < full_g["exact_match_mean"]).all()
+                             and (lora_g.loc[r_small, "heldout_loss_mean"] < full_g["heldout_loss_mean"]).all()),
+        ranks_that_learned=[r for r in ranks if lora_g.loc[r, "exact_match_mean"] >= LEARNED],
+        reference_rank=reference, lr_gap=lr_gap, method_gap=method_gap, learned_runs=len(learned), best=best,
+    )
 
 
 def default_grid(ranks: Sequence[int] = (1, 8, 64), seeds: Sequence[int] = (0, 1),
@@ -200,4 +343,4 @@ def default_grid(ranks: Sequence[int] = (1, 8, 64), seeds: Sequence[int] = (0, 1
 
 
 __all__ = ["BasePoint", "measure_base", "grid_configs", "run_grid", "grid_table", "learning_vs_forgetting",
-           "summarize", "forgetting_figure", "default_grid", "point", "label"]
+           "summarize", "forgetting_figure", "default_grid", "point", "label", "Findings", "findings", "LEARNED"]

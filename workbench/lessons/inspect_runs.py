@@ -34,7 +34,7 @@ from workbench.lessons.delta_w import (
     base_and_delta,
     subspace_similarity_grid,
 )
-from workbench.lora.targets import layer_index
+from workbench.lora.paths import layer_index
 from workbench.util.checks import check_number, check_positive_int, is_integer
 
 #: Column groups of ``table7_layout``: whose top-r singular vectors U, V project W.

@@ -1,7 +1,7 @@
 """Small measurements the notebooks quote in their text, so the text is computed, not typed.
 
 A workshop repeats what a notebook says, so every figure or direction a sentence states
-comes from a function here (tested in ``tests/test_teaching.py``) and is formatted into
+comes from a function here (tested in ``tests/lessons/test_teaching.py``) and is formatted into
 the markdown the notebook displays:
 
 * ``wilson_interval``: how precise an accuracy on n validation sentences is;
@@ -11,6 +11,7 @@ the markdown the notebook displays:
 * ``interleaved_timing``: forward-pass timings run in turn, with a base-against-itself
   control that says how large a difference the timing can resolve;
 * ``mean_update_norm``: the mean ||s B A||_F over a trained model's LoRA layers;
+* ``accuracy_at`` and ``first_eval_step``: a run's accuracy at an early evaluation (notebooks 02, 02b);
 * ``Stopwatch``: how long a notebook (or one section of it) took here.
 """
 
@@ -128,6 +129,26 @@ def interleaved_timing(fns: Mapping[str, Callable[[], Any]], repeats: int, warmu
     if len(fns) < 2:
         raise ValueError("interleaved_timing compares at least two functions (the first is the reference)")
     return TimingResult(interleave(fns, repeats, warmup), reference=next(iter(fns)))
+
+
+def accuracy_at(result: Any, step: int) -> float:
+    """A run's validation accuracy at its last evaluation at or before ``step`` (NaN when none was that early).
+
+    Notebooks 02 and 02b compare runs at their first evaluation, where the alpha conventions differ most.
+    ``result``: a ``RunResult`` (anything with a ``history`` table of ``step`` and ``eval_accuracy``).
+    """
+    h = result.history.dropna(subset=["eval_accuracy"])
+    h = h[h["step"] <= step]
+    return float(h["eval_accuracy"].iloc[-1]) if len(h) else float("nan")
+
+
+def first_eval_step(results: Sequence[Any]) -> int:
+    """The earliest step at which any of the runs was evaluated."""
+    steps = [r.history.dropna(subset=["eval_accuracy"])["step"].min() for r in results]
+    steps = [s for s in steps if s == s]
+    if not steps:
+        raise ValueError("none of the runs was evaluated: no step has a validation accuracy")
+    return int(min(steps))
 
 
 def mean_update_norm(model: nn.Module) -> float:

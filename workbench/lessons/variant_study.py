@@ -13,20 +13,25 @@ Each variant changes one part of plain LoRA,  y = W x + (alpha / r) B A x  (A ra
 
 ``variant_overview`` measures what each changes on a real model before any training:
 the trainable count, whether the fresh model still computes the base model's outputs,
-the scale s, and the learning rates of A and B.
+the scale s, and the learning rates of A and B.  After training, ``side_by_side`` tabulates the
+runs and ``findings`` compares each variant with plain LoRA: what the notebook shows and its
+self-test and ``tests/lessons/test_variant_study.py`` assert.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
+from workbench.engine.config import RunResult
 from workbench.engine.optim import learning_rates, make_optimizer
+from workbench.lessons.teaching import accuracy_at, first_eval_step, wilson_interval
 from workbench.lora.config import LoRAConfig
 from workbench.lora.inject import add_lora, lora_layers
 from workbench.lora.params import count_parameters
@@ -83,3 +88,85 @@ def variant_overview(base: nn.Module, inputs: Mapping[str, torch.Tensor], lora: 
 
 def _logits(out: Any) -> torch.Tensor:
     return (out.logits if hasattr(out, "logits") else out).float()
+
+
+# ---- after training: the variants side by side, and what notebook 02b says about them ---------------------------
+
+
+def side_by_side(results: Sequence[RunResult], names: Sequence[str], n_eval: int, first_eval: int | None = None) -> pd.DataFrame:
+    """One row per trained variant (``names``, in the order of ``results``), plain LoRA first.
+
+    Columns: ``scale s``, ``trainable``, the accuracy at the first evaluation (``accuracy at step N``),
+    ``final accuracy`` with its ``95% interval`` (Wilson, ``n_eval`` sentences), ``final train loss``,
+    ``seconds`` and ``status``.  ``first_eval``: default the earliest evaluated step of any run.
+    """
+    if len(names) != len(results):
+        raise ValueError(f"give one name per run: {len(names)} names for {len(results)} runs")
+    step = first_eval_step(results) if first_eval is None else first_eval
+    return pd.DataFrame([{
+        "variant": name, "scale s": r.config.lora.scaling, "trainable": r.params.trainable,
+        f"accuracy at step {step}": accuracy_at(r, step), "final accuracy": r.eval_accuracy,
+        "95% interval": "{:.3f} to {:.3f}".format(*wilson_interval(r.eval_accuracy, n_eval)),
+        "final train loss": r.final_loss, "seconds": r.timing.total_seconds, "status": r.status,
+    } for name, r in zip(names, results)]).set_index("variant")
+
+
+@dataclass
+class Comparison:
+    """One variant against plain LoRA after the same training."""
+
+    variant: str
+    final: float
+    verdict: str  # 'within' LoRA's 95% interval, 'above' or 'below' it
+    first: float  # accuracy at the first evaluation
+    lora_first: float
+    time_ratio: float  # its seconds over LoRA's
+
+    def line(self, first_eval: int) -> str:
+        where = {"within": "(within LoRA's interval: not distinguishable on this data)",
+                 "above": "(above LoRA's interval)", "below": "(below LoRA's interval)"}[self.verdict]
+        return (f"* **{self.variant}**: {self.final:.3f} at the end {where}, {self.first:.3f} at step {first_eval} "
+                f"(LoRA {self.lora_first:.3f}), {self.time_ratio:.2f}x LoRA's time.")
+
+
+@dataclass
+class Findings:
+    """What notebook 02b says of its trained variants: each against plain LoRA's final accuracy interval."""
+
+    table: pd.DataFrame  # ``side_by_side``
+    n_eval: int
+    first_eval: int
+    lora_final: float
+    lora_interval: tuple[float, float]
+    comparisons: list[Comparison]
+
+    @property
+    def early(self) -> pd.Series:
+        """Each variant's accuracy at the first evaluation."""
+        return self.table[f"accuracy at step {self.first_eval}"]
+
+    def markdown(self) -> str:
+        lo, hi = self.lora_interval
+        return (f"Against plain LoRA ({self.lora_final:.3f}, {lo:.3f} to {hi:.3f}) on one seed:\n\n"
+                + "\n".join(c.line(self.first_eval) for c in self.comparisons))
+
+
+def findings(results: Sequence[RunResult], names: Sequence[str], n_eval: int, reference: str = "LoRA") -> Findings:
+    """Compare every trained variant with ``reference`` (plain LoRA): final accuracy within, above or below its
+    Wilson interval on ``n_eval`` sentences, the accuracy at the first evaluation, and the time."""
+    if reference not in names:
+        raise ValueError(f"the runs must include the reference {reference!r}, got {list(names)}")
+    step = first_eval_step(results)
+    table = side_by_side(results, names, n_eval, step)
+    ref = table.loc[reference]
+    lo_ref, hi_ref = wilson_interval(ref["final accuracy"], n_eval)
+    comparisons = []
+    for name, row in table.iterrows():
+        if name == reference:
+            continue
+        lo, hi = wilson_interval(row["final accuracy"], n_eval)
+        verdict = "within" if lo <= hi_ref and lo_ref <= hi else ("above" if lo > hi_ref else "below")
+        comparisons.append(Comparison(str(name), float(row["final accuracy"]), verdict,
+                                      float(row[f"accuracy at step {step}"]), float(ref[f"accuracy at step {step}"]),
+                                      float(row["seconds"] / ref["seconds"])))
+    return Findings(table, n_eval, step, float(ref["final accuracy"]), (lo_ref, hi_ref), comparisons)

@@ -35,11 +35,11 @@ from torch import nn
 
 from workbench.util.fileio import atomic_write, atomic_write_json, atomic_write_text
 from workbench.lora.config import LoRAConfig
-from workbench.lora.inject import add_lora, lora_layers, remove_lora
-from workbench.lora.targets import find_targets
-from workbench.lora.layer import Conv1D, LoRALayer, layer_shape
-from workbench.lora.serving import AdapterSet, NamedAdapter, adapter_names, adapter_set, check_adapter_name, plain_view
+from workbench.lora.inject import add_lora, remove_lora
+from workbench.lora.layer import Conv1D, layer_shape
 from workbench.lora.roles import peft_target_modules
+from workbench.lora.serving import add_named_adapter, beside_problem, check_adapter_name, name_adapter, plain_view
+from workbench.lora.targets import find_targets
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -261,38 +261,21 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike, name: str | None =
         model.get_submodule(h).requires_grad_(True)
     model.lora_settings.modules_to_save = heads
     if name is not None:
-        _name_first(model, name)
+        name_adapter(model, name)
     return names
 
 
-def _name_first(model: nn.Module, name: str) -> None:
-    """The model's one adapter is called ``name`` (and is active)."""
-    for layer in lora_layers(model).values():
-        layer.adapter_name = layer.active_adapter = name
-    s = model.lora_settings
-    model.lora_adapters = AdapterSet({name: s.config}, {name: list(s.wrapped)}, name, owner=s)
-
-
 def _refuse_beside(model: nn.Module, name: str, settings: LoRAConfig | None = None) -> None:
-    """Why the adapter cannot join the model's adapters, if it cannot."""
-    loaded = adapter_names(model)
-    if name in loaded:
-        raise AdapterError(f"an adapter named {name!r} is already loaded (loaded: {', '.join(map(repr, loaded))}); "
-                           "load it under another name")
-    first = model.lora_settings.config
-    for what, c in (("the model's first adapter", first), (f"adapter {name!r}", settings)):
-        if c is not None and (c.dora or c.init == "pissa"):
-            raise AdapterError(
-                f"{what} is {'DoRA' if c.dora else 'PiSSA'}, which changes the base weights' use ("
-                f"{'a learned length per output' if c.dora else 'a residual base weight'}); several adapters on one "
-                "base are plain LoRA only: load a DoRA or PiSSA adapter alone into its own base model")
-    if any(layer.merged for layer in lora_layers(model).values()):
-        raise AdapterError("the model's adapter is merged into its weights; unmerge_lora before loading another")
+    """Why the adapter cannot join the model's adapters, if it cannot (``serving.beside_problem``)."""
+    problem = beside_problem(model, name, settings)
+    if problem is not None:
+        raise AdapterError(problem)
 
 
 def _load_beside(model: nn.Module, folder: str | os.PathLike, name: str) -> list[str]:
     """Load the adapter in ``folder`` under ``name`` beside the adapters the model has (inference only:
-    its weights are frozen).  Checked whole before anything changes, as ``load_adapter`` is."""
+    its weights are frozen; ``workbench.lora.serving``).  Checked whole before anything changes, as
+    ``load_adapter`` is."""
     _refuse_beside(model, name)
     config, state = read_adapter(folder)
     try:
@@ -305,23 +288,5 @@ def _load_beside(model: nn.Module, folder: str | os.PathLike, name: str) -> list
     if heads:
         raise AdapterError(f"adapter {name!r} trains a head ({', '.join(heads)}); a batch cannot switch heads per "
                            "row, so only a model's first adapter may have one")
-    found = adapter_set(model)
-    with torch.no_grad():
-        for n in names:
-            a, b = state[f"{PREFIX}{n}.lora_A.weight"], state[f"{PREFIX}{n}.lora_B.weight"]
-            module = model.get_submodule(n)
-            if isinstance(module, LoRALayer):
-                w = module.lora_A.weight
-                extra = NamedAdapter(module.in_features, module.out_features, settings, device=w.device, dtype=w.dtype)
-                module.extra_adapters[name] = extra
-            else:  # a layer no adapter had: wrapped now, with this adapter as its own
-                extra = module = LoRALayer(module, settings)
-                module.adapter_name, module.active_adapter = name, found.active
-                parent, _, child = n.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, child, module)
-            extra.lora_A.weight.copy_(a.to(extra.lora_A.weight.dtype))
-            extra.lora_B.weight.copy_(b.to(extra.lora_B.weight.dtype))
-            extra.lora_A.weight.requires_grad_(False)
-            extra.lora_B.weight.requires_grad_(False)
-    found.configs[name], found.wrapped[name] = settings, names
-    return names
+    weights = {n: (state[f"{PREFIX}{n}.lora_A.weight"], state[f"{PREFIX}{n}.lora_B.weight"]) for n in names}
+    return add_named_adapter(model, name, settings, weights)

@@ -115,14 +115,17 @@ class LoRAConfig:
     def targets_text(self) -> str:
         return self.targets if isinstance(self.targets, str) else ",".join(self.targets)
 
-    def label(self) -> str:
-        """A short human label: 'LoRA r=8 (query,value)', 'DoRA r=8 rsLoRA PiSSA (query)'."""
+    def label(self, where: str | None = None) -> str:
+        """A short human label: 'LoRA r=8 (query,value)', 'DoRA r=8 rsLoRA PiSSA (query)'.
+
+        ``where`` replaces the targets in the brackets (a run's label names its targets by
+        kind when they are a regex; ``workbench.engine.labels`` builds run names on this)."""
         extras = "".join([
             " rsLoRA" if self.rslora else "",
             " PiSSA" if self.init == "pissa" else "",
             f" LoRA+x{self.loraplus_ratio:g}" if self.loraplus_ratio else "",
         ])
-        return f"{self.kind} r={self.rank}{extras} ({self.targets_text()})"
+        return f"{self.kind} r={self.rank}{extras} ({self.targets_text() if where is None else where})"
 
     def slug(self) -> str:
         """The part of a run id that names the settings: 'lora-r8', 'dora-r8-rslora-pissa'."""

@@ -17,34 +17,37 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from workbench.lora.config import LoRAConfig
 from workbench.lora.layer import LoRALayer, layer_shape
-from workbench.lora.quantize import is_quantized_layer, refuse_merge
-from workbench.lora.targets import find_targets, head_names
+from workbench.lora.paths import head_names, replace_module
+from workbench.lora.quant_facts import is_quantized_layer
+from workbench.lora.targets import find_targets
 
 __all__ = ["LoRASettings", "add_lora", "lora_layers", "merge_lora", "unmerge_lora", "remove_lora"]
 
 
 @dataclass
 class LoRASettings:
-    """What ``add_lora`` did to a model; kept on it as ``model.lora_settings``."""
+    """What ``add_lora`` did to a model; kept on it as ``model.lora_settings``.
+
+    ``adapters``: the model's named adapters when it serves several (a
+    ``workbench.lora.serving.AdapterSet``, made there on first use); gone with the settings
+    when ``remove_lora`` takes the LoRA layers out.
+    """
 
     config: LoRAConfig
     modules_to_save: list[str] = field(default_factory=list)
     wrapped: list[str] = field(default_factory=list)
+    adapters: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "modules_to_save": list(self.modules_to_save),
                 "wrapped": list(self.wrapped)}
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def add_lora(
@@ -85,7 +88,7 @@ def add_lora(
     for p in model.parameters():
         p.requires_grad_(False)
     for n in names:
-        _set_module(model, n, LoRALayer(model.get_submodule(n), cfg))
+        replace_module(model, n, LoRALayer(model.get_submodule(n), cfg))
     heads = head_names(model) if train_head else []
     for h in heads:
         for p in model.get_submodule(h).parameters():
@@ -112,17 +115,9 @@ def merge_lora(model: nn.Module) -> None:
     if any(m.merged for m in found.values()):
         raise RuntimeError("the model's LoRA layers are already merged; unmerge_lora first")
     for m in found.values():  # all or nothing: refuse before any layer changes
-        refuse_merge(m.base_layer)
-    _refuse_merge_named(found)
+        m.check_merge()
     for m in found.values():
         m.merge()
-
-
-def _refuse_merge_named(found: "OrderedDict[str, LoRALayer]") -> None:
-    """Several named adapters share the base (``workbench.lora.serving``): none may be merged into it."""
-    if any(m.extra_adapters or m.active_adapter != m.adapter_name for m in found.values()):
-        raise RuntimeError("the model serves several named adapters (or not the layers' own): merging would bake "
-                           "one into the base they share; load that adapter alone into a fresh base to merge it")
 
 
 def unmerge_lora(model: nn.Module) -> None:
@@ -143,8 +138,7 @@ def remove_lora(model: nn.Module, merge: bool = False) -> nn.Module:
     found = _require_lora(model)
     if merge:
         for layer in found.values():
-            refuse_merge(layer.base_layer)
-        _refuse_merge_named(found)
+            layer.check_merge()
     for name, layer in found.items():
         if merge and not layer.merged:
             layer.merge()
@@ -154,6 +148,6 @@ def remove_lora(model: nn.Module, merge: bool = False) -> nn.Module:
             if layer.variants:  # a variant may have rewritten W (PiSSA keeps the residual)
                 with torch.no_grad():
                     layer.base_layer.weight.copy_(layer.original_weight())
-        _set_module(model, name, layer.base_layer)
+        replace_module(model, name, layer.base_layer)
     model.lora_settings = None
     return model

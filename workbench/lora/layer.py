@@ -29,21 +29,24 @@ small classes whose hooks the layer calls (as PEFT's ``LoraVariant`` classes are
 * PiSSA (``init="pissa"``, Meng et al. 2024, arXiv:2404.02948): A and B start at the top-r
   singular directions of W, and the rest, ``W - s B A``, is the frozen base weight.
 
-Several adapters on one base (``workbench.lora.serving``): the layer's own A and B are one
-named adapter; others sit beside them in ``extra_adapters``, and ``forward_named`` adds the
-active one, or one per row of a mixed batch.
+A quantized base (QLoRA) is wrapped as a ``Linear`` is; the two facts the layer needs about
+it come from the leaf ``workbench.lora.quant_facts``: A and B train in float beside 4/8-bit
+codes (``float_dtype``), and the update cannot be merged into them (``refuse_merge``).
+
+Several named adapters on one base are not this layer's business: ``workbench.lora.serving``
+swaps in its ``ServingLayer`` (this layer plus adapters beside it) when a second adapter is
+loaded.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from workbench.lora.config import Init, LoRAConfig, check_init, lora_scaling
-from workbench.lora.quantize import float_dtype, refuse_merge
+from workbench.lora.quant_facts import float_dtype, refuse_merge
 from workbench.lora.variants import LoRAVariant, variants_for
 
 try:  # GPT-2 style models store their projections as Conv1D (weight transposed).
@@ -53,7 +56,7 @@ except ImportError:  # pragma: no cover - transformers is a hard dependency
 
 SUPPORTED_TYPES: tuple[type, ...] = (nn.Linear,) + ((Conv1D,) if Conv1D is not None else ())
 
-__all__ = ["LoRALayer", "RowGroups", "SUPPORTED_TYPES", "Conv1D", "layer_shape", "lora_scaling"]
+__all__ = ["LoRALayer", "SUPPORTED_TYPES", "Conv1D", "layer_shape", "lora_scaling"]
 
 
 def layer_shape(layer: nn.Module) -> tuple[int, int]:
@@ -67,21 +70,6 @@ def layer_shape(layer: nn.Module) -> tuple[int, int]:
         f"LoRA supports {', '.join(t.__name__ for t in SUPPORTED_TYPES)} layers, "
         f"not {type(layer).__name__}"
     )
-
-
-@dataclass(frozen=True)
-class RowGroups:
-    """A mixed batch's rows grouped by adapter: ``groups[name]`` holds the indices of the rows
-    that adapter serves (rows whose adapter is None, the base alone, are in no group)."""
-
-    rows: int
-    groups: dict[str, torch.Tensor]
-
-    @classmethod
-    def of(cls, adapters: list[str | None], device: torch.device | str | None = None) -> "RowGroups":
-        names = [n for n in dict.fromkeys(adapters) if n is not None]  # in order of first row
-        return cls(len(adapters), {n: torch.tensor([i for i, a in enumerate(adapters) if a == n], device=device)
-                                   for n in names})
 
 
 class LoRALayer(nn.Module):
@@ -108,12 +96,6 @@ class LoRALayer(nn.Module):
         self.lora_A = nn.Linear(self.in_features, self.rank, bias=False, device=w.device, dtype=dtype)
         self.lora_B = nn.Linear(self.rank, self.out_features, bias=False, device=w.device, dtype=dtype)
         self.merged = False
-        # Named adapters (``workbench.lora.serving``): this layer's own A, B above are the adapter called
-        # ``adapter_name``; others sit beside it in ``extra_adapters`` (name -> its A, B and scale).
-        self.adapter_name, self.active_adapter = "default", "default"
-        self.extra_adapters = nn.ModuleDict()  # empty unless more adapters are loaded: no state-dict keys
-        # A mixed batch: adapter name -> the rows it serves, grouped once per batch (workbench.lora.serving).
-        self.row_adapters: RowGroups | None = None
         self.variants: tuple[LoRAVariant, ...] = variants_for(self.config)  # () for plain LoRA
         self.variant = next((v for v in self.variants if v.changes_output), None)  # the one that computes y
         if not any(v.replaces_init for v in self.variants):
@@ -139,39 +121,12 @@ class LoRALayer(nn.Module):
         result = self.base_layer(x)
         if self.merged:
             return result
-        if self.row_adapters is not None or self.active_adapter != self.adapter_name:
-            return self.forward_named(x, result)  # another named adapter, or one per row
-        if self.variant is not None:
+        if self.variant is not None:  # DoRA computes y its own way
             return self.variant.forward(self, x, result)
         update = self.lora_B(self.lora_A(self.lora_input(x))) * self.scaling
         # In the base output's dtype: on a bf16 model with a quantized base (QLoRA) A and B are fp32
         # (float_dtype), and an fp32 update would turn the hidden state fp32 (PEFT casts back too).
         return result + update.to(result.dtype)
-
-    def forward_named(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        """y = base(x) + s_k B_k A_k x for the active named adapter k, or for row i of a mixed batch
-        the adapter ``row_adapters[i]``: rows grouped by adapter, one pair of matmuls per group (as
-        S-LoRA, LoRAX and PEFT's ``adapter_names`` do).  An adapter that does not adapt this layer,
-        or None (the base alone), leaves its rows at base(x)."""
-        if self.row_adapters is None:
-            update = self.named_update(self.active_adapter)
-            return result if update is None else result + update(self.lora_input(x)).to(result.dtype)
-        if self.row_adapters.rows != x.shape[0]:
-            raise ValueError(f"{self.row_adapters.rows} adapter names for a batch of {x.shape[0]} rows")
-        for name, rows in self.row_adapters.groups.items():  # each adapter once, in order of first row
-            update = self.named_update(name)
-            if update is not None:
-                rows = rows.to(x.device)  # a no-op unless the model spans devices
-                result = result.index_add(0, rows, update(self.lora_input(x[rows])).to(result.dtype))
-        return result
-
-    def named_update(self, name: str | None):
-        """x -> s B A x of the adapter called ``name`` at this layer; None where it does not adapt it."""
-        if name is not None and name == self.adapter_name:
-            if self.variant is not None:
-                raise RuntimeError(f"a {self.config.kind} adapter serves alone: named adapters are plain LoRA")
-            return lambda x: self.lora_B(self.lora_A(x)) * self.scaling
-        return self.extra_adapters[name] if name in self.extra_adapters else None
 
     def lora_input(self, x: torch.Tensor) -> torch.Tensor:
         """dropout(x), in the adapter's dtype.  Under autocast the matmuls pick their own
@@ -200,15 +155,18 @@ class LoRALayer(nn.Module):
         """W <- W + s B A: then the layer costs what the base layer costs."""
         if self.merged:
             raise RuntimeError("this LoRA layer is already merged; unmerge it first")
-        refuse_merge(self.base_layer)  # a quantized base cannot hold W + s B A (workbench.lora.quantize)
-        if self.extra_adapters or self.active_adapter != self.adapter_name:
-            raise RuntimeError("this layer serves several named adapters (or not its own): merging would bake one "
-                               "into the base all share; load that adapter alone into a fresh base to merge it")
+        self.check_merge()
         if self.variant is not None:
             self.variant.merge(self)
         else:
             self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
         self.merged = True
+
+    def check_merge(self) -> None:
+        """Raise if the update cannot be merged: a quantized base cannot hold W + s B A.
+
+        ``merge_lora`` asks every layer before it merges any (all or nothing)."""
+        refuse_merge(self.base_layer)
 
     @torch.no_grad()
     def unmerge(self) -> None:

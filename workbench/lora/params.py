@@ -3,18 +3,25 @@
 For a LoRA layer wrapping a weight of shape out x in, the trainable count is the
 closed form ``r * (in + out)`` (A is r x in, B is out x r), against ``in * out`` (+ bias)
 for training the layer in full.
+
+The LoRA core needs only torch: ``count_parameters`` returns plain rows (``ParamRow``), and
+``ParameterReport.table`` turns them into a pandas DataFrame only when asked (pandas is
+imported there, not here).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from torch import nn
 
-from workbench.lora.targets import head_names
+from workbench.lora.paths import head_names
 from workbench.lora.layer import LoRALayer, layer_shape
-from workbench.lora.quantize import logical_numel
+from workbench.lora.quant_facts import logical_numel
+
+if TYPE_CHECKING:  # only for the annotation: ParameterReport.table imports pandas when called
+    import pandas as pd
 
 
 def lora_parameter_count(in_features: int, out_features: int, rank: int, dora: bool = False) -> int:
@@ -35,11 +42,30 @@ class ParamCounts:
         return self.trainable / self.total if self.total else 0.0
 
 
+@dataclass(frozen=True)
+class ParamRow:
+    """One module that owns parameters: a whole LoRA layer (its frozen base plus A and B) or
+    an ordinary module with parameters of its own.  ``kind``: "lora", "head" or "base"."""
+
+    module: str
+    kind: str
+    type: str
+    trainable: int
+    total: int
+
+
 @dataclass
 class ParameterReport(ParamCounts):
-    """Trainable and total counts plus a per-module table (one row per parameter owner)."""
+    """Trainable and total counts plus one row per parameter owner (``rows``; ``table``: as a DataFrame)."""
 
-    table: pd.DataFrame | None = None
+    rows: list[ParamRow] = field(default_factory=list)
+
+    @property
+    def table(self) -> "pd.DataFrame":
+        """The rows as a pandas DataFrame, columns module, kind, type, trainable, total (pandas imported here)."""
+        import pandas as pd
+
+        return pd.DataFrame([asdict(r) for r in self.rows], columns=[f.name for f in fields(ParamRow)])
 
     def __repr__(self) -> str:
         return (
@@ -61,7 +87,7 @@ def count_parameters(model: nn.Module) -> ParameterReport:
     """
     seen: set[int] = set()
     heads = tuple(head_names(model))
-    rows = []
+    rows: list[ParamRow] = []
     skip_prefixes: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(p) for p in skip_prefixes):
@@ -81,16 +107,11 @@ def count_parameters(model: nn.Module) -> ParameterReport:
         seen.update(id(p) for p in fresh)
         if not fresh:
             continue
-        rows.append(
-            {
-                "module": name or "(model)",
-                "kind": kind,
-                "type": detail,
-                "trainable": sum(logical_numel(p) for p in fresh if p.requires_grad),
-                "total": sum(logical_numel(p) for p in fresh),
-            }
-        )
-    table = pd.DataFrame(rows, columns=["module", "kind", "type", "trainable", "total"])
-    return ParameterReport(
-        trainable=int(table["trainable"].sum()), total=int(table["total"].sum()), table=table
-    )
+        rows.append(ParamRow(
+            module=name or "(model)",
+            kind=kind,
+            type=detail,
+            trainable=sum(logical_numel(p) for p in fresh if p.requires_grad),
+            total=sum(logical_numel(p) for p in fresh),
+        ))
+    return ParameterReport(trainable=sum(r.trainable for r in rows), total=sum(r.total for r in rows), rows=rows)

@@ -16,7 +16,7 @@ So, per weight (the paper's section 3, "Double Quantization"):
 LLM.int8 (Dettmers et al. 2022, arXiv:2208.07339) stores one int8 code per weight and
 one fp32 scale per output row:  8 + 32 / in_features bits.
 
-These constants are the single source for the planner (``lessons/planner.py``) and the
+These constants are the single source for the planner (``lessons/planner/``) and the
 memory breakdown; ``tests`` check them against the bytes bitsandbytes really allocates.
 
 Quantizing a model (``quantize_model``, what ``load_base(..., quantize=)`` calls) replaces
@@ -34,28 +34,30 @@ and ``quantized_layer_bytes`` count what a quantized layer really holds, for
 from __future__ import annotations
 
 import logging
-import math
 import sys
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-Quantize = Literal["nf4", "int8"]
-QUANTIZE_CHOICES: tuple[str, ...] = ("nf4", "int8")
+from workbench.lora.paths import block_linear_names, replace_module
+# The facts the layer needs live in a leaf (the layer never imports this module); they are
+# part of this module's public face too: ``from workbench.lora.quantize import check_quantize``.
+from workbench.lora.quant_facts import (QUANTIZE_CHOICES, Quantize, check_quantize, float_dtype, is_quantized,
+                                        is_quantized_layer, layer_quantization, logical_numel, model_quantization,
+                                        quantized_layer_types, refuse_merge)
+
+__all__ = [
+    "QUANTIZE_CHOICES", "Quantize", "check_quantize", "float_dtype", "is_quantized", "is_quantized_layer",
+    "layer_quantization", "logical_numel", "model_quantization", "quantized_layer_types", "refuse_merge",
+    "NF4_BLOCK", "NF4_STATS_BLOCK", "NF4_LAYER_TABLE_BYTES", "INT8_THRESHOLD", "nf4_bits_per_weight",
+    "int8_bits_per_weight", "quantized_bytes_per_weight", "quantize_layer", "quantize_model", "dequantize_weight",
+    "dequantize_layer", "dequantize_model", "quantization_constant_bytes", "quantized_layer_bytes",
+    "restore_quantized_weights",
+]
 
 NF4_BLOCK = 64  # weights per absmax (bitsandbytes' default blocksize for 4-bit)
 NF4_STATS_BLOCK = 256  # absmax values per fp32 scale under double quantization
-
-
-def check_quantize(quantize: str | None) -> str | None:
-    """``None`` (no quantization), ``"nf4"`` or ``"int8"``; anything else is refused."""
-    if quantize is None or quantize in QUANTIZE_CHOICES:
-        return quantize
-    raise ValueError(
-        f"quantize must be one of {', '.join(repr(q) for q in QUANTIZE_CHOICES)} or None "
-        f"(no quantization), not {quantize!r}"
-    )
 
 
 def nf4_bits_per_weight(double_quant: bool = True) -> float:
@@ -131,83 +133,6 @@ def _bnb():
     return bitsandbytes
 
 
-def quantized_layer_types() -> tuple[type, ...]:
-    """bitsandbytes' quantized linear layers (both subclass ``nn.Linear``); () when it is not loaded."""
-    bnb = sys.modules.get("bitsandbytes")
-    if bnb is None:
-        return ()
-    return (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
-
-
-def is_quantized_layer(module: nn.Module) -> bool:
-    """True for a bitsandbytes ``Linear4bit`` / ``Linear8bitLt`` holding quantized weights."""
-    types = quantized_layer_types()
-    return bool(types) and isinstance(module, types)
-
-
-def layer_quantization(module: nn.Module) -> str | None:
-    """"nf4", "int8" (or bitsandbytes' "fp4") for a quantized layer; None for any other module."""
-    if not is_quantized_layer(module):
-        return None
-    bnb = sys.modules["bitsandbytes"]
-    if isinstance(module, bnb.nn.Linear8bitLt):
-        return "int8"
-    return getattr(module.weight, "quant_type", "fp4")
-
-
-def model_quantization(model: nn.Module) -> str | None:
-    """The quantization of a model's quantized layers ("nf4" / "int8"), or None when it has none."""
-    kinds = {q for q in map(layer_quantization, model.modules()) if q is not None}
-    if len(kinds) > 1:
-        return "+".join(sorted(kinds))
-    return next(iter(kinds), None)
-
-
-def is_quantized(model: nn.Module) -> bool:
-    """True when any layer of ``model`` holds bitsandbytes-quantized weights."""
-    return any(is_quantized_layer(m) for m in model.modules())
-
-
-def float_dtype(layer: nn.Module) -> torch.dtype:
-    """The dtype LoRA's A and B take beside ``layer``: its weight's dtype when that is a float,
-    else (a quantized weight stored as uint8/int8 codes) the default float dtype (fp32), as
-    PEFT's LoRA on bitsandbytes layers does: the adapter trains in full precision."""
-    w = layer.weight
-    return w.dtype if w.dtype.is_floating_point else torch.get_default_dtype()
-
-
-def refuse_merge(layer: nn.Module, what: str = "merge") -> None:
-    """Raise if ``layer`` is quantized: W + s B A cannot be written into 4- or 8-bit codes.
-
-    Rounding the merged weight back to NF4/int8 would throw most of the small update away
-    (an NF4 step is about a tenth of a block's largest weight), so a quantized base keeps its
-    adapter separate.  The message says what to do instead.
-    """
-    q = layer_quantization(layer)
-    if q is None:
-        return
-    raise ValueError(
-        f"cannot {what} LoRA into a {q}-quantized base layer ({type(layer).__name__}): the update s B A would be "
-        "rounded away in the quantized codes. Keep the adapter separate (save_adapter), or dequantize first: "
-        "export_merged(model, tokenizer, folder, dequantize=True) writes a plain model with the update merged, "
-        "or workbench.lora.quantize.dequantize_model(model) turns the base back into float layers in place"
-    )
-
-
-def _block_linears(model: nn.Module) -> list[str]:
-    """Paths of the plain ``nn.Linear`` layers inside the numbered transformer blocks.
-
-    Only those: the classification head, a language model's ``lm_head`` and BERT's pooler sit
-    outside the blocks (the head trains; the pooler and lm_head stay in float, as
-    transformers' bitsandbytes loading keeps the output layer).  GPT-2's ``Conv1D`` is not a
-    ``Linear`` and is not quantized.
-    """
-    from workbench.lora.targets import OUTPUT_NAMES, layer_index
-
-    return [n for n, m in model.named_modules()
-            if type(m) is nn.Linear and layer_index(n) is not None and n.rpartition(".")[2] not in OUTPUT_NAMES]
-
-
 def quantize_layer(layer: nn.Linear, quantize: str, compute_dtype: torch.dtype | None = None) -> nn.Module:
     """A bitsandbytes layer holding ``layer``'s weights quantized (``layer`` is left unchanged).
 
@@ -266,16 +191,14 @@ def quantize_model(model: nn.Module, quantize: str | None, compute_dtype: torch.
         return []
     if getattr(model, "lora_settings", None) is not None:
         raise ValueError("quantize the base model before adding LoRA (the model already has LoRA layers)")
-    names = _block_linears(model)
+    names = block_linear_names(model)
     if not names:
         raise ValueError(
             f"{type(model).__name__} has no nn.Linear layers inside numbered transformer blocks to quantize "
             "(GPT-2 style models use Conv1D, which bitsandbytes does not quantize): quantize supports BERT- and "
             "Llama-style models")
     for n in names:
-        parent_name, _, child = n.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, quantize_layer(model.get_submodule(n), q, compute_dtype))
+        replace_module(model, n, quantize_layer(model.get_submodule(n), q, compute_dtype))
     model.workbench_quantize = q
     return names
 
@@ -334,23 +257,13 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype = torch.float32) -> li
         raise ValueError(f"dtype must be a floating torch.dtype (torch.float32, torch.bfloat16), not {dtype!r}")
     names = [n for n, m in model.named_modules() if is_quantized_layer(m)]
     for n in names:
-        parent_name, _, child = n.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, dequantize_layer(model.get_submodule(n), dtype))
+        replace_module(model, n, dequantize_layer(model.get_submodule(n), dtype))
     if hasattr(model, "workbench_quantize"):
         del model.workbench_quantize
     return names
 
 
 # --------------------------------------------------------------------------- counting what it costs
-
-
-def logical_numel(p: torch.Tensor) -> int:
-    """How many weights a parameter stands for: a packed NF4 parameter holds two per byte."""
-    state = getattr(p, "quant_state", None)
-    if state is not None and getattr(state, "shape", None) is not None:
-        return int(math.prod(state.shape))
-    return p.numel()
 
 
 def _state_tensors(layer: nn.Module) -> list[torch.Tensor]:

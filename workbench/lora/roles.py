@@ -1,22 +1,12 @@
 """Targets by role: the part a layer plays in a transformer block, in every architecture.
 
-Every block of a transformer has the same six kinds of weight, whatever a model family
-calls them.  A role names one of them, so ``targets=("query", "value")`` or
-``targets=("FFN in", "FFN out")`` means the same thing on BERT, Llama/Qwen2/SmolLM2 and
-GPT-2:
+A role (``"query"``, ``"key"``, ``"value"``, ``"attention output"``, ``"FFN in"``,
+``"FFN out"``) names the same part of every block whatever a model family calls it; the
+families' names for them are the one table in ``workbench.lora.architectures``.  This
+module applies that table to a model at hand: which family it is, which module paths a
+role selects, and the messages when a choice does not fit.
 
-=================  ==========================  ==========================  ===============
-role               BERT (RoBERTa, ...)         Llama, Qwen2, SmolLM2, ...  GPT-2
-=================  ==========================  ==========================  ===============
-query              attention.self.query        self_attn.q_proj            attn.c_attn (*)
-key                attention.self.key          self_attn.k_proj            attn.c_attn (*)
-value              attention.self.value        self_attn.v_proj            attn.c_attn (*)
-attention output   attention.output.dense      self_attn.o_proj            attn.c_proj
-FFN in             intermediate.dense          mlp.gate_proj, mlp.up_proj  mlp.c_fc
-FFN out            output.dense (in a block)   mlp.down_proj               mlp.c_proj
-=================  ==========================  ==========================  ===============
-
-(*) GPT-2 computes query, key and value with one fused layer (``c_attn``, 3 x hidden
+GPT-2 computes query, key and value with one fused layer (``c_attn``, 3 x hidden
 outputs), so LoRA there adapts all three at once: asking for some of them only is
 refused with a message that says so (LoRA on ``c_attn`` is a single ``B A`` whose output
 spans q, k and v; PEFT has no way to adapt a third of it either).
@@ -33,55 +23,20 @@ is not in ``ARCHITECTURES`` has no roles; its layers are chosen by module name a
 from __future__ import annotations
 
 import difflib
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from torch import nn
 
+from workbench.lora.architectures import ARCHITECTURES, ROLES, Architecture
 from workbench.lora.layer import SUPPORTED_TYPES, LoRALayer, layer_shape
+from workbench.lora.paths import block_path
 
 __all__ = [
-    "ROLES", "Architecture", "ARCHITECTURES", "RoleLayers", "block_path", "architecture_of", "model_roles",
-    "role_layer_names", "roles_of_path", "is_role", "peft_target_modules", "roles_text", "suggestion",
+    "RoleLayers", "architecture_of", "model_roles", "role_layer_names", "roles_of_path", "is_role",
+    "peft_target_modules", "roles_text", "suggestion",
 ]
-
-QUERY, KEY, VALUE = "query", "key", "value"
-ATTN_OUT, FFN_IN, FFN_OUT = "attention output", "FFN in", "FFN out"
-ROLES: tuple[str, ...] = (QUERY, KEY, VALUE, ATTN_OUT, FFN_IN, FFN_OUT)
-
-_BLOCK = re.compile(r"\.(\d+)\.(.+)$")
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """A model family's names for the roles: role -> the paths inside a block."""
-
-    name: str  # how messages name the family
-    model_types: tuple[str, ...]  # transformers' config.model_type values of the family
-    paths: dict[str, tuple[str, ...]]
-
-    def fused(self, role: str) -> tuple[str, ...]:
-        """The roles computed by the same layer(s) as ``role`` (itself included): GPT-2's q, k, v."""
-        return tuple(r for r in ROLES if self.paths[r] == self.paths[role])
-
-
-ARCHITECTURES: tuple[Architecture, ...] = (
-    Architecture("BERT", ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie"), {
-        QUERY: ("attention.self.query",), KEY: ("attention.self.key",), VALUE: ("attention.self.value",),
-        ATTN_OUT: ("attention.output.dense",), FFN_IN: ("intermediate.dense",), FFN_OUT: ("output.dense",),
-    }),
-    Architecture("Llama", ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "olmo", "olmo2", "granite"), {
-        QUERY: ("self_attn.q_proj",), KEY: ("self_attn.k_proj",), VALUE: ("self_attn.v_proj",),
-        ATTN_OUT: ("self_attn.o_proj",), FFN_IN: ("mlp.gate_proj", "mlp.up_proj"), FFN_OUT: ("mlp.down_proj",),
-    }),
-    Architecture("GPT-2", ("gpt2",), {
-        QUERY: ("attn.c_attn",), KEY: ("attn.c_attn",), VALUE: ("attn.c_attn",),
-        ATTN_OUT: ("attn.c_proj",), FFN_IN: ("mlp.c_fc",), FFN_OUT: ("mlp.c_proj",),
-    }),
-)
-
 
 @dataclass(frozen=True)
 class RoleLayers:
@@ -99,12 +54,6 @@ class RoleLayers:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, int], ...]
     fused: tuple[str, ...] = ()
-
-
-def block_path(name: str) -> str | None:
-    """The path inside a block: ``output.dense`` for ``bert.encoder.layer.3.output.dense``; None outside blocks."""
-    m = _BLOCK.search(name)
-    return m.group(2) if m else None
 
 
 def roles_of_path(arch: Architecture | None, path: str | None) -> tuple[str, ...]:

@@ -9,13 +9,17 @@ can mix requests for different adapters; each LoRA layer then computes, for row 
 grouping the rows by adapter so that each adapter costs one pair of small matmuls per
 step, and the base matmul ``W x`` runs once for the whole batch.
 
-How it sits in the layer (``workbench.lora.layer``): a ``LoRALayer``'s own ``lora_A`` and
-``lora_B`` hold the first adapter loaded at that layer (``layer.adapter_name``; "default"
-for a model adapted by ``add_lora`` or by ``load_adapter`` without a name), so their
-state-dict keys are PEFT's as before; further adapters sit beside them in
-``layer.extra_adapters`` (name -> ``NamedAdapter``).  A layer that only a later adapter
-targets is wrapped then, with that adapter as its own.  ``model.lora_adapters``
-(``AdapterSet``) keeps the names in load order and the active one.
+How it sits in the model: a plain ``LoRALayer`` (``workbench.lora.layer``) knows nothing of
+names.  When a model takes a second adapter, or is asked to switch or to mix them, each of
+its LoRA layers is swapped for a ``ServingLayer``: the same layer (its base, ``lora_A``,
+``lora_B`` and settings shared, nothing copied) holding the first adapter loaded at that
+layer as its own (``adapter_name``; "default" for a model adapted by ``add_lora`` or by
+``load_adapter`` without a name), so their state-dict keys are PEFT's as before; further
+adapters sit beside them in ``extra_adapters`` (name -> ``NamedAdapter``).  A layer that
+only a later adapter targets is wrapped then, with that adapter as its own.  The model's
+``AdapterSet`` (the names in load order and the active one) is kept with its LoRA settings,
+``model.lora_settings.adapters``.  Everything about named adapters is in this file;
+``workbench.lora.adapters`` reads the files and hands the weights here.
 
 Named adapters beside the first are plain LoRA for inference: DoRA and PiSSA change the
 base computation itself (a rescaled or residual ``W``), which rows sharing ``W`` cannot
@@ -27,17 +31,19 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from workbench.lora.config import LoRAConfig
-from workbench.lora.layer import LoRALayer, RowGroups
+from workbench.lora.layer import LoRALayer
+from workbench.lora.paths import replace_module
 
-__all__ = ["DEFAULT_NAME", "NamedAdapter", "AdapterSet", "adapter_names", "active_adapter", "set_adapter",
-           "check_adapter_name", "check_row_adapters", "adapters_per_row", "plain_view", "adapter_bytes",
+__all__ = ["DEFAULT_NAME", "NamedAdapter", "RowGroups", "ServingLayer", "AdapterSet", "adapter_set", "adapter_names",
+           "active_adapter", "set_adapter", "check_adapter_name", "check_row_adapters", "adapters_per_row",
+           "plain_view", "serving_layers", "name_adapter", "beside_problem", "add_named_adapter", "adapter_bytes",
            "tensor_bytes"]
 
 DEFAULT_NAME = "default"  # the name of a model's one adapter when nobody named it (PEFT's too)
@@ -64,18 +70,95 @@ class NamedAdapter(nn.Module):
         return f"rank={self.rank}, alpha={self.config.alpha:g}, scaling={self.scaling:.4g}"
 
 
+@dataclass(frozen=True)
+class RowGroups:
+    """A mixed batch's rows grouped by adapter: ``groups[name]`` holds the indices of the rows
+    that adapter serves (rows whose adapter is None, the base alone, are in no group)."""
+
+    rows: int
+    groups: dict[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, adapters: list[str | None], device: torch.device | str | None = None) -> "RowGroups":
+        names = [n for n in dict.fromkeys(adapters) if n is not None]  # in order of first row
+        return cls(len(adapters), {n: torch.tensor([i for i, a in enumerate(adapters) if a == n], device=device)
+                                   for n in names})
+
+
+class ServingLayer(LoRALayer):
+    """A LoRA layer that serves several named adapters on its one frozen base.
+
+    Its own ``lora_A``/``lora_B`` are the adapter called ``adapter_name``; the others sit
+    beside them in ``extra_adapters``.  ``active_adapter`` says which one a forward pass adds
+    (None: the base alone); within ``adapters_per_row`` ``row_adapters`` gives one per row.
+    With its own adapter active and no rows it is exactly the plain ``LoRALayer``.
+    """
+
+    adapter_name: str
+    active_adapter: str | None
+    row_adapters: RowGroups | None
+
+    @classmethod
+    def from_layer(cls, layer: LoRALayer, name: str, active: str | None) -> "ServingLayer":
+        """``layer`` able to serve more adapters: its base, A, B and settings are shared, not copied."""
+        served = cls.__new__(cls)
+        state = layer.__dict__.items()  # torch's own tables (parameters, submodules, ...) copied, their contents shared
+        served.__dict__.update({k: v.copy() if isinstance(v, (dict, set)) else v for k, v in state})
+        served.adapter_name, served.active_adapter = name, active
+        served.extra_adapters = nn.ModuleDict()  # name -> NamedAdapter; empty: no state-dict keys
+        served.row_adapters = None  # a mixed batch: adapter name -> the rows it serves, grouped once per batch
+        return served
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain LoRA when its own adapter serves the whole batch, else ``forward_named``."""
+        if self.merged or (self.row_adapters is None and self.active_adapter == self.adapter_name):
+            return super().forward(x)
+        return self.forward_named(x, self.base_layer(x))
+
+    def forward_named(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """y = base(x) + s_k B_k A_k x for the active named adapter k, or for row i of a mixed batch
+        the adapter ``row_adapters[i]``: rows grouped by adapter, one pair of matmuls per group (as
+        S-LoRA, LoRAX and PEFT's ``adapter_names`` do).  An adapter that does not adapt this layer,
+        or None (the base alone), leaves its rows at base(x)."""
+        if self.row_adapters is None:
+            update = self.named_update(self.active_adapter)
+            return result if update is None else result + update(self.lora_input(x)).to(result.dtype)
+        if self.row_adapters.rows != x.shape[0]:
+            raise ValueError(f"{self.row_adapters.rows} adapter names for a batch of {x.shape[0]} rows")
+        for name, rows in self.row_adapters.groups.items():  # each adapter once, in order of first row
+            update = self.named_update(name)
+            if update is not None:
+                rows = rows.to(x.device)  # a no-op unless the model spans devices
+                result = result.index_add(0, rows, update(self.lora_input(x[rows])).to(result.dtype))
+        return result
+
+    def named_update(self, name: str | None):
+        """x -> s B A x of the adapter called ``name`` at this layer; None where it does not adapt it."""
+        if name is not None and name == self.adapter_name:
+            if self.variant is not None:
+                raise RuntimeError(f"a {self.config.kind} adapter serves alone: named adapters are plain LoRA")
+            return lambda x: self.lora_B(self.lora_A(x)) * self.scaling
+        return self.extra_adapters[name] if name in self.extra_adapters else None
+
+    def check_merge(self) -> None:
+        """Several named adapters share the base: none may be merged into it."""
+        super().check_merge()
+        if self.extra_adapters or self.active_adapter != self.adapter_name:
+            raise RuntimeError("this layer serves several named adapters (or not its own): merging would bake one "
+                               "into the base all share; load that adapter alone into a fresh base to merge it")
+
+    def extra_repr(self) -> str:
+        extra = f", extra_adapters={list(self.extra_adapters)}" if self.extra_adapters else ""
+        return f"{super().extra_repr()}, adapter={self.adapter_name!r}, active={self.active_adapter!r}{extra}"
+
+
 @dataclass
 class AdapterSet:
-    """The named adapters on a model (``model.lora_adapters``), in load order; the first is the default.
-
-    ``owner`` is the ``LoRASettings`` of the model's first adapter: after ``remove_lora`` (or
-    a new ``add_lora``) the set no longer belongs to the model and is rebuilt.
-    """
+    """The named adapters on a model (``model.lora_settings.adapters``), in load order; the first is the default."""
 
     configs: dict[str, LoRAConfig]
     wrapped: dict[str, list[str]]  # each adapter's layers
     active: str | None
-    owner: object = field(repr=False, default=None)
 
     @property
     def names(self) -> list[str]:
@@ -92,12 +175,32 @@ def adapter_set(model: nn.Module) -> AdapterSet | None:
     settings = getattr(model, "lora_settings", None)
     if settings is None:
         return None
-    found = getattr(model, "lora_adapters", None)
-    if not isinstance(found, AdapterSet) or found.owner is not settings:
-        found = AdapterSet({DEFAULT_NAME: settings.config}, {DEFAULT_NAME: list(settings.wrapped)}, DEFAULT_NAME,
-                           owner=settings)
-        model.lora_adapters = found
-    return found
+    if settings.adapters is None:
+        settings.adapters = AdapterSet({DEFAULT_NAME: settings.config}, {DEFAULT_NAME: list(settings.wrapped)},
+                                       DEFAULT_NAME)
+    return settings.adapters
+
+
+def name_adapter(model: nn.Module, name: str) -> None:
+    """The model's one adapter is called ``name`` (and is active)."""
+    s = model.lora_settings
+    s.adapters = AdapterSet({name: s.config}, {name: list(s.wrapped)}, name)
+
+
+def serving_layers(model: nn.Module) -> list[ServingLayer]:
+    """The model's LoRA layers as ``ServingLayer``s: each plain one is swapped for one (its own
+    adapter: the model's first), so that adapters can be switched, mixed or added."""
+    found = adapter_set(model)
+    if found is None:
+        raise ValueError("the model has no adapters loaded; load one with load_adapter(model, folder, name=...)")
+    out = []
+    for name, layer in list(model.named_modules()):
+        if isinstance(layer, LoRALayer) and not isinstance(layer, ServingLayer):
+            layer = ServingLayer.from_layer(layer, found.default, found.active)
+            replace_module(model, name, layer)
+        if isinstance(layer, ServingLayer):
+            out.append(layer)
+    return out
 
 
 def adapter_names(model: nn.Module) -> list[str]:
@@ -140,9 +243,8 @@ def set_adapter(model: nn.Module, name: str | None) -> None:
         raise ValueError("the model has no adapters loaded; load one with load_adapter(model, folder, name=...)")
     if name is not None and name not in found.configs:
         raise _unknown(model, name)
-    for layer in model.modules():
-        if isinstance(layer, LoRALayer):
-            layer.active_adapter = name
+    for layer in serving_layers(model):
+        layer.active_adapter = name
     found.active = name
 
 
@@ -168,7 +270,7 @@ def adapters_per_row(model: nn.Module, adapters: Sequence[str | None]) -> Iterat
     afterwards every layer applies the active adapter again.
     """
     adapters = check_row_adapters(model, adapters, len(adapters))
-    layers = [m for m in model.modules() if isinstance(m, LoRALayer)]
+    layers = serving_layers(model)
     if any(layer.merged for layer in layers):
         raise RuntimeError("the model's LoRA layers are merged; unmerge_lora before serving a batch per adapter")
     device = next((p.device for layer in layers for p in layer.parameters()), None)
@@ -189,18 +291,62 @@ def plain_view(model: nn.Module) -> Iterator[None]:
     So the target rules and shape checks written for a plain base apply to a model that
     already carries adapters, unchanged.
     """
-    swapped: list[tuple[nn.Module, str, LoRALayer]] = []
+    swapped: list[tuple[str, LoRALayer]] = []
     try:
         for name, layer in list(model.named_modules()):
             if isinstance(layer, LoRALayer):
-                parent_name, _, child = name.rpartition(".")
-                parent = model.get_submodule(parent_name) if parent_name else model
-                setattr(parent, child, layer.base_layer)
-                swapped.append((parent, child, layer))
+                replace_module(model, name, layer.base_layer)
+                swapped.append((name, layer))
         yield
     finally:
-        for parent, child, layer in reversed(swapped):
-            setattr(parent, child, layer)
+        for name, layer in reversed(swapped):
+            replace_module(model, name, layer)
+
+
+def beside_problem(model: nn.Module, name: str, settings: LoRAConfig | None = None) -> str | None:
+    """Why an adapter called ``name`` (with ``settings``, once known) cannot join the model's
+    adapters; None when it can."""
+    loaded = adapter_names(model)
+    if name in loaded:
+        return (f"an adapter named {name!r} is already loaded (loaded: {', '.join(map(repr, loaded))}); "
+                "load it under another name")
+    first = model.lora_settings.config
+    for what, c in (("the model's first adapter", first), (f"adapter {name!r}", settings)):
+        if c is not None and (c.dora or c.init == "pissa"):
+            return (f"{what} is {'DoRA' if c.dora else 'PiSSA'}, which changes the base weights' use ("
+                    f"{'a learned length per output' if c.dora else 'a residual base weight'}); several adapters "
+                    "on one base are plain LoRA only: load a DoRA or PiSSA adapter alone into its own base model")
+    if any(m.merged for m in model.modules() if isinstance(m, LoRALayer)):
+        return "the model's adapter is merged into its weights; unmerge_lora before loading another"
+    return None
+
+
+@torch.no_grad()
+def add_named_adapter(model: nn.Module, name: str, settings: LoRAConfig,
+                      weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[str]:
+    """Put adapter ``name`` beside the model's adapters: ``weights[path] = (A, B)`` per layer it adapts.
+
+    Inference only: its weights are frozen.  A layer no adapter had is wrapped now, with this
+    adapter as its own.  The caller (``workbench.lora.adapters.load_adapter``) has checked the
+    name (``beside_problem``) and every key and shape, so nothing here can fail half way.
+    """
+    found = adapter_set(model)
+    serving_layers(model)
+    for n, (a, b) in weights.items():
+        module = model.get_submodule(n)
+        if isinstance(module, ServingLayer):
+            w = module.lora_A.weight
+            extra = NamedAdapter(module.in_features, module.out_features, settings, device=w.device, dtype=w.dtype)
+            module.extra_adapters[name] = extra
+        else:  # a layer no adapter had: wrapped now, with this adapter as its own
+            extra = ServingLayer.from_layer(LoRALayer(module, settings), name, found.active)
+            replace_module(model, n, extra)
+        extra.lora_A.weight.copy_(a.to(extra.lora_A.weight.dtype))
+        extra.lora_B.weight.copy_(b.to(extra.lora_B.weight.dtype))
+        extra.lora_A.weight.requires_grad_(False)
+        extra.lora_B.weight.requires_grad_(False)
+    found.configs[name], found.wrapped[name] = settings, list(weights)
+    return list(weights)
 
 
 def tensor_bytes(tensors) -> int:
@@ -221,9 +367,10 @@ def adapter_bytes(model: nn.Module) -> dict[str, int]:
         return {}
     out = {name: [] for name in found.names}
     for layer in model.modules():
-        if isinstance(layer, LoRALayer):
-            if layer.adapter_name in out:
-                out[layer.adapter_name] += [layer.lora_A.weight, layer.lora_B.weight]
+        if isinstance(layer, ServingLayer):
+            out[layer.adapter_name] += [layer.lora_A.weight, layer.lora_B.weight]
             for name, extra in layer.extra_adapters.items():
                 out[name] += [extra.lora_A.weight, extra.lora_B.weight]
+        elif isinstance(layer, LoRALayer):  # a model with one adapter: the layers' own
+            out[found.default] += [layer.lora_A.weight, layer.lora_B.weight]
     return {name: tensor_bytes(ts) for name, ts in out.items()}

@@ -28,31 +28,13 @@ from typing import Iterable, Sequence
 
 from torch import nn
 
+from workbench.lora.architectures import KINDS
 from workbench.lora.config import ALL_LINEAR, check_targets
 from workbench.lora.layer import SUPPORTED_TYPES, LoRALayer, layer_shape
-from workbench.lora.roles import architecture_of, block_path, role_layer_names, roles_of_path, roles_text, suggestion
+from workbench.lora.paths import OUTPUT_NAMES, block_path, block_pattern, head_names, layer_index
+from workbench.lora.roles import architecture_of, role_layer_names, roles_of_path, roles_text, suggestion
 
-__all__ = [
-    "HEAD_NAMES", "OUTPUT_NAMES", "KINDS", "LayerGroup", "layer_index", "head_names", "layer_groups",
-    "targets_for", "describe_layers", "find_targets",
-]
-
-HEAD_NAMES = ("classifier", "score")  # classification heads of transformers models
-OUTPUT_NAMES = ("lm_head",) + HEAD_NAMES  # never LoRA targets under "all-linear"
-_LAYER_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
-
-
-def layer_index(name: str) -> int | None:
-    """The block index in a module path: 4 for ``bert.encoder.layer.4.attention.self.query``."""
-    m = _LAYER_INDEX.search(name)
-    return int(m.group(1)) if m else None
-
-
-def head_names(model: nn.Module) -> list[str]:
-    """Names of the classification head modules of a ``...ForSequenceClassification`` model."""
-    if not type(model).__name__.endswith(("ForSequenceClassification", "ForTokenClassification")):
-        return []
-    return [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)]
+__all__ = ["LayerGroup", "layer_groups", "targets_for", "describe_layers", "find_targets"]
 
 
 def _candidates(model: nn.Module) -> "OrderedDict[str, nn.Module]":
@@ -72,24 +54,12 @@ def _name_matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-# What a layer does, by the end of its path, for the architectures people meet first.
-KINDS: dict[str, str] = {
-    "attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
-    "attention.output.dense": "attention output", "intermediate.dense": "FFN in", "output.dense": "FFN out",
-    "attn.c_attn": "query/key/value (fused)", "attn.c_proj": "attention output",
-    "mlp.c_fc": "FFN in", "mlp.c_proj": "FFN out",
-    "q_proj": "query", "k_proj": "key", "v_proj": "value", "o_proj": "attention output",
-    "out_proj": "attention output", "gate_proj": "FFN in", "up_proj": "FFN in", "down_proj": "FFN out",
-    "fc1": "FFN in", "fc2": "FFN out", "pooler.dense": "pooler",
-}
-
-
 @dataclass
 class LayerGroup:
     """LoRA-capable layers that play the same part in every block (e.g. all 6 queries)."""
 
     pattern: str  # the path with block numbers shown as N
-    kind: str  # "query", "FFN out", ... or the last path component
+    kind: str  # "query", "FFN out", ... (workbench.lora.architectures.KINDS) or the last path component
     type: str  # Linear or Conv1D
     shape: tuple[int, int]  # (in, out)
     names: list[str]
@@ -98,16 +68,12 @@ class LayerGroup:
     roles: tuple[str, ...] = ()  # the roles these layers play (workbench.lora.roles); () for none
 
 
-def _group_key(name: str) -> str:
-    return _LAYER_INDEX.sub(lambda m: m.group(0).replace(m.group(1), "N"), name)
-
-
 def layer_groups(model: nn.Module) -> list[LayerGroup]:
     """The model's LoRA-capable layers grouped by role, each with a target that selects it."""
     by_key: OrderedDict[str, list[tuple[str, nn.Module]]] = OrderedDict()
     for name, module in _candidates(model).items():
         if isinstance(module, SUPPORTED_TYPES + (LoRALayer,)):
-            by_key.setdefault(_group_key(name), []).append((name, module))
+            by_key.setdefault(block_pattern(name), []).append((name, module))
     every = [n for items in by_key.values() for n, _ in items]
     arch = architecture_of(model)
     groups = []

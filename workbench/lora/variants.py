@@ -26,16 +26,15 @@ there, not new branches in the layer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from workbench.lora.config import LoRAConfig
 
-if TYPE_CHECKING:  # the layer imports this module, not the other way round
-    from workbench.lora.layer import LoRALayer
+# The ``LoRALayer`` that calls a hook.  The layer imports this module, not the other way round
+# (not even for type hints), so the hooks name it by what it is to torch.
+Layer = nn.Module
 
 __all__ = ["LoRAVariant", "DoRA", "PiSSA", "variants_for"]
 
@@ -47,20 +46,20 @@ class LoRAVariant:
     replaces_init: bool = False  # True: ``init`` sets A and B; the layer's random start is skipped
     changes_output: bool = False  # True: ``forward``, ``merge`` and ``unmerge`` replace plain LoRA's
 
-    def init(self, layer: "LoRALayer") -> None:
+    def init(self, layer: Layer) -> None:
         """Called once, when the layer is built."""
 
-    def original_weight(self, layer: "LoRALayer", weight: torch.Tensor) -> torch.Tensor:
+    def original_weight(self, layer: Layer, weight: torch.Tensor) -> torch.Tensor:
         """The weight the layer wrapped (stored orientation), given the stored base weight."""
         return weight
 
-    def forward(self, layer: "LoRALayer", x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    def forward(self, layer: Layer, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not change the layer's output")
 
-    def merge(self, layer: "LoRALayer") -> None:
+    def merge(self, layer: Layer) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not change the layer's output")
 
-    def unmerge(self, layer: "LoRALayer") -> None:
+    def unmerge(self, layer: Layer) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not change the layer's output")
 
 
@@ -82,7 +81,7 @@ class PiSSA(LoRAVariant):
     replaces_init = True
 
     @torch.no_grad()
-    def init(self, layer: "LoRALayer") -> None:
+    def init(self, layer: Layer) -> None:
         dtype = layer.base_layer.weight.dtype
         w = layer.base_weight().to(torch.float64 if dtype == torch.float64 else torch.float32)
         u, sing, vh = torch.linalg.svd(w, full_matrices=False)
@@ -97,7 +96,7 @@ class PiSSA(LoRAVariant):
         layer.register_buffer("pissa_A0", layer.lora_A.weight.detach().clone(), persistent=False)
         layer.register_buffer("pissa_B0", layer.lora_B.weight.detach().clone(), persistent=False)
 
-    def original_weight(self, layer: "LoRALayer", weight: torch.Tensor) -> torch.Tensor:
+    def original_weight(self, layer: Layer, weight: torch.Tensor) -> torch.Tensor:
         """W = residual + s B0 A0 (the top-r part PiSSA took out of the base)."""
         w0 = (layer.pissa_B0 @ layer.pissa_A0) * layer.scaling
         return weight + (w0.T if layer.fan_in_fan_out else w0).to(weight.dtype)
@@ -118,18 +117,18 @@ class DoRA(LoRAVariant):
     changes_output = True
 
     @staticmethod
-    def weight_norm(layer: "LoRALayer", delta: torch.Tensor) -> torch.Tensor:
+    def weight_norm(layer: Layer, delta: torch.Tensor) -> torch.Tensor:
         """||W + Delta W|| of each output row (out x in orientation): one number per output.
 
         The paper writes weights as (in x out) and calls this the column norm ||.||_c.
         """
         return torch.linalg.vector_norm(layer.base_weight() + delta, dim=1).to(layer.base_layer.weight.dtype)
 
-    def init(self, layer: "LoRALayer") -> None:
+    def init(self, layer: Layer) -> None:
         norm = self.weight_norm(layer, layer.delta_weight(transposed=False))
         layer.lora_magnitude_vector = nn.Parameter(norm.detach())
 
-    def forward(self, layer: "LoRALayer", x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    def forward(self, layer: Layer, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """The last line of the class formula, reusing the base layer's output.
 
         ``||V||`` is treated as a constant in backward (detached), as the paper's section
@@ -149,7 +148,7 @@ class DoRA(LoRAVariant):
         lora_out = layer.lora_B(layer.lora_A(lora_in)) * layer.scaling
         return result + ((g - 1) * base_wx + g * lora_out).to(result.dtype)
 
-    def merge(self, layer: "LoRALayer") -> None:
+    def merge(self, layer: Layer) -> None:
         """W <- g * (W + s B A) with g = m / ||W + s B A||, keeping ||W + s B A|| to unmerge."""
         w = layer.base_weight()  # a view: writing it writes the base weight
         delta = layer.delta_weight(transposed=False)
@@ -158,7 +157,7 @@ class DoRA(LoRAVariant):
         g = (layer.lora_magnitude_vector / norm).unsqueeze(1)
         w.copy_((g * (w + delta)).to(w.dtype))
 
-    def unmerge(self, layer: "LoRALayer") -> None:
+    def unmerge(self, layer: Layer) -> None:
         """W <- W' / g - s B A, with the norm kept at merge time (the merged W has another)."""
         w = layer.base_weight()
         g = (layer.lora_magnitude_vector / layer.dora_merged_norm).unsqueeze(1)

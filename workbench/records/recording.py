@@ -1,7 +1,7 @@
 """Runs that keep their record: the engine's ``train`` and ``run_sweep`` with the run store attached.
 
 ``wb.train`` and ``wb.run_sweep`` are the functions here.  The engine trains and measures
-and stores nothing (``workbench.engine.training``); the record is written by a sink, a
+and stores nothing (``workbench.engine.launch``); the record is written by a sink, a
 listener on the run's edges (``workbench.engine.events``):
 
 * at every evaluation, the record and the curve so far (a checkpoint: a run that is
@@ -25,7 +25,7 @@ import pandas as pd
 from torch import nn
 
 from workbench.engine import sweep as engine_sweep
-from workbench.engine import training as engine
+from workbench.engine import launch as engine
 from workbench.engine.config import RunConfig, RunResult
 from workbench.engine.events import RunSink, StepInfo
 from workbench.engine.ray_sweep import check_backend
@@ -91,7 +91,7 @@ def train(
     returns the trained model too, as ``result.model`` (for looking inside ΔW).
     ``sinks``: more listeners on the run (``workbench.engine.events.RunSink``).
     ``fresh_process``: on the CPU a run trains in a worker process of its own by default,
-    so that its measured peak is its own (``workbench.engine.training.use_fresh_process``).
+    so that its measured peak is its own (``workbench.engine.launch.use_fresh_process``).
     """
     return engine.train(cfg, on_step, stop, progress, keep_model, sinks=_with_store(sinks, runs_dir),
                         fresh_process=fresh_process)

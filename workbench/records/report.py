@@ -13,26 +13,24 @@ from typing import Sequence
 import pandas as pd
 
 from workbench.engine.config import RunConfig, RunResult
+from workbench.engine.labels import distinct_labels
 from workbench.engine.memory import describe_peak
+from workbench.lora.config import LoRAConfig
 from workbench.util.fileio import atomic_write, atomic_write_text
 from workbench.util.units import MB
+
+# Every LoRA setting is a column headed by its own name, in ``LoRAConfig``'s order, so a
+# setting added there shows up in reports as it does in the run store's table.
+LORA_REPORT_COLUMNS: dict[str, str] = {name: name for name in LoRAConfig.field_names()}
 
 # The columns a report table shows, in order, with readable headers: the run id, every
 # setting (LoRA's empty for full fine-tuning and head only), the verdict, the results.
 # Accuracy and shares are in percent here as in the panel.
-REPORT_COLUMNS = {
+REPORT_COLUMNS: dict[str, str] = {
     "run_id": "run id",
     "label": "run",
     "method": "method",
-    "rank": "rank",
-    "alpha": "alpha",
-    "rslora": "rslora",
-    "init": "init",
-    "dora": "dora",
-    "loraplus_ratio": "loraplus_ratio",
-    "targets": "targets",
-    "layers": "layers",
-    "dropout": "dropout",
+    **LORA_REPORT_COLUMNS,
     "model": "model",
     "task": "task",
     "data": "data",
@@ -71,7 +69,6 @@ def report_table(results: Sequence[RunResult]) -> pd.DataFrame:
     The ``run`` column names each run by ``distinct_labels`` (its label plus the settings
     that differ among the runs exported), as the figures' legends do.
     """
-    from workbench.engine.labels import distinct_labels
     from workbench.records.store import runs_table
 
     results = list(results)
@@ -115,7 +112,8 @@ def export_report(
     results: Sequence[RunResult], out: str | os.PathLike = "reports", formats: Sequence[str] = ("png", "svg")
 ) -> list[Path]:
     """Write the comparison figures (each in ``formats``) and the table (CSV and Markdown) to ``out``."""
-    from workbench.viz.plots import comparison_figures, save_figure
+    from workbench.viz.output import comparison_figures, save_figure  # matplotlib loads only when a report is made
+
 
     results = list(results)
     if not results:

@@ -49,6 +49,7 @@ from typing import Any
 
 import pandas as pd
 
+from workbench.engine import labels
 from workbench.engine.config import HISTORY_COLUMNS, ParamCounts, RunConfig, RunResult, Timing
 from workbench.engine.memory import MemoryBreakdown
 from workbench.engine.provenance import now as _now
@@ -144,19 +145,11 @@ class RunStoreWarning(UserWarning):
 # --------------------------------------------------------------------------- run ids
 
 
-def _slug(text: str, max_len: int = 24) -> str:
-    """Lower-case letters, digits and single dashes: safe in a folder name on every OS."""
-    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return s[:max_len].strip("-") or "run"
-
-
-def _short_label(config: RunConfig) -> str:
-    """'lora-r8', 'dora-r8-rslora-pissa' (``RunConfig.slug``, whole), 'full', 'head', or the config's own name, shortened."""
-    return _slug(config.name) if config.name else _slug(config.slug(), max_len=64)
-
-
 def new_run_id(config: RunConfig, when: datetime | None = None) -> str:
-    """A sortable, unique id: ``<YYYYMMDD-HHMMSS>-<short label>-<4 random hex digits>``.
+    """A sortable, unique id: ``<YYYYMMDD-HHMMSS>-<label>-<4 random hex digits>``.
+
+    The label is ``workbench.engine.labels.id_label``: the settings' slug ('lora-r8') or
+    the run's own name made safe for a folder name.
 
     The time prefix makes ``sorted(ids)`` chronological; 16 random bits make two runs of
     the same kind started in the same second collide with probability 1/65536, and
@@ -165,7 +158,7 @@ def new_run_id(config: RunConfig, when: datetime | None = None) -> str:
     if not isinstance(config, RunConfig):
         raise TypeError(f"new_run_id needs a RunConfig, got {type(config).__name__}")
     when = when or _now()
-    return f"{when:%Y%m%d-%H%M%S}-{_short_label(config)}-{secrets.token_hex(2)}"
+    return f"{when:%Y%m%d-%H%M%S}-{labels.id_label(config)}-{secrets.token_hex(2)}"
 
 
 def _check_run_id(run_id: str) -> str:

@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from workbench.util import procfs
+
 
 def current_umask() -> int:
     """The process's umask.
@@ -24,13 +26,9 @@ def current_umask() -> int:
     Linux shows it in /proc/self/status; elsewhere reading it means setting it and setting
     it straight back (a moment in which another thread's new file would get umask 022).
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
+    mask = procfs.umask()
+    if mask is not None:
+        return mask
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import math
 
+KIB = 2**10  # a binary kilobyte: what /proc/self/status means by "kB"
 MIB = 2**20  # a binary megabyte: the unit of the ml-stack guide's tables
 MB = 10**6  # a decimal megabyte: the unit this project prints and plots
 GB = 10**9  # a decimal gigabyte
+
+# Bytes per element of the dtypes the memory formulas name, beside the model's own dtype
+# (torch's ``dtype.itemsize``, written here once so the bottom layer needs no torch).
+FLOAT32_BYTES = 4  # float32: optimizer counters, bitsandbytes' absmax and quantile maps, fp32 upcasts
+INT64_BYTES = 8  # int64: token ids, labels and index vectors
 
 
 def _missing(n: object) -> bool:

@@ -1,0 +1,171 @@
+"""Notebook 03's findings (``workbench.lessons.memory.findings``): its tables, its paragraphs and every claim of
+its text, read off real measured steps of the tiny preset (tiny-bert) and off hand-made breakdowns.
+
+The claims are the notebook's self-test; here they are asserted on the same data the notebook computes, at the
+tiny preset's batch (8 x 32), without running the notebook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.engine.config import preset
+from workbench.engine.memory import MemoryBreakdown, compare_breakdowns, parameter_bytes
+from workbench.lessons.memory import (
+    Findings,
+    activation_kinds,
+    activation_table,
+    agreement,
+    budget_table,
+    findings,
+    kinds_summary,
+    measure_vs_estimate,
+    memory_grid,
+    prepared_model,
+    qlora_weights,
+    quadratic_share,
+    run_table,
+    savings_table,
+)
+from workbench.util.units import MB
+
+METHODS = {"lora": dict(method="lora"), "qlora": dict(method="lora", quantize="nf4"), "full": dict(method="full"),
+           "head": dict(method="head")}
+
+
+def cfg_of(name: str):
+    return preset("tiny", rank=8, alpha=16, targets=["query", "value"], model_dropout=None, bf16=False,
+                  **METHODS[name])
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    """{name: (config, model, tokenizer)} for the notebook's four methods."""
+    return {name: (cfg_of(name), *prepared_model(cfg_of(name))) for name in METHODS}
+
+
+@pytest.fixture(scope="module")
+def exact(prepared):
+    """The notebook's section-2 steps: measured and estimated at the preset's batch size and max_length."""
+    out = {}
+    for name, (cfg, model, tok) in prepared.items():
+        out[name] = measure_vs_estimate(cfg, cfg.batch_size, cfg.max_length, model=model, tokenizer=tok)
+    return out
+
+
+@pytest.fixture(scope="module")
+def kinds_and_summary(prepared, exact):
+    cfg = prepared["lora"][0]
+    tables = {exact[m].label: activation_table(prepared[m][1], cfg.batch_size, cfg.max_length)
+              for m in ("lora", "full", "head")}
+    kinds = activation_kinds(tables)
+    return kinds, kinds_summary(kinds, exact["lora"].label, exact["full"].label)
+
+
+@pytest.fixture(scope="module")
+def grid(exact):
+    return memory_grid({exact["lora"].label: cfg_of("lora"), exact["full"].label: cfg_of("full")},
+                       batch_sizes=[2, 4], seq_lens=[8, 16, 32])
+
+
+def fake_runs(prepared) -> dict:
+    """The four runs as the notebook's ``train(..., keep_model=True)`` returns them, made from the prepared models:
+    the weights as stored, gradients and optimizer as LoRA's for QLoRA, and a worker process's peak each."""
+    runs = {}
+    for name, (cfg, model, _) in prepared.items():
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        memory = MemoryBreakdown(weights=parameter_bytes(model), gradients=4 * trainable, optimizer=8 * trainable,
+                                 activations=1000, peak={"head": 300, "lora": 400, "qlora": 380, "full": 600}[name] * MB,
+                                 peak_kind="own process VmHWM")
+        runs[name] = SimpleNamespace(config=cfg, model=model, memory=memory, memory_estimate=replace(memory, peak=None),
+                                     params=SimpleNamespace(total=sum(p.numel() for p in prepared["lora"][1].parameters())))
+    return runs
+
+
+def test_the_notebooks_claims_hold_on_the_tiny_preset(exact, kinds_and_summary, grid):
+    kinds, summary = kinds_and_summary
+    found = findings(exact=exact, kinds=kinds, summary=summary, grid=grid, seq_len=16, batch_size=4)
+    assert isinstance(found, Findings) and found.failed() == []
+    # every component of every step, five section-2 claims, seven about the kinds, two per method about the grid
+    assert len(found.claims) == 4 * 5 + 5 + 7 + 2 * 2
+    assert found.claims["LoRA's gradients are under 5% of full fine-tuning's"]
+
+
+def test_the_run_claims_and_their_paragraphs(prepared):
+    runs = fake_runs(prepared)
+    table = run_table(list(runs.values()))
+    assert table.index.names == ["run", "component"]
+    assert (table["error %"].dropna() == 0).all()  # the fake estimates are the measurements
+    found = findings(runs, runs_table=table)
+    assert found.failed() == [] and len(found.claims) == 7
+    q = qlora_weights(runs["qlora"], runs["lora"])
+    assert q.qlora_bytes == parameter_bytes(prepared["qlora"][1]) < q.lora_bytes
+    assert 0 < q.quantized < q.weights and q.embeddings > (q.weights - q.quantized) / 2
+    text = q.markdown()
+    assert f"**{q.qlora_bytes / MB:.2f} MB**" in text and f"{q.saving_pct:.0f}% less" in text and "4.127 bits" in text
+    a = agreement(table)
+    assert a.activation_error_pct == 0 and "largest error 0.000%" in a.markdown(max_length=32)
+    assert "`max_length` = 32" in a.markdown(max_length=32)
+
+
+def test_a_claim_the_data_contradicts_is_listed(prepared):
+    runs = fake_runs(prepared)
+    runs["head"].memory.peak = 10**10  # the cheapest method with the highest peak
+    runs["qlora"].memory.optimizer += 4  # QLoRA's optimizer state no longer LoRA's
+    failed = findings(runs).failed()
+    assert failed == ["QLoRA's gradients and optimizer state are LoRA's",
+                      "the cheapest method (head only) has a lower peak than full fine-tuning"]
+    with pytest.raises(ValueError, match="missing \\['head'\\]"):
+        findings({k: v for k, v in runs.items() if k != "head"})
+
+
+def test_savings_table_is_the_notebooks_table(exact):
+    savings, ratios = savings_table(exact)
+    full, lora = savings.loc[exact["full"].label], savings.loc[exact["lora"].label]
+    assert lora["gradients MB"] == exact["lora"].measured.gradients / MB
+    assert lora["trainable %"] == pytest.approx(100 * exact["lora"].trainable / exact["lora"].total_params)
+    assert list(ratios.columns) == [f"full / this: {c}" for c in ("gradients", "optimizer", "activations", "total")]
+    assert ratios.loc[exact["lora"].label, "full / this: gradients"] == pytest.approx(
+        full["gradients MB"] / lora["gradients MB"])
+    assert (ratios.loc[exact["full"].label] == 1).all()
+    with pytest.raises(ValueError, match="full fine-tuning"):
+        savings_table({"lora": exact["lora"]})
+
+
+def test_budget_table_is_fixed_plus_per_sequence(grid):
+    budget = budget_table(grid, 16)
+    at = grid[(grid["seq_len"] == 16)]
+    for method, rows in at.groupby("method"):
+        fixed = rows[(rows["batch_size"] == 2) & rows["component"].isin(["weights", "gradients", "optimizer"])]
+        assert budget.loc[method, "fixed MB (weights + gradients + optimizer)"] == fixed["measured"].sum() / MB
+        acts = rows[rows["component"] == "activations"]
+        per_seq = (acts["measured"] / acts["batch_size"]).mean() / MB
+        assert budget.loc[method, "activations MB per sequence of 16 tokens"] == pytest.approx(per_seq)
+        assert budget.loc[method, "sequences per 1 GB of activations"] == pytest.approx(1000 / per_seq)
+    with pytest.raises(ValueError, match="no point at seq_len 17"):
+        budget_table(grid, 17)
+
+
+def test_quadratic_share_grows_with_the_length(prepared):
+    models = {"LoRA": prepared["lora"][1], "full": prepared["full"][1]}
+    share = quadratic_share(models, 2, [8, 16, 32])
+    assert list(share.index) == [8, 16, 32]
+    for label in models:
+        col = share[f"{label}: S² share %"].to_numpy()
+        assert np.all(np.diff(col) > 0) and 0 < col[-1] < 100
+        t = activation_table(models[label], 2, 8)
+        assert share.loc[8, f"{label}: bytes per token"] == t["bytes"].sum() / (2 * 8)
+
+
+def test_run_table_matches_compare_breakdowns():
+    m = MemoryBreakdown(weights=100, gradients=20, optimizer=40, activations=10)
+    e = MemoryBreakdown(weights=100, gradients=20, optimizer=40, activations=11)
+    run = SimpleNamespace(config=SimpleNamespace(label=lambda: "a run"), memory=m, memory_estimate=e)
+    table = run_table([run])
+    pd.testing.assert_frame_equal(table.loc["a run"], compare_breakdowns(m, e).set_index("component"))
+    assert agreement(table).activation_error_pct == pytest.approx(10.0)

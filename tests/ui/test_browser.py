@@ -1,0 +1,461 @@
+"""The workbench in a real browser: JupyterLab and Voila served on 127.0.0.1, driven by
+Debian's Chromium through Playwright at a 1366 x 657 viewport (a laptop's browser window),
+as a workshop attendee would use them.
+
+Works on a copy of notebooks/workbench.ipynb whose parameters cell is set to the tiny
+preset (so a run takes seconds) and to temporary run and report folders.  Checked: the
+panel is in view after Run All (JupyterLab) and on opening (Voila); bad numbers (lr 0,
+"abc", "0,001") are refused with a message and start no run; an lr = 10 run is flagged,
+not shown as a success; while a run trains, the controls, the progress bar and the live
+plot are all in the viewport; two runs differing only in lr are named apart in the run
+list, the table and the export; Hide and Delete (with its confirmation); Export's files
+are readable by others (mode 0o644 under umask 022) and Voila's download link yields
+them.  Generate mode (JupyterLab and Voila): the task switch brings the language model's
+role toggles and no "head only"; a short run of the bundled story-lm (4 steps typed in
+the box) ends with its exact match, and under "Try it" the base model's and the run's
+answers to the same prompt stand side by side, in view, without a click, and again after
+one; the runs table shows exact match and each run's last answer, and its answers per
+evaluation.  Screenshots go to test-artifacts/ (kept on failure too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import zipfile
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except Exception:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@contextmanager
+def _server(cmd: list[str], url: str, env: dict, log: Path):
+    """Run a server in its own process group; stop the whole group afterwards."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_http(url)
+            yield proc
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=15)
+            except Exception:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """A notebook copy set to the tiny preset, and a private Jupyter environment."""
+    nb_dir = tmp_path / "nb"
+    nb_dir.mkdir()
+    nb = json.loads((ROOT / "notebooks" / "workbench.ipynb").read_text())
+    params = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    params["source"] = (
+        f'preset = "tiny"\nmodel = "tiny-bert"\nruns_dir = {str(tmp_path / "runs")!r}\n'
+        f'reports_dir = {str(tmp_path / "reports")!r}\nself_test = False\n'
+    )
+    (nb_dir / "workbench.ipynb").write_text(json.dumps(nb))
+    # The notebook's setup helper beside it (it then finds the installed editable workbench).
+    (nb_dir / "_setup.py").write_text((ROOT / "notebooks" / "_setup.py").read_text())
+    settings = tmp_path / "settings"
+    for plugin, body in {
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
+    }.items():
+        path = settings / plugin
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(body))
+    env = dict(os.environ)
+    for var, sub in {"JUPYTER_CONFIG_DIR": "cfg", "JUPYTER_RUNTIME_DIR": "rt", "IPYTHONDIR": "ipy", "MPLCONFIGDIR": "mpl",
+                     "JUPYTERLAB_WORKSPACES_DIR": "ws"}.items():
+        (tmp_path / sub).mkdir()
+        env[var] = str(tmp_path / sub)
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    ARTIFACTS.mkdir(exist_ok=True)
+    return {"dir": nb_dir, "env": env, "tmp": tmp_path}
+
+
+VIEWPORT = {"width": 1366, "height": 657}
+
+
+@contextmanager
+def _browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+            yield page
+        finally:
+            browser.close()
+
+
+def _shot(page, name: str) -> None:
+    """What the user sees (the viewport, not the whole page: the point is what fits)."""
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def _in_view(page, locator) -> bool:
+    """The element is drawn wholly inside the viewport (no scrolling needed to see it)."""
+    box = locator.bounding_box()
+    return (box is not None and box["width"] > 0 and box["y"] >= 0 and box["x"] >= 0
+            and box["y"] + box["height"] <= VIEWPORT["height"] + 1 and box["x"] + box["width"] <= VIEWPORT["width"] + 1)
+
+
+def _panel(page):
+    return page.locator(".workbench-panel")
+
+
+def _tab(page, title: str) -> None:
+    _panel(page).locator(".lm-TabBar-tab", has_text=title).first.click()
+
+
+def _field(page, name: str):
+    return _panel(page).locator(".widget-text").filter(
+        has=page.locator("label.widget-label", has_text=re.compile(f"^{name}$"))).locator("input")
+
+
+def _message(page) -> str:
+    return _panel(page).locator(".workbench-message").first.text_content()
+
+
+def _runs(page) -> list[str]:
+    """The run ids in the runs table (its last column), hidden tab or not."""
+    cells = _panel(page).locator("table.workbench-runs tbody tr td:last-child")
+    return [c.strip() for c in cells.all_text_contents()]
+
+
+def _refusals(page, runs_dir: Path) -> None:
+    """lr 0, 'abc' and '0,001' are refused where typed, with what is allowed, and start no run."""
+    before = sorted(p.name for p in runs_dir.iterdir()) if runs_dir.exists() else []
+    train = _panel(page).locator("button.jupyter-button:has-text('Train')")
+    for typed, said in [("0", "lr (learning rate) must be a positive number, got 0.0"),
+                        ("abc", "got 'abc', which is not a number"),
+                        ("0,001", "which has a decimal comma: type 0.001")]:
+        _field(page, "lr").fill(typed)
+        page.wait_for_function("(t) => [...document.querySelectorAll('.workbench-problem')].some("
+                               "e => e.textContent.includes(t))", arg=said, timeout=10_000)
+        train.click()
+        page.wait_for_function("(t) => document.querySelector('.workbench-message').textContent.includes(t)",
+                               arg=said, timeout=10_000)
+        assert _panel(page).locator(".workbench-message.workbench-error").count() == 1
+    after = sorted(p.name for p in runs_dir.iterdir()) if runs_dir.exists() else []
+    assert after == before, "a refused value started a run"
+
+
+def _train_and_watch(page, lr: str, name: str) -> str:
+    """Train with this lr; while it runs, the controls, the progress and the live plot are in view.
+    Returns the final message."""
+    _tab(page, "Train")
+    _field(page, "lr").fill(lr)
+    panel = _panel(page)
+    page.wait_for_function("() => !document.querySelector('.workbench-problem')", timeout=10_000)
+    panel.locator("button.jupyter-button:has-text('Train')").click()
+    page.wait_for_function("() => { const b = [...document.querySelectorAll('.workbench-panel button')]"
+                           ".find(b => b.textContent.includes('Stop')); return b && !b.disabled; }", timeout=60_000)
+    img = panel.locator(".widget-output img").first
+    img.wait_for(timeout=120_000)
+    # Until a step has been taken the plot only says "waiting"; once one has, the curve is drawn.
+    page.wait_for_function("() => { const t = [...document.querySelectorAll('.workbench-panel .widget-label')]"
+                           ".map(e => e.textContent).find(t => / \\/ \\d+/.test(t)); "
+                           "return t && !t.startsWith('0 /'); }", timeout=120_000)
+    # The loading note goes once training has started (it is said after the curve is drawn).
+    page.wait_for_function("() => !document.querySelector('.workbench-message').textContent.includes('loading')",
+                           timeout=60_000)
+    running = page.evaluate("() => [...document.querySelectorAll('.workbench-panel button')]"
+                            ".find(b => b.textContent.includes('Stop')).disabled === false")
+    for what in (panel.locator("button.jupyter-button:has-text('Train')"), panel.locator(".widget-hprogress"),
+                 _field(page, "lr"), img):
+        assert _in_view(page, what), f"not in view during the run: {what}"
+    if running:
+        _shot(page, f"{name}-during-run")
+    page.wait_for_function("() => { const b = [...document.querySelectorAll('.workbench-panel button')]"
+                           ".find(b => b.textContent.includes('Stop')); return b && b.disabled; }", timeout=180_000)
+    page.wait_for_function("() => !document.querySelector('.workbench-message').textContent.startsWith('Training')",
+                           timeout=30_000)
+    return _message(page)
+
+
+def _generate_and_try(page, runs_dir: Path, name: str) -> None:
+    """Switch to generate, train story-lm for 4 steps, and see the base and the adapted answers side by side."""
+    panel = _panel(page)
+    panel.locator(".workbench-task button", has_text="generate").click()
+    panel.locator(".lm-TabBar-tab", has_text="Try it").first.wait_for(timeout=60_000)
+    toggles = panel.locator(".widget-toggle-button")
+    page.wait_for_function("() => [...document.querySelectorAll('.workbench-panel .widget-toggle-button')]"
+                           ".some(b => b.textContent.trim() === 'FFN in')", timeout=30_000)
+    names = [t.strip() for t in toggles.all_text_contents()]
+    assert "head only" not in names and "lm_head" not in names and "pooler" not in names, names
+    assert {"query", "key", "value", "attention output", "FFN in", "FFN out"} <= set(names), names
+    _field(page, "steps").fill("4")
+    before = set(p.name for p in runs_dir.iterdir()) if runs_dir.exists() else set()
+    said = _train_and_watch(page, _field(page, "lr").input_value(), f"{name}-generate")
+    new = sorted(set(p.name for p in runs_dir.iterdir()) - before)
+    assert len(new) == 1, new
+    assert "exact match" in said, said
+    # Try it: the newest run has answered the prompt already (no click), beside the base model.
+    _tab(page, "Try it")
+    newest = panel.locator(".workbench-answer[data-who='newest run'] pre")
+    base = panel.locator(".workbench-answer[data-who='base model'] pre")
+    newest.wait_for(timeout=60_000)
+    assert new[0] in panel.locator(".workbench-answer[data-who='newest run']").text_content()
+    page.wait_for_timeout(500)
+    panel.locator("button.jupyter-button:has-text('Try it')").click()
+    page.wait_for_function("() => document.querySelector('.workbench-message').textContent.includes('Answered by')",
+                           timeout=60_000)
+    b = panel.locator(".workbench-answer[data-who='base model']").bounding_box()
+    n = panel.locator(".workbench-answer[data-who='newest run']").bounding_box()
+    assert abs(b["y"] - n["y"]) < 2 and n["x"] >= b["x"] + b["width"], (b, n)  # side by side, one row
+    assert _in_view(page, base) and _in_view(page, newest)
+    assert base.text_content() and newest.text_content()
+    _shot(page, f"{name}-try-it")
+    _tab(page, "Runs")
+    table = panel.locator("table.workbench-runs")
+    header = table.locator("thead").text_content()
+    assert "exact match" in header and "last answer" in header, header
+    assert table.bounding_box()["width"] <= panel.bounding_box()["width"] + 1, "the table is wider than the panel"
+    assert panel.locator("table.workbench-samples thead").text_content().count("step 4") == 1
+    _shot(page, f"{name}-generate-runs")
+
+
+def _check_export_modes(folder: Path) -> set[str]:
+    files = [p for p in folder.iterdir() if p.is_file()]
+    assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}, \
+        {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    return {p.name for p in files}
+
+
+def _wait_for_export(reports: Path, already: set[Path]) -> Path:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        new = [p for p in reports.glob("report-*") if p not in already and (p / "report.zip").is_file()]
+        if new:
+            return new[0]
+        time.sleep(0.3)
+    raise TimeoutError("Export wrote no report.zip")
+
+
+def test_workbench_in_jupyterlab(workspace):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--IdentityProvider.token=",
+           "--ServerApp.password=", "--ServerApp.ip=127.0.0.1", f"--port={port}",
+           f"--ServerApp.root_dir={workspace['dir']}", "--LabApp.expose_app_in_browser=True"]
+    base = f"http://127.0.0.1:{port}"
+    runs_dir, reports = workspace["tmp"] / "runs", workspace["tmp"] / "reports"
+    with _server(cmd, f"{base}/api/status", workspace["env"], workspace["tmp"] / "lab.log"), _browser() as page:
+        try:
+            page.goto(f"{base}/lab/tree/workbench.ipynb")
+            page.wait_for_selector(".jp-NotebookPanel [data-status='idle']", timeout=90_000)
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=30_000)
+            page.locator(".jp-NotebookPanel .jp-Cell").first.click()
+            train = page.locator(".workbench-panel button.jupyter-button:has-text('Train')")
+            for attempt in range(3):  # a Run All sent while the notebook is still settling can stop early
+                page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+                try:
+                    train.wait_for(timeout=60_000)
+                    break
+                except Exception:
+                    if attempt == 2:
+                        raise
+            assert page.locator("text=Loading widget").count() == 0
+            page.wait_for_timeout(1500)  # let Run All's scrolling settle
+            # After Run All the panel is in view: its header, message, tabs and Train.
+            assert _in_view(page, train) and _in_view(page, _panel(page).locator(".lm-TabBar").first)
+            _shot(page, "jupyterlab-after-run-all")
+
+            _refusals(page, runs_dir)
+            flagged = _train_and_watch(page, "10", "jupyterlab")
+            assert re.search(r"did not learn|diverged", flagged), flagged
+            assert _panel(page).locator(".workbench-message.workbench-ok").count() == 0, flagged
+            _train_and_watch(page, "0.001", "jupyterlab-second")
+            ids = sorted(p.name for p in runs_dir.iterdir())
+            assert len(ids) == 2 and _runs(page) == ids
+
+            _tab(page, "Runs")
+            boxes = _panel(page).locator(".widget-checkbox")
+            labels = boxes.all_text_contents()
+            assert any("lr=10" in t for t in labels) and any("lr=0.001" in t for t in labels), labels
+            table = _panel(page).locator("table.workbench-runs")
+            holder = _panel(page)
+            assert table.bounding_box()["width"] <= holder.bounding_box()["width"] + 1, "the table is wider than the panel"
+            _shot(page, "jupyterlab-runs")
+            _tab(page, "Compare")
+            _panel(page).locator(".widget-output img").nth(1).wait_for(timeout=30_000)
+            _shot(page, "jupyterlab-compare")
+
+            _tab(page, "Export")
+            _panel(page).locator("button.jupyter-button:has-text('Export')").click()
+            folder = _wait_for_export(reports, set())
+            names = _check_export_modes(folder)
+            assert {"runs.csv", "runs.md", "loss_curves.png", "report.zip"} <= names
+            import pandas as pd
+
+            csv = pd.read_csv(folder / "runs.csv")
+            assert sorted(csv["run id"]) == ids and sorted(csv["lr"]) == [0.001, 10.0]
+            assert csv["run"].nunique() == 2 and any("lr=10" in r for r in csv["run"]), list(csv["run"])
+            _panel(page).locator("a.workbench-download").wait_for(timeout=30_000)
+
+            # Hide the lr = 10 run, bring it back, then delete it (after confirming).
+            _tab(page, "Runs")
+            _panel(page).locator("button:has-text('Select none')").click()
+            page.wait_for_function("() => ![...document.querySelectorAll('.workbench-panel .widget-checkbox input')]"
+                                   ".some(b => b.checked)", timeout=10_000)
+            bad = boxes.filter(has_text="lr=10").locator("input")
+            bad.check()
+            _panel(page).locator("button:has-text('Hide ticked')").click()
+            page.wait_for_function("() => document.querySelectorAll('table.workbench-runs tbody tr').length === 1")
+            assert (runs_dir / ids[0]).is_dir() and (runs_dir / ids[1]).is_dir()
+            _panel(page).locator("button:has-text('Show hidden')").click()
+            page.wait_for_function("() => document.querySelectorAll('table.workbench-runs tbody tr').length === 2")
+            _panel(page).locator("button:has-text('Select none')").click()
+            boxes.filter(has_text="lr=10").locator("input").check()
+            _panel(page).locator("button:has-text('Delete ticked')").click()
+            confirm = _panel(page).locator("button:has-text('Yes, delete')")
+            confirm.wait_for(timeout=10_000)
+            assert len(list(runs_dir.iterdir())) == 2  # nothing deleted before the confirmation
+            _shot(page, "jupyterlab-delete-confirm")
+            confirm.click()
+            page.wait_for_function("() => document.querySelectorAll('table.workbench-runs tbody tr').length === 1")
+            left = [p.name for p in runs_dir.iterdir()]
+            assert len(left) == 1 and _runs(page) == left
+            assert "lr=10" not in " ".join(boxes.all_text_contents())
+        except Exception:
+            _shot(page, "jupyterlab-failure")
+            raise
+
+
+def test_workbench_as_voila_app(workspace):
+    voila = Path(sys.executable).parent / "voila"
+    if not voila.exists():
+        pytest.skip("voila is not installed")
+    port = _free_port()
+    cmd = [str(voila), str(workspace["dir"] / "workbench.ipynb"), "--no-browser", f"--port={port}",
+           "--Voila.ip=127.0.0.1"]
+    runs_dir, reports = workspace["tmp"] / "runs", workspace["tmp"] / "reports"
+    with _server(cmd, f"http://127.0.0.1:{port}/", workspace["env"], workspace["tmp"] / "voila.log"), _browser() as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
+            train = page.locator(".workbench-panel button.jupyter-button:has-text('Train')")
+            train.wait_for(timeout=120_000)
+            # the code is hidden: no editor, no source text (markdown renders inside input areas, so look for code)
+            assert page.locator(".jp-InputArea-editor:visible, .cm-editor:visible").count() == 0
+            assert page.locator("text=from workbench.ui.panel import Workbench").count() == 0
+            assert _in_view(page, train)
+            _shot(page, "voila-opened")
+            _refusals(page, runs_dir)
+            flagged = _train_and_watch(page, "10", "voila")
+            assert re.search(r"did not learn|diverged", flagged), flagged
+
+            _tab(page, "Export")
+            _panel(page).locator("button.jupyter-button:has-text('Export')").click()
+            folder = _wait_for_export(reports, set())
+            names = _check_export_modes(folder)
+            link = _panel(page).locator("a.workbench-download")
+            link.wait_for(timeout=30_000)
+            with page.expect_download(timeout=30_000) as info:
+                link.click()
+            saved = workspace["tmp"] / "downloaded.zip"
+            info.value.save_as(saved)
+            assert saved.read_bytes() == (folder / "report.zip").read_bytes()
+            with zipfile.ZipFile(saved) as z:
+                inside = set(z.namelist())
+                assert z.read("runs.csv") == (folder / "runs.csv").read_bytes()
+            assert (names - {"report.zip"}) <= inside and "README.txt" in inside
+            _shot(page, "voila-export")
+        except Exception:
+            _shot(page, "voila-failure")
+            raise
+        assert not errors, errors
+
+
+def test_generate_mode_as_voila_app(workspace):
+    """Voila, generate mode: switch, train story-lm for 4 steps, Try it: base and adapted answers side by side."""
+    voila = Path(sys.executable).parent / "voila"
+    if not voila.exists():
+        pytest.skip("voila is not installed")
+    port = _free_port()
+    cmd = [str(voila), str(workspace["dir"] / "workbench.ipynb"), "--no-browser", f"--port={port}",
+           "--Voila.ip=127.0.0.1"]
+    with _server(cmd, f"http://127.0.0.1:{port}/", workspace["env"], workspace["tmp"] / "voila.log"), _browser() as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
+            page.locator(".workbench-panel button.jupyter-button:has-text('Train')").wait_for(timeout=120_000)
+            _generate_and_try(page, workspace["tmp"] / "runs", "voila")
+        except Exception:
+            _shot(page, "voila-generate-failure")
+            raise
+        assert not errors, errors
+
+
+def test_generate_mode_in_jupyterlab(workspace):
+    """JupyterLab, generate mode: the same as in Voila, after Run All."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--IdentityProvider.token=",
+           "--ServerApp.password=", "--ServerApp.ip=127.0.0.1", f"--port={port}",
+           f"--ServerApp.root_dir={workspace['dir']}", "--LabApp.expose_app_in_browser=True"]
+    base = f"http://127.0.0.1:{port}"
+    with _server(cmd, f"{base}/api/status", workspace["env"], workspace["tmp"] / "lab.log"), _browser() as page:
+        try:
+            page.goto(f"{base}/lab/tree/workbench.ipynb")
+            page.wait_for_selector(".jp-NotebookPanel [data-status='idle']", timeout=90_000)
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=30_000)
+            page.locator(".jp-NotebookPanel .jp-Cell").first.click()
+            train = page.locator(".workbench-panel button.jupyter-button:has-text('Train')")
+            for attempt in range(3):  # a Run All sent while the notebook is still settling can stop early
+                page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+                try:
+                    train.wait_for(timeout=60_000)
+                    break
+                except Exception:
+                    if attempt == 2:
+                        raise
+            page.wait_for_timeout(1500)
+            _generate_and_try(page, workspace["tmp"] / "runs", "jupyterlab")
+        except Exception:
+            _shot(page, "jupyterlab-generate-failure")
+            raise

@@ -1,0 +1,102 @@
+"""What Linux tells a process about itself in /proc: read in one place.
+
+Four facts come from /proc, and every reader of them lives here:
+
+* ``status_field("VmHWM")``, ``peak_resident_bytes()``: /proc/self/status, the process's
+  peak resident memory (its "high water mark"), which the memory probe reports on CPU;
+* ``umask()``: the Umask line of the same file, for atomic writes (``util.fileio``);
+* ``reset_peak_resident()``: writing "5" to /proc/self/clear_refs sets the peak back to the
+  current resident memory, so a run measures its own peak;
+* ``cpu_model_name()`` and ``cpu_flags()``: /proc/cpuinfo, for a run's provenance record
+  and for whether the CPU has fast bfloat16 units.
+
+Every reader returns None (or False, or an empty set) where /proc is missing or says
+something unexpected, so the caller decides what to do off Linux.
+"""
+
+from __future__ import annotations
+
+from workbench.util.units import KIB  # /proc/self/status gives memory in "kB", which the kernel means as 1024 bytes
+
+STATUS = "/proc/self/status"
+CLEAR_REFS = "/proc/self/clear_refs"
+CPUINFO = "/proc/cpuinfo"
+
+
+
+def status_field(name: str) -> str | None:
+    """The value of line ``name:`` of /proc/self/status, as text (``"123456 kB"``), or None."""
+    try:
+        with open(STATUS, encoding="ascii") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key == name:
+                    return value.strip()
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def peak_resident_bytes() -> int | None:
+    """This process's peak resident memory (``VmHWM``), in bytes, or None off Linux.
+
+    VmHWM ("high water mark") is the largest RSS the process has had, in kB.  Not
+    ``resource.getrusage().ru_maxrss``: a child process inherits its parent's value.
+    """
+    value = status_field("VmHWM")
+    try:
+        return int(value.split()[0]) * KIB if value is not None else None
+    except (ValueError, IndexError):
+        return None
+
+
+def umask() -> int | None:
+    """The process's umask from the ``Umask:`` line (octal), or None where /proc does not show it."""
+    value = status_field("Umask")
+    try:
+        return int(value.split()[0], 8) if value is not None else None
+    except (ValueError, IndexError):
+        return None
+
+
+def reset_peak_resident() -> bool:
+    """Set VmHWM back to the current resident memory; False where that is not allowed.
+
+    Writing "5" to /proc/self/clear_refs does it (Linux >= 4.0).  Where it fails, the peak
+    keeps its old value: "since the process started".
+    """
+    try:
+        with open(CLEAR_REFS, "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="ignore") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
+def cpu_model_name() -> str | None:
+    """The first ``model name`` in /proc/cpuinfo (``"AMD EPYC 9654 96-Core Processor"``), or None."""
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of the CPUs in /proc/cpuinfo (``{"avx512_bf16", ...}``); empty off Linux.
+
+    x86 lists them as ``flags``, ARM as ``Features``; the union over every CPU is returned.
+    """
+    flags: set[str] = set()
+    for line in _cpuinfo_lines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
