@@ -25,6 +25,7 @@ def test_there_are_notebooks():
     assert {"workbench.ipynb", "01_lora_from_scratch.ipynb"} <= {p.name for p in NOTEBOOKS}
 
 
+@pytest.mark.slow  # each notebook runs the real bundled models (tiny preset): minutes in all
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_headless(path, tmp_path, monkeypatch):
     import nbformat
