@@ -13,7 +13,7 @@ LAB_STAMP := $(VENV)/.installed-lab
 ALL_STAMP := $(VENV)/.installed-all
 PORT      ?= 8888
 
-.PHONY: lab app test check browser
+.PHONY: lab app test check browser hub
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,8 +31,10 @@ $(ALL_STAMP): requirements.txt pyproject.toml setup.py | $(BIN)/python
 
 ROOTFLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
+# The server's root is the checkout (README, data, notebooks) and the URL it prints opens the workbench itself.
 lab: $(LAB_STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --port=$(PORT) $(ROOTFLAG) notebooks/workbench.ipynb
+	HF_HUB_OFFLINE=1 $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --port=$(PORT) $(ROOTFLAG) \
+	  --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/workbench.ipynb
 
 app: $(LAB_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/voila notebooks/workbench.ipynb --Voila.ip=127.0.0.1 --port=$(PORT)
@@ -48,3 +50,25 @@ test: $(ALL_STAMP) browser
 
 check: $(ALL_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not browser" tests
+
+# The workshop room (docs/workshop-room.md): JupyterHub on 127.0.0.1:8000 from deploy/jupyterhub_config.py,
+# the room's run queue on a Ray head started here, the proxy from npm. When the hub stops, `ray stop` stops
+# every Ray process of this user on the machine: run the hub on a machine (or user) of its own.
+#   WORKBENCH_WORKSHOP_CODE=<code> make hub      (WORKBENCH_INSTRUCTOR=<name>, HUB_CPUS=<runs at once>)
+HUB_CPUS  ?= $(shell nproc)
+CHP       := deploy/node_modules/.bin/configurable-http-proxy
+ROOM_STAMP := $(VENV)/.installed-room
+
+$(ROOM_STAMP): pyproject.toml setup.py | $(BIN)/python
+	$(PIP) -e ".[lab,room]"
+	touch $@
+
+$(CHP):
+	npm install --prefix deploy --no-save --no-audit --no-fund --loglevel=error configurable-http-proxy@5
+
+hub: $(ROOM_STAMP) $(CHP)
+	@test -n "$$WORKBENCH_WORKSHOP_CODE" || { echo "set the workshop code: WORKBENCH_WORKSHOP_CODE=<code> make hub"; exit 2; }
+	$(BIN)/ray start --head --port=6379 --num-cpus=$(HUB_CPUS) --include-dashboard=false --disable-usage-stats >/dev/null
+	trap '$(BIN)/ray stop >/dev/null' EXIT INT TERM; \
+	  WORKBENCH_RAY_ADDRESS=127.0.0.1:6379 HF_HUB_OFFLINE=1 PATH="$(CURDIR)/$(BIN):$$PATH" \
+	  $(BIN)/jupyterhub -f deploy/jupyterhub_config.py

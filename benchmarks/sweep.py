@@ -50,6 +50,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_lines  # noqa: E402
+
 import workbench as wb  # noqa: E402
 from workbench.engine.data import load_task  # noqa: E402
 from workbench.engine.models import set_model_dropout  # noqa: E402
@@ -119,6 +122,7 @@ def _timed(fn, *args, **kwargs):
 
 def compare_ray(args: argparse.Namespace) -> int:
     """The same sweep locally and on Ray, interleaved; the medians, Ray's start-up apart."""
+    args.threads = args.threads or 1
     import statistics
 
     import ray
@@ -189,7 +193,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compare-ray", action="store_true", help="time the sweep locally against on Ray instead")
     p.add_argument("--preset", default="tiny", help="--compare-ray: the preset of the sweep (default: tiny)")
-    p.add_argument("--threads", type=int, default=1, help="--compare-ray: CPU threads per run (default: 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per run (--compare-ray default: 1; else torch's default)")
+    p.add_argument("--lora-only", action="store_true", help="only the LoRA runs (no full fine-tuning, no head only)")
+    p.add_argument("--cold", action="store_true",
+                   help="no warm-up run before the clock: ours' first run starts the worker (a fresh process's first "
+                        "run), reported as it is")
     p.add_argument("--repeats", type=int, default=3, help="--compare-ray: interleaved repeats (default: 3)")
     p.add_argument("--address", default=None, help="--compare-ray: a running Ray cluster's HOST:PORT")
     p.add_argument("--ranks", default="1,2,4,8,16,32")
@@ -205,8 +214,13 @@ def main(argv=None) -> int:
     base = wb.preset("default", bf16=bf16, eval_every=0)  # one evaluation, at the end, as the Trainer's
     if args.steps is not None:
         base = replace(base, steps=args.steps)
-    wb.load_base(base.model)  # imports (transformers' model code) once, before any clock starts
-    train(wb.preset("tiny", steps=1), runs_dir=None, progress=False)  # starts the worker processes' fork server
+    print("\n".join(machine_lines()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        base = replace(base, threads=args.threads)
+    if not args.cold:
+        wb.load_base(base.model)  # imports (transformers' model code) once, before any clock starts
+        train(wb.preset("tiny", steps=1), runs_dir=None, progress=False)  # starts the worker processes' fork server
     import peft  # noqa: F401
     from transformers import Trainer  # noqa: F401
     print(f"torch threads {torch.get_num_threads()}; our bf16 = {args.bf16}; steps {base.steps}; "
@@ -220,7 +234,7 @@ def main(argv=None) -> int:
                            text_column="sentence", max_train_examples=args.sst2_train, max_eval_examples=None)
         else:
             data = replace(base, data=name)
-        configs = sweep_configs(data, ranks, with_full=True, with_head=True)
+        configs = sweep_configs(data, ranks, with_full=not args.lora_only, with_head=not args.lora_only)
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
             for cfg in configs:

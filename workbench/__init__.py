@@ -60,6 +60,13 @@ _LAZY: dict[str, str] = {
     "sweep_configs": "workbench.engine.sweep",
     "train": "workbench.records.recording",  # the engine's train with the run store listening
     "run_sweep": "workbench.records.recording",
+    "search": "workbench.records.search",
+    "evaluate": "workbench.engine.text_metrics",
+    "chrf": "workbench.engine.text_metrics",
+    "run_model": "workbench.records.run_models",
+    "adapter_model": "workbench.records.run_models",
+    "loguniform": "workbench.records.search",
+    "uniform": "workbench.records.search",
     "runs": "workbench.records.store",
     "load_runs": "workbench.records.store",
     "export_report": "workbench.records.report",

@@ -26,6 +26,8 @@ def test_accuracy_curves_and_first_and_last():
 
     curves = idw.accuracy_curves([result("r=8", 0, (0.5, 0.9)), result("r=8", 1, (0.6, 1.0))])
     assert list(curves.columns) == ["r=8, seed 0", "r=8, seed 1"] and list(curves.index) == [50, 100]
+    named = idw.accuracy_curves([result("inside ΔW: r=8, seed 0", 0, (0.5, 0.9))])  # a name that says its seed
+    assert list(named.columns) == ["inside ΔW: r=8, seed 0"]  # not "seed 0, seed 0"
     found = idw.first_and_last(curves)
     assert (found.first_step, found.first, found.last) == (50, [0.5, 0.6], [0.9, 1.0])
     assert found.markdown() == "At the first evaluation (step 50) the runs stood at 0.500, 0.600; at the end at 0.900, 1.000."

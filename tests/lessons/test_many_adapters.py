@@ -68,3 +68,20 @@ def test_mixed_batch_mixes_every_task_and_one_base_row(tmp_path):
     assert all(a != b for a, b in zip(names, names[1:]))  # neighbouring rows use different adapters
     with pytest.raises((ValueError, TypeError)):
         ma.mixed_batch(tasks, per_task=0)
+
+
+def test_memory_figure_is_drawn_in_the_house_colours():
+    """Issue 18's leftover: the serving figure's bars take the house palette, not colours of their own."""
+    from matplotlib.colors import to_hex
+
+    from workbench.lessons.many_adapters import memory_figure
+    from workbench.util.units import MB
+    from workbench.viz.style import FULL_COLOR, MEMORY_COMPONENTS, RUN_PALETTE
+
+    table = pd.DataFrame({"adapters": [1, 2], "base_bytes": [4 * MB] * 2, "adapter_bytes": [MB // 10, MB // 5],
+                          "merged_copies_bytes": [4 * MB, 8 * MB]})
+    ax = memory_figure(table).axes[0]
+    colours = {to_hex(p.get_facecolor()) for p in ax.patches}
+    assert colours == {MEMORY_COMPONENTS[0][2], RUN_PALETTE[1], to_hex(FULL_COLOR)}
+    assert [round(p.get_height(), 3) for p in ax.patches[-2:]] == [4.0, 8.0]  # merged copies, in MB
+    assert ax.get_ylabel().startswith("weights (MB")

@@ -108,6 +108,20 @@ def test_the_run_claims_and_their_paragraphs(prepared):
     assert 0 < q.quantized < q.weights and q.embeddings > (q.weights - q.quantized) / 2
     text = q.markdown()
     assert f"**{q.qlora_bytes / MB:.2f} MB**" in text and f"{q.saving_pct:.0f}% less" in text and "4.127 bits" in text
+    assert "The measured **peaks**: QLoRA 380 MB, LoRA 400 MB. QLoRA's is the lower one" in text  # fake peaks
+    assert "**Time**" not in text  # the fake runs have no timing
+    higher = qlora_weights(SimpleNamespace(**{**vars(runs["qlora"]), "memory": replace(runs["qlora"].memory, peak=621 * MB),
+                                              "timing": SimpleNamespace(seconds_per_step=0.30)}),
+                           SimpleNamespace(**{**vars(runs["lora"]), "memory": replace(runs["lora"].memory, peak=559 * MB),
+                                              "timing": SimpleNamespace(seconds_per_step=0.20)}))
+    text = higher.markdown()
+    assert "QLoRA 621 MB, LoRA 559 MB. QLoRA's is the higher one, by 62 MB, although its weights are smaller" in text
+    copy = 4 * higher.quantized / MB  # the tiny model's quantized layers are small: the copy cannot explain 62 MB
+    assert f"the float copy of the quantized layers, {copy:.0f} MB here" in text
+    assert f"that copy explains at most {copy:.0f} MB of it" in text
+    assert "that copy accounts for the difference" in replace(higher, quantized=int(20 * MB)).markdown()
+    assert "a QLoRA step took 0.300 s against LoRA's 0.200 s (1.50x): each NF4 weight is dequantized" in text
+    assert "saves memory, not time" in text
     a = agreement(table)
     assert a.activation_error_pct == 0 and "largest error 0.000%" in a.markdown(max_length=32)
     assert "`max_length` = 32" in a.markdown(max_length=32)
@@ -169,3 +183,23 @@ def test_run_table_matches_compare_breakdowns():
     table = run_table([run])
     pd.testing.assert_frame_equal(table.loc["a run"], compare_breakdowns(m, e).set_index("component"))
     assert agreement(table).activation_error_pct == pytest.approx(10.0)
+
+
+def test_measurement_runs_carry_no_verdict_on_the_memory_bars():
+    """Notebook 03's runs take a few steps to measure memory: ``judged=False`` keeps "[did not learn]" off their bars."""
+    from workbench.engine.config import RunResult, Timing
+    from workbench.lora.params import ParamCounts
+    from workbench.viz.memory_figures import memory_breakdown
+
+    history = pd.DataFrame({"step": [1, 2, 3], "train_loss": [0.69, 0.70, 0.80], "lr": [1e-3] * 3,
+                            "eval_loss": [np.nan] * 3, "eval_accuracy": [np.nan] * 3})
+    runs = [RunResult(config=preset("tiny", rank=r), status="completed", history=history,
+                      params=ParamCounts(trainable=10, total=100), timing=Timing(0.1, 10.0, 1.0),
+                      memory=MemoryBreakdown(weights=4 * MB, gradients=1, optimizer=2, activations=3 * MB))
+            for r in (2, 4)]
+
+    def ticks(fig):
+        return " ".join(t.get_text() for t in fig.axes[0].get_xticklabels())
+
+    assert "[did not learn]" in ticks(memory_breakdown(runs))  # the loss rose: as a training run, it did not learn
+    assert "[did not learn]" not in ticks(memory_breakdown(runs, judged=False))

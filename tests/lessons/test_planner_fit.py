@@ -239,3 +239,22 @@ def test_qlora_findings_add_up_to_the_plans(qlora65, qlora65_recipe):
     assert h.full_no_checkpointing_gb == no_ckpt.memory.total / GB and h.activations_gb == q.memory.activations / GB
     assert f"**QLoRA: {q.memory.total / GB:.1f} GB, under the paper's 48 GB.**" in h.text
     assert f"**Full 16-bit fine-tuning: {f.memory.total / GB:.0f} GB, over the paper's 780 GB.**" in h.text
+
+
+def test_mixed_precision_full_fine_tuning_adds_a_float32_master_copy():
+    """Standard mixed precision: 16 bytes per trained parameter before activations, 4 more than 'full bf16'."""
+    from workbench.lessons.planner import FIT_METHODS, MIXED_PRECISION_FULL, fit_table
+
+    t = fit_table(["qwen2.5-1.5b", "qwen2.5-3b"],
+                  methods={"full bf16": FIT_METHODS["full bf16"], "mixed": MIXED_PRECISION_FULL}).set_index(
+                      ["architecture", "method"])
+    for arch in ("qwen2.5-1.5b", "qwen2.5-3b"):
+        bf16, mixed = t.loc[(arch, "full bf16")], t.loc[(arch, "mixed")]
+        extra = 4 * bf16["trainable"] / 1e9  # GB
+        assert mixed["total (GB)"] == pytest.approx(bf16["total (GB)"] + extra, rel=1e-12)
+        assert mixed["gradients + optimizer (GB)"] == pytest.approx(bf16["gradients + optimizer (GB)"] + extra, rel=1e-12)
+        per_param = (mixed["weights (GB)"] + mixed["gradients + optimizer (GB)"]) * 1e9 / bf16["trainable"]
+        assert per_param == pytest.approx(16, abs=0.05)  # 2 + 2 + 8 + 4
+    # the issue-19 reading: at 16 bytes qwen2.5-1.5b no longer fits 24 GB, nor qwen2.5-3b 48 GB
+    assert t.loc[("qwen2.5-1.5b", "full bf16"), "fits 24 GB"] and not t.loc[("qwen2.5-1.5b", "mixed"), "fits 24 GB"]
+    assert t.loc[("qwen2.5-3b", "full bf16"), "fits 48 GB"] and not t.loc[("qwen2.5-3b", "mixed"), "fits 48 GB"]

@@ -74,36 +74,56 @@ def test_weight_bars_say_the_halving_is_storage_precision():
     assert "storage precision" not in lora_only.markdown()
 
 
-def test_start_speed_at_fixed_alpha_predicts_the_smallest_rank():
-    s = rs.start_speed(sweep(), N)
-    assert s.convention == "fixed alpha = 16" and s.first_eval == 50
-    assert list(s.table.index) == [1, 32]
-    assert s.predicted.tolist() == pytest.approx([1.0, 1 / math.sqrt(32)])  # s sqrt(r) = 16 / sqrt(r)
-    assert s.fastest_predicted == "smallest" and s.first.tolist() == [0.55, 0.60]
-    assert s.first_overlap  # 0.55 and 0.60 of 200 sentences overlap
+def updates(sba=(0.33, 0.062), ba=(0.0208, 0.124)):
+    """An ``early_updates`` table for r = 1 and 32 (numbers of the shape notebook 02's runs gave after 10 steps)."""
+    return pd.DataFrame({"s": [16.0, 0.5], "mean ||BA||_F": list(ba), "mean ||sBA||_F": list(sba),
+                         "B columns together": [1.0, 0.17], "train loss": [0.69, 0.69]},
+                        index=pd.Index([1, 32], name="r"))
+
+
+def test_start_speed_reads_the_measured_early_update_beside_the_first_evaluation():
+    s = rs.start_speed(sweep(), N, updates=updates(), update_steps=10)
+    assert s.convention == "fixed alpha = 16" and s.first_eval == 50 and list(s.table.index) == [1, 32]
+    assert s.update_ratio == pytest.approx(0.33 / 0.062) and s.larger_update == "smallest"
+    assert s.ba_growth == pytest.approx(0.124 / 0.0208)  # 5.96: near sqrt(32) = 5.66, far from 32
+    assert s.first.tolist() == [0.55, 0.60] and s.first_overlap  # 0.55 and 0.60 of 200 sentences overlap
+    assert s.larger_update_ahead is None
     text = s.markdown()
-    assert text.startswith("This sweep used **fixed alpha = 16**, which predicts that the **smallest** rank starts "
-                           "fastest (r = 1: 1.00, r = 32: 0.18 of r = 1's first steps). At step 50, r = 1 stood at "
-                           "0.550 and r = 32 at 0.600: within each other's 95% intervals")
+    assert text.startswith("This sweep used **fixed alpha = 16** (s = 16 at r = 1, 0.5 at r = 32). **Measured** after "
+                           "the runs' first 10 steps")
+    assert "was 0.33 at r = 1 and 0.062 at r = 32, so the **smallest** rank took the larger early update (5.3x)" in text
+    assert ("grew 6.0x from r = 1 to r = 32: closer to the 5.7x of B's columns moving in unrelated directions "
+            "($\\sqrt r$) than to the 32x of columns moving together ($r$)") in text
+    assert "At step 50 (the first evaluation) r = 1 stood at 0.550 and r = 32 at 0.600 (validation loss 0.600 and 0.600)" in text
     assert "(every rank was between 0.550 and 0.600, near chance" in text
+    assert "did not put that rank measurably ahead" in text
     assert "At the end the LoRA runs reached 0.990 to 1.000." in text
 
 
-def test_start_speed_with_alpha_per_rank_and_rslora():
-    apart = rs.start_speed(sweep(first=(0.5, 0.9), alpha_per_rank=2.0), N, alpha_per_rank=2.0)
-    assert apart.convention == "alpha = 2 r" and apart.fastest_predicted == "largest"
-    assert not apart.first_overlap and apart.agrees
-    assert ": in the predicted order." in apart.markdown()
-    wrong = rs.start_speed(sweep(first=(0.9, 0.5), alpha_per_rank=2.0), N, alpha_per_rank=2.0)
-    assert wrong.agrees is False and "not in the predicted order" in wrong.markdown()
+def test_start_speed_says_when_the_rank_that_moved_less_was_ahead_or_the_larger_one():
+    behind = rs.start_speed(sweep(first=(0.5, 0.9)), N, updates=updates(), update_steps=10)
+    assert not behind.first_overlap and behind.larger_update_ahead is False
+    assert "did **not** buy a faster start: the rank that moved less was ahead" in behind.markdown()
+    ahead = rs.start_speed(sweep(first=(0.5, 0.9), alpha_per_rank=2.0), N, alpha_per_rank=2.0,
+                           updates=updates(sba=(0.04, 0.25)), update_steps=10)
+    assert ahead.convention == "alpha = 2 r" and ahead.larger_update == "largest" and ahead.larger_update_ahead
+    assert "The rank with the larger early update was ahead." in ahead.markdown()
+    together = rs.start_speed(sweep(), N, updates=updates(ba=(0.02, 0.5)), update_steps=10)
+    assert "grew 25.0x from r = 1 to r = 32: closer to the 32x of B's columns moving together" in together.markdown()
+
+
+def test_start_speed_without_a_measurement_says_only_what_the_evaluation_saw():
     flat = rs.start_speed(sweep(first=(0.5, 0.9), rslora=True), N)
-    assert flat.convention == "rsLoRA (alpha / sqrt(r))" and flat.fastest_predicted == "no" and flat.agrees is None
-    assert "the **no** rank starts fastest. At step 50" in flat.markdown()
+    assert flat.convention == "rsLoRA (alpha / sqrt(r))" and flat.update is None and flat.larger_update is None
+    text = flat.markdown()
+    assert "Measured" not in text and "early update" not in text
+    assert "r = 1 stood at 0.500 and r = 32 at 0.900" in text
 
 
 def test_findings_bundle_the_three_parts_and_need_a_lora_run():
     found = rs.findings(sweep(), N)
     assert found.precision.indistinct == [1, 32] and found.weights.lora_to_full == 0.5
-    assert found.start.fastest_predicted == "smallest"
+    assert found.start.larger_update is None  # no early_updates given
+    assert rs.findings(sweep(), N, updates=updates(), update_steps=10).start.larger_update == "smallest"
     with pytest.raises(ValueError, match="no LoRA run"):
         rs.findings(sweep()[2:], N)

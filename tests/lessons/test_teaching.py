@@ -140,3 +140,30 @@ def test_accuracy_at_an_early_step_and_the_first_evaluated_step():
     never = SimpleNamespace(history=pd.DataFrame({"step": [1], "eval_accuracy": [nan]}))
     with pytest.raises(ValueError, match="evaluated"):
         tg.first_eval_step([never])
+
+
+def test_early_updates_are_the_first_steps_wb_train_takes():
+    """``early_updates`` after 2 steps against the same run trained by the engine's loop, stopped after 2 steps."""
+    import threading
+
+    from workbench.engine.config import preset
+    from workbench.engine.launch import train
+
+    configs = [preset("tiny", rank=r, alpha=16.0) for r in (1, 4)] + [preset("tiny", method="head")]
+    table = tg.early_updates(configs, steps=2)
+    assert list(table.index) == [1, 4] and tuple(table.columns) == tg.EARLY_COLUMNS  # the head-only run is left out
+    assert table["s"].tolist() == [16.0, 4.0]
+    assert table["mean ||sBA||_F"].tolist() == pytest.approx((table["s"] * table["mean ||BA||_F"]).tolist())
+    assert table.loc[1, "B columns together"] == pytest.approx(1.0)  # one column is itself
+    assert 0 < table.loc[4, "B columns together"] < 1
+    for cfg in configs[:2]:
+        stop = threading.Event()
+        res = train(cfg, on_step=lambda info, stop=stop: stop.set() if info.step == 2 else None, stop=stop,
+                    progress=False, keep_model=True, fresh_process=False)
+        assert res.status == "stopped" and len(res.history) == 2
+        assert table.loc[cfg.lora.rank, "mean ||sBA||_F"] == pytest.approx(tg.mean_update_norm(res.model), rel=1e-4)
+        assert table.loc[cfg.lora.rank, "train loss"] == pytest.approx(res.history["train_loss"].iloc[-1], rel=1e-5)
+    with pytest.raises(ValueError, match="none of the configs is a LoRA run"):
+        tg.early_updates(configs[2:], steps=2)
+    with pytest.raises(ValueError, match="steps"):
+        tg.early_updates(configs, steps=0)

@@ -1,6 +1,6 @@
 """The package's shape: imports point down the layers, the public API keeps its word, the import is light.
 
-* Layers, lowest first: util, lora, engine, viz, records, ui, lessons.  A module may import
+* Layers, lowest first: util, lora, engine, viz, records, room, ui, lessons.  A module may import
   its own layer and the layers below it, never one above (``workbench/__init__.py`` and
   ``__main__.py`` sit on top and may import anything).  The test reads every import with
   ``ast`` (module level, inside functions, and ``importlib.import_module("...")`` with a
@@ -29,7 +29,8 @@ PACKAGE = ROOT / "workbench"
 README = ROOT / "README.md"
 
 #: Layer ranks: an import may point to the same rank or a lower one.
-LAYERS: dict[str, int] = {"util": 0, "lora": 1, "engine": 2, "viz": 3, "records": 4, "ui": 5, "lessons": 6}
+LAYERS: dict[str, int] = {"util": 0, "lora": 1, "engine": 2, "viz": 3, "records": 4, "room": 5, "ui": 6,
+                         "lessons": 7}
 #: The top of the package: re-exports the public API, runs the CLI; may import any layer.
 TOP = {"workbench/__init__.py", "workbench/__main__.py"}
 #: The one name the README uses that is not written as ``wb.<name>`` in its API block.

@@ -94,8 +94,10 @@ def test_the_task_switch_brings_the_generative_preset_its_roles_and_methods(tmp_
                                                                     ("head only", "head"))
     state.set_task("causal-lm")
     assert state.task == "causal-lm" and {"task", "choices", "runs"} <= set(events)
-    # The preset as wb.preset("generate") gives it, unchanged by the panel.
-    assert state.config() == preset("generate") and state.problem() is None
+    # The preset as wb.preset("generate") gives it; the panel only answers fewer prompts before the last evaluation.
+    from workbench.ui.settings import INTERIM_PROMPTS
+
+    assert state.config() == preset("generate", interim_generate_examples=INTERIM_PROMPTS) and state.problem() is None
     # One toggle per role, as model_roles reads them from the loaded model; never the LM head.
     model = story_lm()
     roles = [r for r in model_roles(model) if r.names]

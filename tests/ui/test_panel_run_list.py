@@ -46,13 +46,23 @@ def test_a_learned_run_is_done_and_says_where_its_adapter_is(tmp_path):
     run = fake_run(tiny_config(), [0.69, 0.2], 0.97)
     run.path = str(tmp_path / "run")
     (tmp_path / "run" / "adapter").mkdir(parents=True)
-    text, kind = PanelState.verdict(run, Outcome("learned", "learned"))
+    text, kind, details = PanelState.verdict(run, Outcome("learned", "learned"))
     assert kind == "ok" and text.startswith("Done: LoRA r=8 (query,value): final loss 0.2000, validation accuracy 97.0%")
-    assert "trained in 7.5 s (0.050 s/step, measured)" in text
+    # A record from before the time was split says what its one number counts.
+    assert "took 7.5 s from start to end (0.050 s/step)" in text
     folder = tmp_path / "run" / "adapter"
-    assert f'wb.load_adapter(model, "{folder}")' in text and f'PeftModel.from_pretrained(base_model, "{folder}")' in text
-    text, kind = PanelState.verdict(run, Outcome("did not learn", "did not learn: loss rose from 0.69 to 24.3"))
+    # The folder and how to load it fold away (details), so the message stays short.
+    assert str(folder) not in text
+    assert f'wb.load_adapter(model, "{folder}")' in details and f'PeftModel.from_pretrained(base_model, "{folder}")' in details
+    text, kind, details = PanelState.verdict(run, Outcome("did not learn", "did not learn: loss rose from 0.69 to 24.3"))
     assert kind == "warn" and text.startswith("Finished, but it did not learn: loss rose from 0.69 to 24.3.")
+    assert details == ""
+    # Measured apart: the message says what each part of the time counts; the rest is loading.
+    from workbench.engine.config import Timing
+
+    run.timing = Timing(0.05, 1000.0, 36.4, eval_seconds=9.1, train_seconds=21.3)
+    text, _, _ = PanelState.verdict(run, Outcome("learned", "learned"))
+    assert "took 36.4 s: 21.3 s training (0.050 s/step), 9.1 s evaluating, 6.0 s loading" in text
 
 
 def test_typed_numbers_are_read_or_refused_never_rewritten(tmp_path, tiny_layers):
@@ -108,7 +118,9 @@ def test_runs_are_told_apart_in_the_table_export_and_legends(stored):
 
     state, ids = stored
     table = state.table()
-    assert list(table["run"]) == [f"LoRA r=8 (query,value) · lr={lr}" for lr in ("0.001", "0.01", "10")]
+    # Named by what differs; what all share is said once.
+    assert list(table["run"]) == [f"lr={lr}" for lr in ("0.001", "0.01", "10")]
+    assert state.shared_text() == "all runs: LoRA, r=8, targets query,value"
     assert list(table["outcome"]) == ["learned", "learned", "did not learn"]
     assert list(table["eval accuracy"]) == ["100.0%", "100.0%", "50.0%"] and list(table["run id"]) == ids
     assert list(table["lr"]) == ["0.001", "0.01", "10"] and list(table["seed"]) == ["0"] * 3
@@ -116,13 +128,23 @@ def test_runs_are_told_apart_in_the_table_export_and_legends(stored):
     assert legend == list(table["run"][:2]) + [table["run"][2] + " [did not learn]"]
     state.select(ids[:2])
     folder = state.export()
-    csv = pd.read_csv(folder / "runs.csv")
-    assert list(csv["run"]) == list(table["run"][:2]) and list(csv["run id"]) == ids[:2]
+    csv = pd.read_csv(folder / "runs.csv")  # a file on its own: each run's whole label and what differs
+    assert list(csv["run"]) == [f"LoRA r=8 (query,value) · lr={lr}" for lr in ("0.001", "0.01")]
+    assert list(csv["run id"]) == ids[:2]
     assert list(csv["lr"]) == [1e-3, 1e-2] and list(csv["val. accuracy (%)"]) == [100.0, 100.0]
     for col in ("rank", "alpha", "targets", "steps", "batch_size", "seed", "outcome", "adapter folder"):
         assert col in csv.columns
-    assert "Adapters: LoRA r=8 (query,value) · lr=0.001: " in state.message.text
-    assert "wb.load_adapter(model, folder)" in state.message.text
+    assert "Adapters: lr=0.001: " in state.message.details and str(folder) not in state.message.text
+    assert "wb.load_adapter(model, folder)" in state.message.details
+    # The zip is named after its report, and its tables point at the adapters inside it, not at the server.
+    import zipfile
+
+    assert state.last_bundle == folder / f"{folder.name}.zip"
+    with zipfile.ZipFile(state.last_bundle) as z:
+        inside = pd.read_csv(z.open("runs.csv"))
+        assert list(inside["adapter folder"]) == [f"adapters/{i}" for i in ids[:2]]
+        assert f"adapters/{ids[0]}/adapter_config.json" in z.namelist()
+        assert str(state.runs_dir) not in z.read("runs.md").decode()
 
 
 def test_hide_select_and_delete_with_confirmation(stored):
@@ -200,6 +222,6 @@ def test_the_header_gives_measured_run_times(stored):
 
     state, ids = stored
     # fake_run: total_seconds 7.5, 8.5 and 9.5 for runs of the tiny preset's 6 steps
-    assert state.timing_note() == "Runs of 6 steps took 7.5–9.5 s here (3 measured)."
+    assert state.timing_note() == "Runs of 6 steps took 7.5–9.5 s here from Train to done (3 measured)."
     panel = Workbench(state=state)
-    assert "Runs of 6 steps took 7.5–9.5 s here (3 measured)." in panel.header.value
+    assert "Runs of 6 steps took 7.5–9.5 s here from Train to done (3 measured)." in panel.header.value

@@ -55,9 +55,12 @@ def test_a_run_is_trained_stored_and_shown(trained):
     outcome = run_outcome(run)
     assert outcome.verdict == "did not learn" and state.message.kind == "warn"
     assert state.message.text.startswith(f"Finished, but it {outcome.sentence}. (LoRA r=4 (query,value,FFN out)")
-    assert f"trained in {run.timing.total_seconds:.1f} s" in state.message.text
-    # The lifecycle as subscribers saw it: running, a progress event per step, the final curve, the runs, done.
-    assert events[:2] == ["running", "live"] and events.count("progress") == run.config.steps
+    t = run.timing
+    assert (f"took {t.total_seconds:.1f} s: {t.train_seconds:.1f} s training ({t.seconds_per_step:.3f} s/step), "
+            f"{t.eval_seconds:.1f} s evaluating") in state.message.text
+    # The lifecycle as subscribers saw it: running, a progress event per step and one as each of the two
+    # evaluations (steps 3 and 6) begins, the final curve, the runs, done.
+    assert events[:2] == ["running", "live"] and events.count("progress") == run.config.steps + 2
     assert events[-4:] == ["live", "runs", "running", "message"]
     assert state.selected == (run.run_id,) and [r.run_id for r in state.selected_results()] == [run.run_id]
     row = state.table().iloc[0]
@@ -110,8 +113,9 @@ def test_export_writes_the_selected_runs(trained):
     for fig in ("loss_curves", "params_vs_rank", "memory_breakdown", "accuracy_vs_params"):
         assert {f"{fig}.png", f"{fig}.svg"} <= names
     assert {"runs.csv", "runs.md"} <= names
-    assert "report.zip" in names and state.last_bundle == folder / "report.zip"
-    assert state.message.text.startswith(f"Wrote {len(names) - 1} files to {folder} (1 run(s)")
+    assert f"{folder.name}.zip" in names and state.last_bundle == folder / f"{folder.name}.zip"
+    assert state.message.text.startswith(f"Wrote {len(names) - 1} files (1 run(s)")
+    assert state.message.details.startswith(f"The report's folder: {folder}.")
     csv = pd.read_csv(folder / "runs.csv")
     assert list(csv["run"]) == [state.results[0].config.label()]
     assert list(csv["run id"]) == [state.results[0].run_id] and list(csv["lr"]) == [state.results[0].config.lr]

@@ -29,13 +29,27 @@ def test_memory_bars_stack_components_in_mb(runs):
         expected_bottom += mb
     # Full fine-tuning is among the bars, labelled; totals in the annotations.
     ticks = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
-    assert ticks == [r.config.label() for r in runs]
+    assert ticks == ["LoRA r=2", "LoRA r=8", "full fine-tuning", "head only"]
+    assert "LoRA runs: targets query,value" in ax.get_title(loc="left")
     notes = [t.get_text() for t in ax.texts]
     assert notes[1] == f"{(91 + 0.6 + 1.2 + 41):.0f} MB"
     assert notes[2] == f"{(91 + 91 + 182 + 45):.0f} MB\n(peak 420 MB)"
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["activations", "optimizer state", "gradients", "weights",
                       "measured peak (cuda allocated)"]
+
+
+def test_memory_tick_labels_break_between_words_and_the_figure_fits_the_panel():
+    from workbench.viz.memory_figures import _tick_label
+
+    text = _tick_label("LoRA r=8 (query,key,value,attention output,FFN in,FFN out) · lr=0.003")
+    words = {"query", "key", "value", "attention", "output", "FFN", "in", "out", "LoRA", "r=8", "lr=0.003"}
+    pieces = {w.strip("(),") for line in text.splitlines() for w in line.replace(",", " ").split()}
+    assert pieces <= words, text  # no word cut in two
+    assert text.replace("\n", " ").replace(", ", ",").replace("(", " (").count("attention output") == 1
+    six = [fake_run(RunConfig(method="lora", lora=LoRAConfig(rank=r)), 100 * r, FakeMemory(9, 1, 2, 4), 0.7, 0.8)
+           for r in (1, 2, 4, 8, 16, 32)]
+    assert memory_figures.memory_breakdown(six).get_size_inches()[0] <= memory_figures.MAX_WIDTH
 
 
 def test_memory_peak_markers(runs):
@@ -79,7 +93,8 @@ def test_a_qlora_bar_stands_beside_lora_and_full_with_its_quantized_weights_hatc
     # The other components are not hatched: only the weights are stored differently.
     assert all(p.get_hatch() is None for b in bars[1:] for p in b.patches)
     ticks = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
-    assert ticks == ["LoRA r=8 (query,value)", "QLoRA r=8 (query,value), NF4 base", "full fine-tuning"]
+    assert ticks == ["LoRA", "QLoRA, NF4 base", "full fine-tuning"]
+    assert "LoRA runs: r=8, targets query,value" in ax.get_title(loc="left")
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["activations", "optimizer state", "gradients", "weights", memory_figures.QUANTIZED_WEIGHTS_LABEL,
                       "measured peak (cuda allocated)"]

@@ -28,14 +28,14 @@ def test_save_figure_png_svg_atomic(tmp_path, runs):
     svg = paths[1].read_text(encoding="utf-8")
     assert "<svg" in svg and svg.rstrip().endswith("</svg>")
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["loss.png", "loss.svg"]
-    # PDF too, and the PNG size follows the dpi: the figure's inches (4.2 in tall; wider
-    # than 7 in by the legend outside the axes) at 150 dpi.
+    # PDF too, and the PNG size follows the dpi: the figure's inches (7 in wide, whatever the
+    # legend: it sits under the axes and adds height) at 150 dpi.
     (pdf,) = output.save_figure(fig, tmp_path / "loss", formats=("pdf",))
     assert pdf.read_bytes().startswith(b"%PDF")
     png = paths[0].read_bytes()
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     w_in, h_in = fig.get_size_inches()
-    assert h_in == 4.2 and w_in > 7.0
+    assert w_in == 7.0 and h_in > 4.2
     assert abs(width - w_in * 150) <= 1 and height == round(h_in * 150)
 
 

@@ -21,21 +21,26 @@ from workbench.viz import run_figures, style
 # ----------------------------------------------------------------------- loss curves
 
 
+# The fixture's runs named by what sets them apart; their shared targets are said once, in the title.
+FIXTURE_NAMES = ["LoRA r=2", "LoRA r=8", "full fine-tuning", "head only"]
+FIXTURE_SHARED = "LoRA runs: targets query,value"
+
+
 def test_loss_curves_lines_are_the_histories(runs):
     fig = run_figures.loss_curves(runs)
     texts_ok(fig)
     ax = fig.axes[0]
     lines = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
-    assert [ln.get_label() for ln in lines] == [r.config.label() for r in runs]
+    assert [ln.get_label() for ln in lines] == FIXTURE_NAMES
+    assert ax.get_title(loc="left").splitlines()[1:] == [FIXTURE_SHARED]
     for ln, r in zip(lines, runs):
         np.testing.assert_array_equal(ln.get_xdata(), r.history["step"].to_numpy(float))
         np.testing.assert_array_equal(ln.get_ydata(), r.history["train_loss"].to_numpy(float))
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == [r.config.label() for r in runs]
-    # Fixed colours: full and head have their reference colours, the two ranks differ.
+    assert legend == FIXTURE_NAMES
+    # One palette colour per run, in order: four runs, four colours.
     colors = [ln.get_color() for ln in lines]
-    assert colors[2] == style.FULL_COLOR and colors[3] == style.HEAD_COLOR
-    assert colors[0] != colors[1]
+    assert colors == list(style.RUN_PALETTE[:4]) and len(set(colors)) == 4
 
 
 def test_loss_curves_eval_markers_at_eval_steps(runs):
@@ -59,13 +64,17 @@ def test_loss_curves_drop_non_finite_and_mark_status(runs):
     assert ln.get_label() == f"{r.config.label()} [diverged]"
 
 
-def test_same_rank_runs_get_distinct_line_styles(runs):
+def test_same_rank_runs_get_distinct_colours_and_the_palette_repeats_with_a_new_style(runs):
     twin = fake_run(RunConfig(method="lora", lora=LoRAConfig(rank=8, targets=["query", "key", "value"])),
                 200_000, None, 0.6, 0.8)
     ax = run_figures.loss_curves([runs[1], twin]).axes[0]
     a, b = ax.get_lines()
-    assert a.get_color() == b.get_color()
-    assert a.get_linestyle() != b.get_linestyle()
+    assert a.get_color() != b.get_color()  # r=8 and r=8: not one colour (they were, coloured by rank)
+    many = [fake_run(RunConfig(method="lora", lora=LoRAConfig(rank=8), seed=i), 100, None, 0.6, 0.8)
+            for i in range(len(style.RUN_PALETTE) + 1)]
+    lines = run_figures.loss_curves(many).axes[0].get_lines()
+    assert len({ln.get_color() for ln in lines}) == len(style.RUN_PALETTE)
+    assert lines[-1].get_color() == lines[0].get_color() and lines[-1].get_linestyle() != lines[0].get_linestyle()
 
 
 # ----------------------------------------------------------------------- params vs rank
@@ -130,7 +139,7 @@ def test_accuracy_points_are_final_eval_accuracy(runs):
     for pc, r in zip(points, runs):
         final_acc = r.history["eval_accuracy"].dropna().iloc[-1]
         np.testing.assert_allclose(pc.get_offsets(), [[r.params.trainable, final_acc]])
-        assert pc.get_label() == r.config.label()
+    assert [pc.get_label() for pc in points] == FIXTURE_NAMES
     assert [t.get_text() for t in ax.texts] == ["r=2", "r=8", "full", "head"]
 
 
@@ -220,23 +229,70 @@ def test_one_exploding_run_does_not_squash_the_loss_axis(runs):
     # Without an outlier the axis is matplotlib's own (autoscaled to the data).
     top = run_figures.loss_curves(runs[:2]).axes[0].get_ylim()[1]
     assert top < 1.5 * max(r.history["train_loss"].iloc[0] for r in runs[:2])
-    # The legend sits outside the axes: right of them, covering no curve.
-    legend = ax.get_legend()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+    # The legend sits outside the axes: under them, covering no curve.
+    renderer = _pixels(fig)
+    assert ax.get_legend().get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y0
 
 
 def test_legends_name_what_differs_and_flag_runs_that_did_not_learn(runs):
     a = fake_run(RunConfig(method="lora", lora=LoRAConfig(rank=1), lr=1e-3), 100, None, 0.69, 0.99)
     b = fake_run(RunConfig(method="lora", lora=LoRAConfig(rank=1), lr=10.0), 100, None, 0.69, 0.99)
     b.history["train_loss"] = np.linspace(0.69, 24.3, len(b.history))
-    names = run_figures.run_labels([a, b])
-    assert names == ["LoRA r=1 (query,value) · lr=0.001", "LoRA r=1 (query,value) · lr=10 [did not learn]"]
+    names, shared = run_figures.run_names([a, b])
+    assert names == ["lr=0.001", "lr=10 [did not learn]"] and shared == "all runs: LoRA, r=1, targets query,value"
     for fig in (run_figures.loss_curves([a, b]), run_figures.accuracy_vs_params([a, b])):
         legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
         assert names[0] in legend and names[1] in legend
+        assert "all runs: LoRA, r=1, targets query,value" in fig.axes[0].get_title(loc="left")
+
+
+def _pixels(fig: Figure):
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+@pytest.mark.parametrize("figure", ["loss_curves", "accuracy_vs_params", "params_vs_rank"])
+def test_legend_sits_under_the_axes_and_the_figure_keeps_its_width(figure, runs):
+    """Defect: the accuracy legend covered the r=1 point; a long legend widened figures to 1,194 px, shown at 894."""
+    fig = getattr(run_figures, figure)(runs)
+    renderer = _pixels(fig)
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.y1 <= ax.get_window_extent(renderer).y0  # below the axes: on no line or point
+    assert fig.get_size_inches()[0] == pytest.approx(style.FIGSIZE[0])
+
+
+def test_coincident_points_are_drawn_apart_and_labelled_once():
+    """Defect: float LoRA under QLoRA, r=8 #1 under #2: equal counts and scores drawn on one pixel."""
+    lora = fake_run(RunConfig(method="lora", lora=LoRAConfig(rank=8)), 148_994, None, 0.69, 0.87)
+    qlora = fake_run(RunConfig(method="lora", lora=LoRAConfig(rank=8), quantize="nf4"), 148_994, None, 0.69, 0.87)
+    other = fake_run(RunConfig(method="lora", lora=LoRAConfig(rank=2)), 38_402, None, 0.69, 0.80)
+    fig = run_figures.accuracy_vs_params([lora, qlora, other])
+    _pixels(fig)
+    ax = fig.axes[0]
+    points = [c for c in ax.collections if isinstance(c, PathCollection)]
+    where = [c.get_offset_transform().transform(c.get_offsets())[0] for c in points]
+    assert abs(where[0][0] - where[1][0]) >= style.DODGE_POINTS * fig.dpi / 72 * 0.99  # apart on screen
+    assert where[0][1] == pytest.approx(where[1][1])  # at the same height: the same score
+    np.testing.assert_allclose(points[0].get_offsets(), points[1].get_offsets())  # the data are untouched
+    assert abs(where[2][0] - ax.transData.transform((38_402, 0.80))[0]) < 1e-6  # a point alone stays put
+    assert sorted(t.get_text() for t in ax.texts) == ["r=2", "r=8 (×2)"]
+    assert [p.get_label() for p in points] == ["LoRA r=8", "QLoRA r=8, NF4 base", "LoRA r=2"]
+    assert points[0].get_facecolor().tolist() != points[1].get_facecolor().tolist()
+    # On the parameters figure QLoRA has a line of its own, drawn beside LoRA's (the same counts).
+    ax = run_figures.params_vs_rank([lora, qlora]).axes[0]
+    measured = [ln for ln in ax.get_lines() if "measured" in ln.get_label()]
+    assert len(measured) == 2 and "drawn apart" in measured[1].get_label()
+    xs = [ln.get_transform().transform(np.column_stack([ln.get_xdata(), ln.get_ydata()]))[0][0] for ln in measured]
+    assert xs[0] != pytest.approx(xs[1])
+    # Two runs of one line at one rank (r=8 #1, #2): two points, each visible in its own colour.
+    again = fake_run(RunConfig(method="lora", lora=LoRAConfig(rank=8)), 148_994, None, 0.69, 0.87)
+    ax = run_figures.params_vs_rank([lora, again]).axes[0]
+    dots = [c for c in ax.collections if isinstance(c, PathCollection)]
+    where = [c.get_offset_transform().transform(c.get_offsets())[0][0] for c in dots]
+    assert len(dots) == 2 and abs(where[0] - where[1]) > 5
+    assert dots[0].get_facecolor().tolist() != dots[1].get_facecolor().tolist()
 
 
 def test_one_run_gets_distinct_accuracy_ticks(runs):

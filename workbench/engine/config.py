@@ -81,6 +81,10 @@ class RunConfig:
     # Language models (task "causal-lm") only.
     heldout_data: str | None = "auto"  # text to measure forgetting on; "auto": the bundled LM's held-out text
     max_generate_examples: int | None = 100  # evaluation prompts answered by greedy generation (exact match)
+    # Prompts answered at the evaluations before the last (None: as many as at the last, which
+    # answers them all): the panel answers fewer while a run trains, so an evaluation is a
+    # short pause, and every prompt at the end.
+    interim_generate_examples: int | None = None
     max_new_tokens: int = 24  # the longest answer generated at evaluation
     # Optimisation.
     steps: int = 100
@@ -93,7 +97,7 @@ class RunConfig:
     seed: int = 0
     # Hardware.
     device: str = "auto"  # "auto": CUDA when present, else CPU
-    bf16: bool | str = "auto"  # "auto": on CUDA with bf16 support and on CPUs with AMX/AVX512-bf16
+    bf16: bool | str = "auto"  # "auto": on CUDA with bf16; on AMX/AVX512-bf16 CPUs where a probe measured it faster
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     name: str | None = None  # a label for tables and legends; default built from the settings
 
@@ -156,6 +160,9 @@ class RunConfig:
                 check_integer("max_generate_examples", self.max_generate_examples, 0,
                               what="0 or None: None answers every evaluation prompt, 0 none")
             check_positive_int("max_new_tokens", self.max_new_tokens, what="the longest answer generated")
+            if self.interim_generate_examples is not None:
+                check_integer("interim_generate_examples", self.interim_generate_examples, 0,
+                              what="prompts answered before the last evaluation; None: all of them")
 
     def label(self) -> str:
         """A short human label: 'LoRA r=8 (query,value)', 'full fine-tuning', 'head only' (``labels.label``)."""
@@ -192,6 +199,22 @@ class RunConfig:
         lora = LoRAConfig.from_dict(lora) if isinstance(lora, dict) else LoRAConfig.from_dict(lora_flat)
         return cls(**{k: v for k, v in d.items() if k in known and k != "lora"}, lora=lora)
 
+    @classmethod
+    def from_yaml(cls, path: Any) -> "RunConfig":
+        """The config of a YAML recipe; unknown keys, wrong types and bad values are refused
+        with the key's path (``workbench.engine.recipes``)."""
+        from workbench.engine.recipes import read_recipe
+
+        return read_recipe(path).config
+
+    def to_yaml(self, path: Any = None) -> str:
+        """This config as a YAML recipe (every key); written to ``path`` too when given."""
+        from workbench.engine.recipes import recipe_text, write_recipe
+
+        if path is not None:
+            write_recipe(self, path)
+        return recipe_text(self)
+
 
 def validate(cfg: RunConfig) -> None:
     """Check a config before anything loads: a RunConfig, and its own checks (``RunConfig.check``)."""
@@ -226,6 +249,8 @@ class Timing:
     seconds_per_step: float  # median over training steps (excluding the first)
     tokens_per_second: float  # non-padding tokens per second of training
     total_seconds: float  # wall time of the run, loading and evaluation included
+    eval_seconds: float = float("nan")  # of which evaluating (NaN: a record written before it was measured)
+    train_seconds: float = float("nan")  # of which in training steps (the rest: loading the model and data)
 
 
 @dataclass

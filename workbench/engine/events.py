@@ -7,6 +7,8 @@ the caller (``workbench.engine.worker``) - is a *sink*: an object with the hooks
 which the loop calls at the edges of the run:
 
     on_start(result)           the model and data are ready, no step has run yet
+    on_eval_start(step, steps, prompts)  an evaluation begins after this step (``prompts``:
+                               held-out prompts a language model answers in it; 0 for a classifier)
     on_step(info)              after every optimizer step (and its evaluation, if any)
     on_eval(result)            after every evaluation, with the curve so far
     on_finish(result, model)   once, whatever the ending: completed, stopped, diverged, failed
@@ -70,6 +72,10 @@ class RunSink:
     def on_start(self, result: RunResult) -> None:
         """The model and the data are ready; no step has run yet."""
 
+    def on_eval_start(self, step: int, steps: int, prompts: int) -> None:
+        """An evaluation begins after step ``step`` of ``steps`` (seconds, during which no step runs):
+        ``prompts`` held-out prompts are answered by generation (0 for a classifier)."""
+
     def on_step(self, info: StepInfo) -> None:
         """After every optimizer step, and after its evaluation when the step evaluated."""
 
@@ -96,6 +102,10 @@ class SinkGroup(RunSink):
     def on_start(self, result: RunResult) -> None:
         for s in self.sinks:
             s.on_start(result)
+
+    def on_eval_start(self, step: int, steps: int, prompts: int) -> None:
+        for s in self.sinks:
+            s.on_eval_start(step, steps, prompts)
 
     def on_step(self, info: StepInfo) -> None:
         for s in self.sinks:

@@ -141,11 +141,13 @@ def _generate_batch(model: nn.Module, batch: list[list[int]], caps: list[int], p
             token = torch.stack([torch.multinomial(probs[i], 1, generator=gens[i])[0] for i in range(n)])
         else:
             token = logits.argmax(dim=-1)
-        stop = torch.isin(token, eos_t)
+        # The per-row bookkeeping on Python lists: indexing the tensors row by row costs one
+        # small operation per row and token, more than the model's step for a small model.
+        tokens, stops, finished = token.tolist(), torch.isin(token, eos_t).tolist(), done.tolist()
         for i in range(n):
-            if not done[i] and not stop[i]:
-                out[i].append(int(token[i]))
-        done |= stop | torch.tensor([len(o) >= c for o, c in zip(out, caps)], device=device)
+            if not finished[i] and not stops[i]:
+                out[i].append(tokens[i])
+        done |= torch.tensor([s or len(o) >= c for s, o, c in zip(stops, out, caps)], device=device)
         if bool(done.all()):
             break
         step_input = torch.where(done, torch.full_like(token, pad_id), token)[:, None]

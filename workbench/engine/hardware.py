@@ -1,9 +1,10 @@
 """Where a run computes and in which precision: the device, bf16, and what a bf16 run does once.
 
 The run's config names a device ("auto": CUDA when present) and a bf16 choice ("auto": on
-CUDA with bf16 support and on CPUs with AMX / AVX-512-bf16 units); these functions turn
-them into a ``torch.device`` and a yes or no, and prepare a model for a bf16 run (its
-frozen base stored in bf16 once; on the CPU the plain attention path).  The loop
+CUDA with bf16 support; on CPUs with AMX / AVX-512-bf16 units when a short probe measures it
+faster for the run's model, ``workbench.engine.bf16_probe``); these functions turn the
+device into a ``torch.device``, say whether the CPU has bf16 units, and prepare a model for
+a bf16 run (its frozen base stored in bf16 once; on the CPU the plain attention path).  The loop
 (``workbench.engine.training``) and the launcher (``workbench.engine.launch``) both ask here.
 """
 
@@ -14,7 +15,7 @@ from torch import nn
 
 from workbench.util import procfs
 
-__all__ = ["resolve_device", "cpu_has_fast_bf16", "resolve_bf16", "store_frozen_in_bf16", "use_plain_attention",
+__all__ = ["resolve_device", "cpu_has_fast_bf16", "store_frozen_in_bf16", "use_plain_attention",
            "restore_frozen_to_fp32"]
 
 
@@ -31,17 +32,6 @@ def resolve_device(device: str = "auto") -> torch.device:
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX or AVX-512 bf16 units, where bf16 matmuls run several times faster."""
     return bool({"amx_bf16", "avx512_bf16"} & procfs.cpu_flags())
-
-
-def resolve_bf16(bf16: bool | str, device: torch.device) -> bool:
-    """'auto': bf16 autocast on CUDA GPUs that support it and on CPUs with fast bf16."""
-    if bf16 == "auto":
-        if device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
-        return device.type == "cpu" and cpu_has_fast_bf16()
-    if not isinstance(bf16, bool):
-        raise ValueError(f"bf16 must be True, False or 'auto', got {bf16!r}")
-    return bf16
 
 
 def store_frozen_in_bf16(model: nn.Module) -> int:

@@ -175,5 +175,81 @@ def distinct_labels(configs: Sequence[NamedConfig]) -> list[str]:
     return out
 
 
+def _parts(config: NamedConfig) -> dict[str, str]:
+    """A run's label cut into its parts: kind, rank, extras, targets, base (what ``label`` joins)."""
+    if config.name:
+        return {"name": config.name}
+    if config.method in ("full", "head"):
+        parts = {"kind": "full fine-tuning" if config.method == "full" else "head only"}
+    else:
+        lora = config.lora
+        extras = " ".join(x for x in ("rsLoRA" if lora.rslora else "", "PiSSA" if lora.init == "pissa" else "",
+                                      f"LoRA+x{lora.loraplus_ratio:g}" if lora.loraplus_ratio else "") if x)
+        where = lora.targets_text()
+        if lora.layers:
+            where += f", layers {','.join(map(str, lora.layers))}"
+        parts = {"kind": ("Q" if config.quantize else "") + lora.kind, "rank": f"r={lora.rank}", "extras": extras,
+                 "targets": where}
+    if config.quantize:
+        parts["base"] = f"{QUANTIZE_LABELS[config.quantize]} base"
+    return {k: v for k, v in parts.items() if v}
+
+
+# How a part shared by every run is said once (in a figure's title): "targets query,value".
+_SHARED_WORDS = {"targets": "targets {}", "extras": "{}", "kind": "{}", "rank": "{}", "base": "{}", "name": "{}"}
+
+
+def _join_parts(parts: dict[str, str]) -> str:
+    head = " ".join(parts[k] for k in ("name", "kind", "rank", "extras") if k in parts)
+    if "targets" in parts:
+        head += f" ({parts['targets']})" if head else f"({parts['targets']})"
+    if "base" in parts:
+        head += f", {parts['base']}" if head else parts["base"]
+    return head
+
+
+def compact_labels(configs: Sequence[NamedConfig]) -> tuple[list[str], str]:
+    """Labels for runs shown together that leave out what they all share, and that shared part said once.
+
+    ``distinct_labels`` repeats every run's whole label, so six generative runs each carry
+    the same six-role target list and what differs (rank, lr, steps) is lost at the end of
+    a long line.  Here each part of ``label`` (kind, rank, extras, targets, quantized base)
+    that every run having it shares is dropped from the labels and returned in the
+    ``shared`` text instead ("all runs: LoRA, r=8, targets query,value"), as are the settings that do
+    not differ; the settings that do are added as in ``distinct_labels``.  A part only
+    some runs have (the targets of the LoRA runs beside a full fine-tuning run) is shared
+    when all of those have the same one ("LoRA runs: targets query,value").  One run keeps its whole label.  Labels still
+    equal after that get " #1", " #2" ("run #1" when nothing is left).
+
+    Returns (labels, shared); ``shared`` is "" when nothing is shared.
+    """
+    configs = list(configs)
+    full = distinct_labels(configs)  # checks the configs
+    if len(configs) < 2:
+        return full, ""
+    parts = [_parts(c) for c in configs]
+    shared: dict[str, list[str]] = {}  # whose -> the parts they share
+    for key in ("name", "kind", "rank", "extras", "targets", "base"):
+        having = [p[key] for p in parts if key in p]
+        if len(having) >= 2 and len(set(having)) == 1:
+            whose = "all runs" if len(having) == len(parts) else "quantized runs" if key == "base" else "LoRA runs"
+            shared.setdefault(whose, []).append(_SHARED_WORDS[key].format(having[0]))
+            for p in parts:
+                p.pop(key, None)
+    differ = differing_settings(configs)
+    readers = dict(DIFFERING)
+    labels = []
+    for c, p in zip(configs, parts):
+        settings = " ".join(f"{n}={_text(v)}" for n in differ if (v := readers[n](c)) is not None)
+        text = SEPARATOR.join(t for t in (_join_parts(p), settings) if t)
+        labels.append(text)
+    seen: dict[str, int] = {}
+    out = []
+    for text in labels:
+        seen[text] = seen.get(text, 0) + 1
+        out.append(text if text and labels.count(text) == 1 else f"{text or 'run'} #{seen[text]}")
+    return out, "; ".join(f"{whose}: {', '.join(said)}" for whose, said in shared.items())
+
+
 __all__ = ["NamedConfig", "QUANTIZE_LABELS", "label", "label_for_kinds", "slug", "short_label", "path_slug", "id_label",
-           "distinct_labels", "differing_settings", "DIFFERING", "SEPARATOR"]
+           "distinct_labels", "compact_labels", "differing_settings", "DIFFERING", "SEPARATOR"]

@@ -29,7 +29,8 @@ with the store attached).  This module stores nothing.
 
 Speed comes from not doing needless work, never from measuring less: batches padded to
 their own longest sequence (evaluation batches sorted by length first); bf16 autocast
-where the hardware runs bf16 fast (CUDA, and CPUs with AMX / AVX-512-bf16); in such bf16
+where it is faster (CUDA; on CPUs with AMX / AVX-512-bf16, when a short probe of the run's
+model measured it faster: ``workbench.engine.bf16_probe``); in such bf16
 runs a frozen base stored in bf16 once (``store_frozen_in_bf16``) and, on the CPU, the
 plain attention path (``use_plain_attention``); the fused AdamW kernel.  The recipe is
 the config's: ``model_dropout`` (the default preset turns the base model's dropout off,
@@ -58,11 +59,12 @@ import torch
 from torch import nn
 
 from workbench.engine.batches import run_batches
+from workbench.engine.bf16_probe import Bf16Choice, choose_bf16, measure_bf16, probe_key
 from workbench.engine.config import ParamCounts, RunConfig, RunResult, Timing, history_frame, history_row
 from workbench.engine.data import Batch, repeat_batches
 from workbench.engine.evaluation import WritingEval, evaluate, evaluate_writing
 from workbench.engine.events import RunSink, StepInfo
-from workbench.engine.hardware import (resolve_bf16, resolve_device, restore_frozen_to_fp32, store_frozen_in_bf16,
+from workbench.engine.hardware import (resolve_device, restore_frozen_to_fp32, store_frozen_in_bf16,
                                        use_plain_attention)
 from workbench.engine.memory import MemoryProbe
 from workbench.engine.models import load_base, load_tokenizer, set_model_dropout
@@ -73,7 +75,7 @@ from workbench.lora.params import count_parameters
 from workbench.lora.paths import head_names
 
 __all__ = ["train_here", "StepInfo", "prepare_model", "evaluate", "training_step", "set_up",
-           "Setup", "EXPLODED"]
+           "Setup", "EXPLODED", "run_bf16"]
 
 
 # --------------------------------------------------------------------------- the config and the model
@@ -134,14 +136,16 @@ class Setup:
     frozen_in_bf16: bool = False
     tokenizer: object = None
     writing: WritingEval | None = None  # a language model's run: prompts to answer, held-out text
+    forward_kwargs: dict = field(default_factory=dict)  # {"use_cache": False} for a decoder (see no_cache)
 
 
 def set_up(cfg: RunConfig) -> Setup:
     """Load the model and the data, apply the method, and make the optimizer and the schedule."""
     device = resolve_device(cfg.device)
-    use_bf16 = resolve_bf16(cfg.bf16, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    bf16 = run_bf16(cfg, device)  # before seeding: a probe, if one runs, leaves the run as it would be
+    use_bf16 = bf16.use
     seed_everything(cfg.seed)
 
     # QLoRA: a quantized base dequantizes to bf16 for its matmuls in a bf16 run.
@@ -165,11 +169,44 @@ def set_up(cfg: RunConfig) -> Setup:
 
     env = environment(device=str(device), threads=torch.get_num_threads())
     env["bf16"] = use_bf16
+    env["bf16_reason"] = bf16.reason
     env["frozen_dtype"] = "bfloat16" if frozen_in_bf16 else str(next(model.parameters()).dtype).removeprefix("torch.")
     return Setup(model=model, trainable=[p for p in model.parameters() if p.requires_grad], optimizer=optimizer,
                  scheduler=scheduler, batches=repeat_batches(data.train, cfg.steps), eval_batches=data.eval,
                  device=device, use_bf16=use_bf16, params=ParamCounts(trainable=counts.trainable, total=counts.total),
-                 environment=env, frozen_in_bf16=frozen_in_bf16, tokenizer=tokenizer, writing=data.writing)
+                 environment=env, frozen_in_bf16=frozen_in_bf16, tokenizer=tokenizer, writing=data.writing,
+                 forward_kwargs=no_cache(model))
+
+
+def no_cache(model: nn.Module) -> dict:
+    """``{"use_cache": False}`` for a model whose forward takes it (a decoder), else ``{}``.
+
+    A decoder's config asks for a key/value cache by default, and a training forward pass
+    would build one (a cache object and a concatenation per layer) only to drop it: the
+    loss needs none.  Generation passes ``use_cache=True`` itself."""
+    import inspect
+
+    return {"use_cache": False} if "use_cache" in inspect.signature(type(model).forward).parameters else {}
+
+
+def run_bf16(cfg: RunConfig, device: torch.device) -> Bf16Choice:
+    """The run's bf16 choice and why; "auto" on a CPU with bf16 units is measured
+    (``workbench.engine.bf16_probe``) on the run's own model and first batch, once per
+    model and machine."""
+    return choose_bf16(cfg.bf16, device, key=probe_key(cfg.model, cfg.method), quantized=cfg.quantize is not None,
+                       measure=lambda: _probe(cfg, device))
+
+
+def _probe(cfg: RunConfig, device: torch.device) -> tuple[float, float]:
+    """(fp32 ms, bf16 ms) of a forward + backward step of the run's model on its first batch."""
+    tokenizer = load_tokenizer(cfg.model)
+    data = run_batches(cfg, tokenizer)
+    model, tokenizer = load_base(cfg.model, num_labels=data.num_labels, task=cfg.task, seed=cfg.seed,
+                                 tokenizer=tokenizer)
+    prepare_model(cfg, model)
+    model.to(device).train()
+    inputs = next(iter(data.train)).to(device).model_inputs()
+    return measure_bf16(model, inputs, device)
 
 
 def training_step(run: Setup, inputs: dict[str, torch.Tensor], max_grad_norm: float) -> float:
@@ -180,7 +217,7 @@ def training_step(run: Setup, inputs: dict[str, torch.Tensor], max_grad_norm: fl
     loss returns before backward: the weights are left as they were.
     """
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
-        loss = run.model(**inputs).loss
+        loss = run.model(**inputs, **run.forward_kwargs).loss
     value = loss.detach().item()
     if not math.isfinite(value):
         return value
@@ -202,6 +239,7 @@ class RunLog:
     history: list[dict] = field(default_factory=list)
     step_times: list[float] = field(default_factory=list)
     tokens: int = 0
+    eval_seconds: float = 0.0  # wall time spent in evaluations (a generative one answers prompts: seconds)
 
     def curve(self) -> pd.DataFrame:
         return history_frame(self.history)
@@ -214,6 +252,8 @@ class RunLog:
             seconds_per_step=statistics.median(steady) if steady else float("nan"),
             tokens_per_second=self.tokens / train_time if train_time > 0 else float("nan"),
             total_seconds=time.perf_counter() - started,
+            eval_seconds=self.eval_seconds,
+            train_seconds=train_time,
         )
 
 
@@ -284,20 +324,32 @@ def _loop(cfg: RunConfig, run: Setup, log: RunLog, result: RunResult, sinks: Run
         log.step_times.append(time.perf_counter() - t0)
         log.tokens += batch.num_tokens
         if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
-            row.update(_evaluation(run, result, step))
+            # Before the last evaluation a language model may answer fewer prompts (interim_generate_examples).
+            limit = cfg.interim_generate_examples if step < cfg.steps else None
+            sinks.on_eval_start(step, cfg.steps, _prompts_answered(run, limit))
+            t_eval = time.perf_counter()
+            row.update(_evaluation(run, result, step, limit))
+            log.eval_seconds += time.perf_counter() - t_eval
             result.history = log.curve()
             sinks.on_eval(result)
         sinks.on_step(StepInfo.from_row(row, cfg.steps, time.perf_counter() - started, log.history))
     return "completed", ""
 
 
-def _evaluation(run: Setup, result: RunResult, step: int) -> dict[str, float]:
-    """One evaluation's columns of the curve (the samples a language model wrote go onto ``result``)."""
+def _prompts_answered(run: Setup, limit: int | None) -> int:
+    """How many held-out prompts an evaluation answers by generation (0 for a classifier)."""
+    n = len(run.writing.prompts) if run.writing is not None else 0
+    return n if limit is None else min(n, limit)
+
+
+def _evaluation(run: Setup, result: RunResult, step: int, limit: int | None = None) -> dict[str, float]:
+    """One evaluation's columns of the curve (the samples a language model wrote go onto ``result``);
+    ``limit``: answer only the first that many prompts (None: all)."""
     eval_loss, eval_accuracy = evaluate(run.model, run.eval_batches, run.device, run.use_bf16)
     columns = {"eval_loss": eval_loss, "eval_accuracy": eval_accuracy}
     if run.writing is not None:
         metrics, samples = evaluate_writing(run.model, run.tokenizer, run.writing, run.device, run.use_bf16,
-                                            eval_loss, step)
+                                            eval_loss, step, limit=limit)
         columns.update(metrics)
         result.samples.extend(samples)
     return columns

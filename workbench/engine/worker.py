@@ -17,6 +17,11 @@ and the start costs a few tens of milliseconds.  (The fork server never runs a t
 operation, so no thread pool exists when it forks.)  It lives until the session ends,
 and starts again when the package's source files change.
 
+Its own start (importing torch and transformers) took about 6 s on these CPUs, paid by the
+first run of a session.  ``prewarm()`` starts it in a background thread beforehand (the
+panel calls it when it opens), so that the first Train click finds it ready; a run asked
+for while it is still starting waits for that start instead of beginning another.
+
 The run itself is ``train_here`` in the child.  What it tells its sinks travels to this
 process over a socket, where the caller's sinks (``on_step``, the progress bar, the run
 store) hear it, in the same order and between the same steps as in-process: after each
@@ -52,7 +57,7 @@ from workbench.engine.config import RunConfig, RunResult, history_frame
 from workbench.engine.events import RunSink, StepInfo
 from workbench.lora.quantize import restore_quantized_weights
 
-__all__ = ["train_in_worker", "WorkerDied", "close_fork_server"]
+__all__ = ["train_in_worker", "WorkerDied", "close_fork_server", "prewarm"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _COMMAND = struct.Struct("!cq")  # to the fork server: b"F" (fork; a socket attached) or b"W" + pid (wait)
@@ -80,6 +85,7 @@ class _Job:
     cwd: str
     env: dict[str, str]
     sys_path: list[str]
+    probe_only: bool = False  # measure bf16 "auto" for this config (and cache it), no run
 
 
 # --------------------------------------------------------------------------- the calling side
@@ -93,6 +99,23 @@ def train_in_worker(cfg: RunConfig, sinks: RunSink | None = None, stop: threadin
     sinks = sinks if sinks is not None else RunSink()
     job = _Job(config=cfg, keep_model=keep_model, send_model=keep_model or sinks.needs_model(cfg),
                threads=torch.get_num_threads(), cwd=os.getcwd(), env=dict(os.environ), sys_path=list(sys.path))
+    if _probe_wanted(cfg, job.threads):  # in a child of its own, so that its copies of the model never count
+        _follow_child(replace(job, probe_only=True, keep_model=False, send_model=False), RunSink(), None)
+    return _follow_child(job, sinks, stop)
+
+
+def _probe_wanted(cfg: RunConfig, threads: int) -> bool:
+    """True when the run's bf16 "auto" needs a probe whose verdict is not cached yet."""
+    from workbench.engine.bf16_probe import needs_probe, probe_key, read_cache
+    from workbench.engine.hardware import resolve_device
+
+    if not needs_probe(cfg.bf16, resolve_device(cfg.device), cfg.quantize is not None):
+        return False
+    return probe_key(cfg.model, cfg.method, cfg.threads or threads) not in read_cache()
+
+
+def _follow_child(job: _Job, sinks: RunSink, stop: threading.Event | None) -> RunResult:
+    """Fork a child for ``job`` and follow it to its end."""
     server = _fork_server()
     ours, theirs = socket.socketpair()
     try:
@@ -139,7 +162,7 @@ class _Follower:
             if kind == "warning":
                 message, category = payload
                 warnings.warn(message, category, stacklevel=2)
-            elif kind in ("start", "step", "eval"):
+            elif kind in ("start", "step", "eval", "eval_start"):
                 self.conn.send_bytes(pickle.dumps(self._hand_over(kind, payload)))
             elif kind == "finish":
                 self._finish(*payload)
@@ -162,6 +185,8 @@ class _Follower:
             elif kind == "eval":
                 _adopt(self.result, payload)
                 self.sinks.on_eval(self.result)
+            elif kind == "eval_start":
+                self.sinks.on_eval_start(*payload)
             else:
                 info: StepInfo = payload
                 self.history.append(info.row())
@@ -344,6 +369,56 @@ def _fork_server() -> _ForkServer:
         return _server
 
 
+def _start_server_if_needed() -> None:
+    """Start the session's fork server unless a usable one is there (not counted as busy)."""
+    global _server
+    with _server_lock:
+        if _server is not None and _server.usable():
+            return
+        if _server is not None and _server.owner == os.getpid():
+            _retired.append(_server)
+        _server = None
+        _server = _ForkServer()
+
+
+_prewarming: threading.Thread | None = None
+_prewarm_lock = threading.Lock()  # not _server_lock: that one is held while a server starts
+
+
+def prewarm(wait: bool = False) -> threading.Thread | None:
+    """Start the worker's fork server now, in a background thread, so that the first run
+    does not wait for it to import torch and transformers (about 6 s on these CPUs).
+
+    Returns the thread (``wait=True`` joins it first), or None when there is nothing to
+    warm: not on Linux, where runs are not forked, or a usable server is already up.
+    Calling it again while it starts returns the same thread.  It does not raise: a server
+    that fails to start is tried again by the next run, which raises its error.
+    ``launch.train`` decides per run whether a worker is used (on CUDA it is not); warming
+    costs one idle process either way.
+    """
+    global _prewarming
+    if not sys.platform.startswith("linux"):
+        return None
+    with _prewarm_lock:
+        if _prewarming is not None and _prewarming.is_alive():
+            thread = _prewarming
+        elif _server is not None and _server.usable():
+            return None
+        else:
+            thread = _prewarming = threading.Thread(target=_prewarm_quietly, name="workbench-prewarm", daemon=True)
+            thread.start()
+    if wait:
+        thread.join()
+    return thread
+
+
+def _prewarm_quietly() -> None:
+    try:
+        _start_server_if_needed()
+    except BaseException:  # noqa: BLE001 - the next run starts the server itself, and raises
+        pass
+
+
 def close_fork_server() -> None:
     """End the fork server now (it also ends with this process); the next run starts a new one."""
     global _server
@@ -367,12 +442,14 @@ def _preload() -> None:
     import transformers
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
 
+    import workbench.engine.generation  # noqa: F401
     import workbench.engine.training  # noqa: F401
     import workbench.lora.adapters  # noqa: F401
 
     transformers.logging.set_verbosity_error()
     for module in ("transformers.models.bert.modeling_bert", "transformers.models.gpt2.modeling_gpt2",
-                   "transformers.models.bert.tokenization_bert"):
+                   "transformers.models.llama.modeling_llama",  # the bundled story-lm
+                   "transformers.models.bert.tokenization_bert", "transformers.tokenization_utils_fast"):
         try:
             __import__(module)
         except ImportError:
@@ -447,6 +524,9 @@ class _Relay(RunSink):
     def on_eval(self, result: RunResult) -> None:
         self._ask("eval", result)
 
+    def on_eval_start(self, step: int, steps: int, prompts: int) -> None:
+        self._ask("eval_start", (step, steps, prompts))
+
     def on_finish(self, result: RunResult, model: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run is over: a late Ctrl-C must not cut the report
         self.send("finish", (replace(result, model=None), model if self.send_model else None))
@@ -486,7 +566,15 @@ def _child(fd: int) -> int:
         from workbench.engine.training import train_here
 
         torch.set_num_threads(job.threads)  # as the caller has it: the same speed and the same sums
-        train_here(job.config, relay, stop=relay.stop, keep_model=job.keep_model, own_process=True)
+        if job.probe_only:
+            from workbench.engine.hardware import resolve_device
+            from workbench.engine.training import run_bf16
+
+            if job.config.threads:
+                torch.set_num_threads(job.config.threads)  # as set_up does: the probe's key names the threads
+            run_bf16(job.config, resolve_device(job.config.device))  # measures, and caches the verdict
+        else:
+            train_here(job.config, relay, stop=relay.stop, keep_model=job.keep_model, own_process=True)
     except BaseException as e:  # noqa: BLE001 - every ending is reported to the caller
         try:
             exc_bytes: bytes | None = pickle.dumps(e)

@@ -177,7 +177,7 @@ def forgetting_figure(table: pd.DataFrame, base: BasePoint) -> Figure:
     full_lrs = [lr for method, _, lr in groups if method != "lora"]
     for ax, col, ylabel, base_y in ((axes[0], "exact_match", "exact match on the skill (learning \u2191)",
                                      base.exact_match),
-                                    (axes[1], "completion_loss", "completion loss on the skill (learning \u2193)",
+                                    (axes[1], "completion_loss", "completion loss on the skill (nats per token; learning \u2193)",
                                      base.completion_loss)):
         style_axes(ax)
         for method, rank, lr in groups:
@@ -191,7 +191,7 @@ def forgetting_figure(table: pd.DataFrame, base: BasePoint) -> Figure:
             ax.scatter(rows["heldout_loss"], rows[col], label=label(method, rank, lr), s=40, alpha=0.85,
                        marker=marker, color=color)
         ax.scatter([base.heldout_loss], [base_y], marker="*", s=180, color="black", label="base model")
-        label_axes(ax, "", "loss on held-out pretraining text (forgetting \u2192)", ylabel)
+        label_axes(ax, "", "loss on held-out pretraining text (nats per token; forgetting \u2192)", ylabel)
     axes[1].set_yscale("log")
     axes[0].legend(**legend_options(), loc="best")
     fig.suptitle("Learning vs forgetting on the bundled story-lm (one marker per run)", fontsize=STYLE["title_size"],
@@ -263,15 +263,27 @@ class Findings:
                     "alpha = 2r and one learning rate, a larger rank moves the model further.\n"
                     if self.forgetting_grows_with_rank else
                     f"Ordered from least to most forgetting, the LoRA ranks go r = {order}.\n"))
+        best_full = full_g["completion_loss_mean"].min()
+        gaps = lora_g["completion_loss_mean"] - best_full  # LoRA's completion loss above full fine-tuning's best
+        lo_r, hi_r = int(min(lora_g.index)), int(max(lora_g.index))
         if self.full_learns_more_loss:
             learning = (f"Full fine-tuning reached a lower completion loss at every learning rate "
                         f"({full_g['completion_loss_mean'].max():.3f} at most) than any LoRA rank "
-                        f"({lora_g['completion_loss_mean'].min():.3f} at least): in the loss, it learned more, "
-                        "as in the paper. ")
+                        f"({lora_g['completion_loss_mean'].min():.3f} at least). ")
+            if hi_r != lo_r:
+                learning += (f"The gap to full fine-tuning's best ({best_full:.3f}) was {gaps.loc[lo_r]:.3f} at "
+                             f"r = {lo_r} and {gaps.loc[hi_r]:.3f} at r = {hi_r}: "
+                             + ("it barely moves with the rank, so it is not a rank limit. A likely cause, not measured "
+                                "here: full fine-tuning also trains the tied embeddings and output layer and the norms, "
+                                "which LoRA leaves frozen. "
+                                if gaps.loc[hi_r] > 0.5 * gaps.loc[lo_r] else "it shrinks as the rank grows. "))
         else:
             learning = "Full fine-tuning did not reach a lower completion loss than every LoRA rank. "
-        text += ("* **Learning.** " + learning + f"In exact match, LoRA ranks "
-                 f"{', '.join(map(str, self.ranks_that_learned)) or 'none'} reached 0.9 or more on average.\n")
+        full_em = full_g["exact_match_mean"]
+        text += ("* **Learning.** " + learning + "The paper measures learning by the task's own score; here that is "
+                 f"exact match: LoRA ranks {', '.join(map(str, self.ranks_that_learned)) or 'none'} reached 0.9 or more "
+                 "on average (" + ", ".join(f"r = {int(k)}: {v:.3f}" for k, v in lora_g["exact_match_mean"].items())
+                 + "), full fine-tuning " + ", ".join(f"{v:.3f} at lr {k:g}" for k, v in full_em.items()) + ".\n")
         r = self.smallest_rank
         text += ("* **The smallest rank.** "
                  + (f"LoRA r = {r} learned less (exact match {lora_g.loc[r, 'exact_match_mean']:.3f}) "
@@ -286,7 +298,9 @@ class Findings:
                      f"{full_g.loc[hi_lr, 'heldout_loss_mean']:.3f} at lr {hi_lr:g}: {self.lr_gap:+.2f} nats, "
                      + ("more" if self.lr_gap > self.method_gap else "less")
                      + f" than the {self.method_gap:.2f} nats between LoRA r={self.reference_rank} and full "
-                     f"fine-tuning at lr {lo_lr:g}.\n")
+                     f"fine-tuning at lr {lo_lr:g}: in this grid the learning rate moved a run "
+                     + ("more than the choice of method did (as well as the method, not instead of it).\n"
+                        if self.lr_gap > self.method_gap else "less than the choice of method did.\n"))
         best = self.best
         if best is not None:
             who = f"LoRA r={int(best['rank'])}" if best["method"] == "lora" else f"full fine-tuning at lr {best['lr']:g}"
@@ -342,5 +356,42 @@ def default_grid(ranks: Sequence[int] = (1, 8, 64), seeds: Sequence[int] = (0, 1
     return grid_configs(preset("generate", **overrides), ranks, seeds, full_lr)
 
 
-__all__ = ["BasePoint", "measure_base", "grid_configs", "run_grid", "grid_table", "learning_vs_forgetting",
+def frozen_by_lora(model) -> pd.DataFrame:
+    """Where a language model's parameters sit, and which of them LoRA on the blocks' linear layers leaves frozen.
+
+    One row per part: ``block linear layers`` (what LoRA adapts, all six roles; LoRA trains low-rank
+    updates of them, full fine-tuning the weights themselves), ``embeddings`` (the input embeddings,
+    also the output layer when the two are tied, as in story-lm), ``output layer`` (when not tied),
+    ``norms`` (every module whose class name ends in "Norm") and ``other``.  Columns: ``parameters``,
+    ``share (%)`` and ``trained by LoRA``.  Full fine-tuning trains every row; what LoRA leaves
+    frozen is what PEFT's ``modules_to_save`` would add back.  Each tensor is counted once.
+    """
+    from workbench.lora.paths import block_linear_names
+
+    seen: set[int] = set()
+
+    def count(params) -> int:
+        n = 0
+        for p in params:
+            if id(p) not in seen:
+                seen.add(id(p))
+                n += p.numel()
+        return n
+
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = out is not None and out.weight is emb.weight
+    rows = {"block linear layers": count(model.get_submodule(n).weight for n in block_linear_names(model)),
+            "embeddings" + (" (tied to the output layer)" if tied else ""): count(emb.parameters())}
+    if out is not None and not tied:
+        rows["output layer"] = count(out.parameters())
+    rows["norms"] = count(p for m in model.modules() if type(m).__name__.endswith("Norm") for p in m.parameters())
+    rows["other"] = count(model.parameters())
+    total = sum(rows.values())
+    table = pd.DataFrame({"parameters": rows}).rename_axis("part")
+    table["share (%)"] = 100 * table["parameters"] / total
+    table["trained by LoRA"] = ["low-rank update" if k == "block linear layers" else "frozen" for k in table.index]
+    return table
+
+
+__all__ = ["frozen_by_lora", "BasePoint", "measure_base", "grid_configs", "run_grid", "grid_table", "learning_vs_forgetting",
            "summarize", "forgetting_figure", "default_grid", "point", "label", "Findings", "findings", "LEARNED"]

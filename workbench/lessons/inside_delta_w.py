@@ -36,8 +36,13 @@ CLEARLY = 4.0
 
 
 def accuracy_curves(results: Sequence[RunResult]) -> pd.DataFrame:
-    """Validation accuracy per evaluated step (rows), one column per run ('<label>, seed <seed>')."""
-    return pd.DataFrame({r.config.label() + f", seed {r.config.seed}":
+    """Validation accuracy per evaluated step (rows), one column per run ('<label>, seed <seed>'; the seed is
+    not repeated when the run's label, e.g. its name, already says it)."""
+    def column(r: RunResult) -> str:
+        label = r.config.label()
+        return label if f"seed {r.config.seed}" in label else f"{label}, seed {r.config.seed}"
+
+    return pd.DataFrame({column(r):
                          r.history.dropna(subset=["eval_accuracy"]).set_index("step")["eval_accuracy"]
                          for r in results}).rename_axis("step")
 

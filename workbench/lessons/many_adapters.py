@@ -45,7 +45,8 @@ from workbench.lora.serving import adapter_bytes, adapter_names, set_adapter, te
 from workbench.util.checks import check_positive_int, check_positive_number
 from workbench.util.fileio import atomic_write_text
 from workbench.util.units import MB
-from workbench.viz.style import label_axes, style_axes
+from workbench.viz.style import (FULL_COLOR, MEMORY_COMPONENTS, RUN_PALETTE, label_axes, legend, new_figure,
+                                  style_axes)
 
 __all__ = ["TASKS", "negate", "swap_tense", "derive_records", "write_task", "train_peft_adapter", "load_all",
            "memory_table", "memory_figure", "mixed_vs_alone", "latency", "Latency", "task_scores"]
@@ -204,19 +205,25 @@ def memory_table(model: nn.Module, folders: dict[str, str | os.PathLike]) -> pd.
 
 
 def memory_figure(table: pd.DataFrame) -> Figure:
-    """Bars: one base + N adapters (base and adapters stacked) against N merged copies, in MB."""
-    fig = Figure(figsize=(7.0, 3.6), layout="constrained")
-    ax = fig.add_subplot()
+    """Bars: one base + N adapters (base and adapters stacked) against N merged copies, in MB.
+
+    The house style (``workbench.viz.style``): the base is weights (the memory figures' weights
+    colour), the adapters the run palette's second colour (orange: it must stand apart from the base's blue), the merged copies full fine-tuning's red
+    (each copy is a whole model, as full fine-tuning's checkpoints are).
+    """
+    fig, ax = new_figure((7.0, 3.6))
     style_axes(ax, grid_axis="y")
+    ax.grid(False, axis="x")
     x = table["adapters"].to_numpy(dtype=float)
-    mb = MB
-    ax.bar(x - 0.2, table["base_bytes"] / mb, width=0.38, color="#8da0cb", label="one base (shared)")
-    ax.bar(x - 0.2, table["adapter_bytes"] / mb, width=0.38, bottom=table["base_bytes"] / mb, color="#fc8d62",
+    weights_color = next(c for attr, _, c in MEMORY_COMPONENTS if attr == "weights")
+    ax.bar(x - 0.2, table["base_bytes"] / MB, width=0.38, color=weights_color, label="one base (shared)")
+    ax.bar(x - 0.2, table["adapter_bytes"] / MB, width=0.38, bottom=table["base_bytes"] / MB, color=RUN_PALETTE[1],
            label="adapters (A, B)")
-    ax.bar(x + 0.2, table["merged_copies_bytes"] / mb, width=0.38, color="#66c2a5", label="N merged copies")
+    ax.bar(x + 0.2, table["merged_copies_bytes"] / MB, width=0.38, color=FULL_COLOR, label="N merged copies")
     ax.set_xticks(x, [f"N = {int(k)}" for k in table["adapters"]])
-    label_axes(ax, "Serving N fine-tunes: one base + adapters vs merged copies", "adapters served", "MB of weights")
-    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    label_axes(ax, "Serving N fine-tunes: one base + adapters vs merged copies", "adapters served",
+               "weights (MB, 1 MB = 10⁶ bytes)")
+    legend(ax, loc="upper left")
     return fig
 
 

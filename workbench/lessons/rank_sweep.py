@@ -1,4 +1,4 @@
-"""What notebook 02's rank sweep shows, as data: precision, the memory bars, and which rank starts fastest.
+"""What notebook 02's rank sweep shows, as data: precision, the memory bars, and how the ranks start.
 
 The notebook runs the sweep (``wb.run_sweep``), draws its figures and shows what ``findings``
 returns: three tables and three paragraphs, each sentence formatted from the runs' own numbers,
@@ -10,13 +10,14 @@ assert the same fields.
 * ``WeightBars``: the bytes per parameter of LoRA's and full fine-tuning's stored weights (the
   engine keeps a frozen base in bf16 when it trains in bf16: a storage choice, not LoRA's), and
   what the measured peaks are.
-* ``StartSpeed``: the first Adam updates of s B A grow like s sqrt(r) (``teaching.adam_update_size``),
-  so an alpha convention predicts which rank starts fastest; the accuracy at the first evaluation
-  says whether it did.
+* ``StartSpeed``: the size of s B A after the runs' first steps, measured (``teaching.early_updates``),
+  beside the accuracy at the first evaluation: did the rank that moved more start faster?  (At the
+  defaults it did not: a formula for the update's size is not a prediction of the start.)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -151,73 +152,128 @@ def weight_bars(results: Sequence[RunResult]) -> WeightBars:
 
 @dataclass
 class StartSpeed:
-    """Which rank the sweep's alpha convention predicts to start fastest, and what the first evaluation saw."""
+    """Which rank took the larger early update, and which was ahead at the first evaluation.
+
+    ``updates`` is ``teaching.early_updates`` of the sweep's LoRA configs: the runs' own first
+    steps, measured, not a formula.  Without it (a sweep read from the store) the part says
+    only what the first evaluation saw.
+    """
 
     convention: str  # 'fixed alpha = 16', 'alpha = 2 r' or 'rsLoRA (alpha / sqrt(r))'
     first_eval: int  # the step of the first evaluation
-    table: pd.DataFrame  # index r: s, predicted start (vs smallest r), accuracy at first_eval, final accuracy
+    table: pd.DataFrame  # index r: s, [early ||sBA||_F, ||BA||_F], accuracy and validation loss at first_eval, final
     first_overlap: bool  # the smallest and largest rank's first accuracies lie within each other's intervals
-
-    @property
-    def predicted(self) -> pd.Series:
-        """s sqrt(r) over the smallest rank's: the relative size of the first updates."""
-        return self.table["predicted start (vs smallest r)"]
+    update_steps: int | None = None  # the steps ``early_updates`` took (None: not measured)
 
     @property
     def first(self) -> pd.Series:
         return self.table[f"accuracy at step {self.first_eval}"]
 
     @property
-    def fastest_predicted(self) -> str:
-        """'smallest', 'largest' or 'no' (the convention predicts every rank alike)."""
-        p = self.predicted
-        return "smallest" if p.iloc[0] > p.iloc[-1] else "largest" if p.iloc[-1] > p.iloc[0] else "no"
+    def update(self) -> pd.Series | None:
+        """The measured mean ||s B A||_F after ``update_steps`` steps, per rank."""
+        return self.table["early ||sBA||_F"] if "early ||sBA||_F" in self.table else None
 
     @property
-    def agrees(self) -> bool | None:
-        """Whether the first evaluation put the predicted rank ahead (None when nothing was predicted)."""
+    def update_ratio(self) -> float | None:
+        """The smallest rank's early update over the largest rank's (> 1: the smallest rank moved more)."""
+        u = self.update
+        return None if u is None else float(u.iloc[0] / u.iloc[-1])
+
+    @property
+    def ba_growth(self) -> float | None:
+        """||BA||_F (no scale) at the largest rank over the smallest's: sqrt(r_hi / r_lo) if B's columns move
+        independently, r_hi / r_lo if they move together."""
+        if "early ||BA||_F" not in self.table:
+            return None
+        ba = self.table["early ||BA||_F"]
+        return float(ba.iloc[-1] / ba.iloc[0])
+
+    @property
+    def larger_update(self) -> str | None:
+        """'smallest' or 'largest': the rank whose measured early update was larger (None: not measured)."""
+        r = self.update_ratio
+        return None if r is None else "smallest" if r > 1 else "largest"
+
+    @property
+    def larger_update_ahead(self) -> bool | None:
+        """Whether the rank with the larger early update was clearly ahead at the first evaluation
+        (None: not measured, or the two accuracies lie within each other's intervals)."""
+        if self.larger_update is None or self.first_overlap:
+            return None
         a = self.first
-        if self.fastest_predicted == "smallest":
-            return bool(a.iloc[0] >= a.iloc[-1])
-        if self.fastest_predicted == "largest":
-            return bool(a.iloc[-1] >= a.iloc[0])
-        return None
+        return bool(a.iloc[0] > a.iloc[-1]) if self.larger_update == "smallest" else bool(a.iloc[-1] > a.iloc[0])
 
     def markdown(self) -> str:
-        p, a, ranks = self.predicted, self.first, list(self.table.index)
-        fastest, final = self.fastest_predicted, self.table["final accuracy"]
-        text = (f"This sweep used **{self.convention}**, which predicts that the **{fastest}** rank starts fastest"
-                + ("" if fastest == "no" else f" (r = {ranks[0]}: {p.iloc[0]:.2f}, r = {ranks[-1]}: {p.iloc[-1]:.2f} "
-                                              f"of r = {ranks[0]}'s first steps)")
-                + f". At step {self.first_eval}, r = {ranks[0]} stood at {a.iloc[0]:.3f} and r = {ranks[-1]} at "
-                  f"{a.iloc[-1]:.3f}")
+        a, ranks = self.first, list(self.table.index)
+        lo, hi, final = ranks[0], ranks[-1], self.table["final accuracy"]
+        s = self.table["s"]
+        text = f"This sweep used **{self.convention}** (s = {s.iloc[0]:.3g} at r = {lo}, {s.iloc[-1]:.3g} at r = {hi}). "
+        if self.update is not None:
+            u, k, g = self.update, self.update_steps, self.ba_growth
+            sq, lin = math.sqrt(hi / lo), hi / lo
+            text += (f"**Measured** after the runs' first {k} steps (the same configs, seeds and batches, stepped again "
+                     f"by `early_updates`): the mean $\\lVert s\\,BA\\rVert_F$ was {u.iloc[0]:.3g} at r = {lo} and "
+                     f"{u.iloc[-1]:.3g} at r = {hi}, so the **{self.larger_update}** rank took the larger early update "
+                     f"({max(self.update_ratio, 1 / self.update_ratio):.1f}x). ")
+            if g is not None:
+                independent = abs(math.log(g / sq)) < abs(math.log(g / lin))
+                text += (f"Without the scale, $\\lVert BA\\rVert_F$ grew {g:.1f}x from r = {lo} to r = {hi}: closer to "
+                         + (f"the {sq:.1f}x of B's columns moving in unrelated directions ($\\sqrt r$) than to the "
+                            f"{lin:.0f}x of columns moving together ($r$). " if independent else
+                            f"the {lin:.0f}x of B's columns moving together ($r$) than to the {sq:.1f}x of columns "
+                            f"moving in unrelated directions ($\\sqrt r$). "))
+        text += f"At step {self.first_eval} (the first evaluation) r = {lo} stood at {a.iloc[0]:.3f} and r = {hi} at {a.iloc[-1]:.3f}"
+        if "validation loss at first evaluation" in self.table:
+            v = self.table["validation loss at first evaluation"]
+            text += f" (validation loss {v.iloc[0]:.3f} and {v.iloc[-1]:.3f})"
         if self.first_overlap:
             text += (": within each other's 95% intervals, so this evaluation cannot tell which started faster"
                      + (f" (every rank was between {a.min():.3f} and {a.max():.3f}, near chance: on this task LoRA leaves "
                         "chance late)" if a.max() < NEAR_CHANCE else "") + ".")
-        elif self.agrees is not None:
-            text += (": in the predicted order." if self.agrees else
-                     ": not in the predicted order, so something besides the start size (the task, the seed) decided it.")
+        else:
+            text += "."
+        if self.larger_update is not None:
+            if self.larger_update_ahead:
+                text += " The rank with the larger early update was ahead."
+            elif self.larger_update_ahead is False:
+                text += (" So the larger early update did **not** buy a faster start: the rank that moved less was "
+                         "ahead. An update's size alone does not say how fast a rank learns.")
+            else:
+                text += (" So the larger early update did not put that rank measurably ahead: an update's size alone "
+                         "does not say how fast a rank learns.")
         return text + (f" At the end the LoRA runs reached {final.min():.3f} to {final.max():.3f}. If a rank looks slow, "
                        "rerun with `rslora = True`, `alpha_per_rank`, a learning rate per rank, or more `steps` before "
                        "blaming its capacity.")
 
 
-def start_speed(results: Sequence[RunResult], n_eval: int, alpha_per_rank: float | None = None) -> StartSpeed:
-    """``StartSpeed`` of the sweep's LoRA runs (``alpha_per_rank``: the sweep's, when alpha was set per rank)."""
+def start_speed(results: Sequence[RunResult], n_eval: int, alpha_per_rank: float | None = None,
+                updates: pd.DataFrame | None = None, update_steps: int | None = None) -> StartSpeed:
+    """``StartSpeed`` of the sweep's LoRA runs (``alpha_per_rank``: the sweep's, when alpha was set per rank;
+    ``updates``: ``teaching.early_updates`` of the same configs after ``update_steps`` steps)."""
     lora = _lora_runs(results)
     first = lora[0].config.lora
     convention = ("rsLoRA (alpha / sqrt(r))" if first.rslora else
                   f"alpha = {alpha_per_rank:g} r" if alpha_per_rank else f"fixed alpha = {first.alpha:g}")
-    pred = pd.Series({r.config.lora.rank: r.config.lora.scaling * r.config.lora.rank ** 0.5 for r in lora})
     step = first_eval_step(lora)
-    table = pd.DataFrame({"s": {r.config.lora.rank: r.config.lora.scaling for r in lora},
-                          "predicted start (vs smallest r)": pred / pred.iloc[0],
-                          f"accuracy at step {step}": {r.config.lora.rank: accuracy_at(r, step) for r in lora},
-                          "final accuracy": {r.config.lora.rank: r.eval_accuracy for r in lora}}).rename_axis("r")
+
+    def loss_at(r: RunResult) -> float:
+        h = r.history.dropna(subset=["eval_loss"])
+        h = h[h["step"] <= step]
+        return float(h["eval_loss"].iloc[-1]) if len(h) else float("nan")
+
+    columns = {"s": {r.config.lora.rank: r.config.lora.scaling for r in lora}}
+    if updates is not None:
+        columns["early ||sBA||_F"] = updates["mean ||sBA||_F"].to_dict()
+        columns["early ||BA||_F"] = updates["mean ||BA||_F"].to_dict()
+    columns.update({f"accuracy at step {step}": {r.config.lora.rank: accuracy_at(r, step) for r in lora},
+                    "validation loss at first evaluation": {r.config.lora.rank: loss_at(r) for r in lora},
+                    "final accuracy": {r.config.lora.rank: r.eval_accuracy for r in lora}})
+    table = pd.DataFrame(columns).rename_axis("r").sort_index()
     a = table[f"accuracy at step {step}"]
     (lo1, hi1), (lo2, hi2) = wilson_interval(a.iloc[0], n_eval), wilson_interval(a.iloc[-1], n_eval)
-    return StartSpeed(convention, step, table, bool(lo1 <= hi2 and lo2 <= hi1))
+    return StartSpeed(convention, step, table, bool(lo1 <= hi2 and lo2 <= hi1),
+                      update_steps if updates is not None else None)
 
 
 @dataclass
@@ -229,9 +285,12 @@ class Findings:
     start: StartSpeed
 
 
-def findings(results: Sequence[RunResult], n_eval: int, alpha_per_rank: float | None = None) -> Findings:
-    """Read a rank sweep evaluated on ``n_eval`` validation sentences (``alpha_per_rank``: as the sweep was run)."""
-    return Findings(precision(results, n_eval), weight_bars(results), start_speed(results, n_eval, alpha_per_rank))
+def findings(results: Sequence[RunResult], n_eval: int, alpha_per_rank: float | None = None,
+             updates: pd.DataFrame | None = None, update_steps: int | None = None) -> Findings:
+    """Read a rank sweep evaluated on ``n_eval`` validation sentences (``alpha_per_rank``: as the sweep was run;
+    ``updates``: ``teaching.early_updates`` of its configs after ``update_steps`` steps)."""
+    return Findings(precision(results, n_eval), weight_bars(results),
+                    start_speed(results, n_eval, alpha_per_rank, updates, update_steps))
 
 
 __all__ = ["Findings", "findings", "Precision", "precision", "WeightBars", "weight_bars", "StartSpeed", "start_speed",

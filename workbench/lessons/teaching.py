@@ -11,6 +11,8 @@ the markdown the notebook displays:
 * ``interleaved_timing``: forward-pass timings run in turn, with a base-against-itself
   control that says how large a difference the timing can resolve;
 * ``mean_update_norm``: the mean ||s B A||_F over a trained model's LoRA layers;
+* ``early_updates``: the size of s B A after a run's first few steps, measured by taking
+  exactly those steps (notebook 02: does the rank with the larger early update start faster?);
 * ``accuracy_at`` and ``first_eval_step``: a run's accuracy at an early evaluation (notebooks 02, 02b);
 * ``Stopwatch``: how long a notebook (or one section of it) took here.
 """
@@ -154,6 +156,53 @@ def first_eval_step(results: Sequence[Any]) -> int:
 def mean_update_norm(model: nn.Module) -> float:
     """The mean of ||s B A||_F over the model's LoRA layers (``delta_report``'s ``delta_fro``)."""
     return float(delta_report(model)["delta_fro"].mean())
+
+
+#: The columns of ``early_updates``' table.
+EARLY_COLUMNS = ("s", "mean ||BA||_F", "mean ||sBA||_F", "B columns together", "train loss")
+
+
+def early_updates(configs: Sequence[Any], steps: int = 10) -> pd.DataFrame:
+    """The LoRA adapters' size after each config's first ``steps`` optimizer steps, one row per rank.
+
+    Each config is set up and stepped exactly as ``wb.train`` does (``engine.training.set_up``:
+    the same seed, batches, optimizer and learning-rate schedule, ``training_step``), so the
+    rows are the first ``steps`` steps of the runs those configs make; nothing is evaluated or
+    stored.  Columns (``EARLY_COLUMNS``), means over the adapted layers:
+
+    * ``mean ||BA||_F`` and ``mean ||sBA||_F``: the update without and with its scale s;
+    * ``B columns together``: ||B 1|| / (sqrt(r) ||B||_F), 1 when B's r columns are one
+      vector repeated (the update would grow like r), about 1 / sqrt(r) when they point in
+      unrelated directions (it grows like sqrt(r));
+    * ``train loss``: the loss of the last of those steps.
+    """
+    import torch
+
+    from workbench.engine.training import set_up, training_step
+    from workbench.lora.layer import LoRALayer
+
+    check_positive_int("steps", steps, what="how many optimizer steps to take")
+    rows = {}
+    for cfg in configs:
+        if cfg.method != "lora":
+            continue
+        run = set_up(cfg)
+        loss = float("nan")
+        for _ in range(min(steps, cfg.steps)):
+            loss = training_step(run, next(run.batches).to(run.device).model_inputs(), cfg.max_grad_norm)
+        layers = [m for m in run.model.modules() if isinstance(m, LoRALayer)]
+        with torch.no_grad():
+            bs = [m.lora_B.weight.detach().float() for m in layers]
+            ba = [float(torch.linalg.matrix_norm(b @ m.lora_A.weight.detach().float())) for b, m in zip(bs, layers)]
+            together = [float(b.sum(1).norm() / (b.shape[1] ** 0.5 * b.norm())) if b.norm() > 0 else float("nan")
+                        for b in bs]
+        rows[cfg.lora.rank] = {"s": cfg.lora.scaling, "mean ||BA||_F": statistics.fmean(ba),
+                               "mean ||sBA||_F": cfg.lora.scaling * statistics.fmean(ba),
+                               "B columns together": statistics.fmean(together), "train loss": loss}
+        del run
+    if not rows:
+        raise ValueError("early_updates measures LoRA adapters: none of the configs is a LoRA run")
+    return pd.DataFrame.from_dict(rows, orient="index", columns=list(EARLY_COLUMNS)).rename_axis("r").sort_index()
 
 
 @dataclass

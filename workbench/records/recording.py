@@ -81,6 +81,7 @@ def train(
     *,
     sinks: Iterable[RunSink] = (),
     fresh_process: bool | None = None,
+    track: str | bool | None = None,
 ) -> RunResult:
     """Run one fine-tuning as ``cfg`` says; return its result and store it under ``runs_dir``.
 
@@ -92,8 +93,13 @@ def train(
     ``sinks``: more listeners on the run (``workbench.engine.events.RunSink``).
     ``fresh_process``: on the CPU a run trains in a worker process of its own by default,
     so that its measured peak is its own (``workbench.engine.launch.use_fresh_process``).
+    ``track="mlflow"``: log the run to MLflow as well (None: when ``MLFLOW_TRACKING_URI`` is
+    set; False: never); an unreachable tracker never fails the run (``workbench.records.tracking``).
     """
-    return engine.train(cfg, on_step, stop, progress, keep_model, sinks=_with_store(sinks, runs_dir),
+    from workbench.records.tracking import MlflowSink, tracker_for
+
+    tracker = [MlflowSink()] if tracker_for(track) == "mlflow" else []  # after the store: it logs the stored files
+    return engine.train(cfg, on_step, stop, progress, keep_model, sinks=_with_store(sinks, runs_dir) + tracker,
                         fresh_process=fresh_process)
 
 

@@ -192,8 +192,17 @@ def export_bundle(report_files: Sequence[Path], results: Sequence[RunResult], ou
 
     def write(tmp: str) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            # In the zip a run's adapter is at adapters/<run id>: its tables say so, not the server's folder.
+            moved = {str(f): f"adapters/{r.run_id}" for r in results if (f := adapter_folder(r)) is not None}
             for f in report_files:
-                if Path(f).name != out.name:
+                if Path(f).name == out.name:
+                    continue
+                if Path(f).suffix in (".csv", ".md") and moved:
+                    text = Path(f).read_text(encoding="utf-8")
+                    for server, inside in moved.items():
+                        text = text.replace(server, inside)
+                    z.writestr(Path(f).name, text)
+                else:
                     z.write(f, Path(f).name)
             for r in results:
                 folder = adapter_folder(r)

@@ -24,10 +24,15 @@ Event = Literal["choices", "message", "running", "progress", "live", "runs", "se
 
 @dataclass(frozen=True)
 class Message:
-    """What the panel says to the user now (plain text; the view adds the markup)."""
+    """What the panel says to the user now (plain text; the view adds the markup).
+
+    ``details``: what a reader needs only sometimes (folders on the server, how to load an
+    adapter), shown behind a toggle so the message stays a line or two and Train stays
+    where it was."""
 
     text: str
     kind: MessageKind = "info"
+    details: str = ""
 
 
 class Messages:
@@ -50,10 +55,10 @@ class Messages:
         for listener in list(self._listeners):
             listener(event)
 
-    def say(self, text: str, kind: MessageKind = "info") -> None:
-        """Put a message in front of the user (an error is also kept as ``last_error``)."""
+    def say(self, text: str, kind: MessageKind = "info", details: str = "") -> None:
+        """Put a message in front of the user (an error is also kept as ``last_error``); ``details`` fold away."""
         check_choice("kind", kind, ("info", "ok", "warn", "error"))
-        self.message = Message(text, kind)
+        self.message = Message(text, kind, details)
         if kind == "error":
             self.last_error = text
         self.emit("message")

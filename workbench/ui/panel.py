@@ -103,6 +103,10 @@ class Workbench:
             raise TypeError("give train= to the PanelState you pass as state=, not to the Workbench")
         self.state = state or PanelState(model=model, preset=preset, runs_dir=runs_dir, reports_dir=reports_dir,
                                          background=background, train=train)
+        if self.state.control.background:  # a panel for people: the first Train click need not wait for the worker
+            from workbench.engine.worker import prewarm
+
+            prewarm()
         self._syncing = False
         s = self.state
         self.task = widgets.ToggleButtons(options=TASK_LABELS, value=s.task, style={"button_width": "80px"},
@@ -313,9 +317,13 @@ class Workbench:
         self.export_tab.enable()
 
     def _show_message(self) -> None:
+        """The message line; its details (folders, how to load) folded behind a toggle, so Train stays put."""
         m = self.state.message
+        details = (f"<details class='workbench-details' style='font-size:11px;color:#444'><summary style='cursor:"
+                   f"pointer'>details: folders and how to load</summary><div style='overflow-wrap:anywhere'>"
+                   f"{html.escape(m.details)}</div></details>" if m.details else "")
         self.message.value = (f"<div class='workbench-message workbench-{m.kind}' style='color:{COLORS[m.kind]};"
-                              f"margin:2px 0;font-size:13px;line-height:1.3'>{html.escape(m.text)}</div>")
+                              f"margin:2px 0;font-size:13px;line-height:1.3'>{html.escape(m.text)}{details}</div>")
 
     def _show_running(self) -> None:
         if self.train_tab.show_start():  # a run has just started: the live curve is on the Train tab

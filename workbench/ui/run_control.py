@@ -18,11 +18,23 @@ from typing import Any, Callable
 import pandas as pd
 
 from workbench.engine.config import RunConfig, RunResult
+from workbench.engine.events import RunSink
 from workbench.engine.outcome import Outcome, run_outcome
 from workbench.ui.events import MessageKind, Messages
+from workbench.ui.run_facts import memory_text, qlora_why, time_text
 from workbench.ui.settings import Settings
 
 TrainFn = Callable[..., RunResult]
+
+
+class _Phases(RunSink):
+    """Hears when an evaluation begins (the loop's ``on_eval_start``) and tells the run control."""
+
+    def __init__(self, on_eval_start: Callable[[int, int, int], None]) -> None:
+        self._on_eval_start = on_eval_start
+
+    def on_eval_start(self, step: int, steps: int, prompts: int) -> None:
+        self._on_eval_start(step, steps, prompts)
 
 
 def default_train(cfg: RunConfig, **kwargs: Any) -> RunResult:
@@ -61,10 +73,18 @@ class RunControl:
         self._stop_event = threading.Event()
         self._running = False
         self.stopping = False
+        # What the run going is doing: "loading", "training" or "evaluating", and that in words.
+        self.phase: str = ""
+        self.phase_text: str = ""
 
     @property
     def running(self) -> bool:
         return self._running
+
+    def clear(self) -> None:
+        """Forget the last run's live curve and progress (another task is shown); nothing while one trains."""
+        if not self._running:
+            self.live_history, self.step, self.phase, self.phase_text = None, None, "", ""
 
     def start(self) -> bool:
         """Train one run with the choices (in a thread when ``background``); False when refused."""
@@ -84,6 +104,7 @@ class RunControl:
         self._stop_event = threading.Event()
         self._running, self.stopping = True, False
         self.run_config, self.step = cfg, None
+        self.phase, self.phase_text = "loading", "loading the model and data"
         self.live_history = pd.DataFrame(columns=["step", "train_loss"])
         self.messages.emit("running")
         self.messages.emit("live")
@@ -96,13 +117,26 @@ class RunControl:
         return True
 
     def _on_step(self, info: Any) -> None:
-        first = self.step is None
+        first, was = self.step is None, self.phase
         self.step = info
+        self.phase, self.phase_text = "training", "training"
         self.messages.emit("progress")
-        if first and self.run_config is not None and not self.stopping:  # loading is over: say what goes on now
-            cfg = self.run_config
+        if (first or was == "evaluating") and self.run_config is not None and not self.stopping:
+            cfg = self.run_config  # loading (or an evaluation) is over: say what goes on now
             self.messages.say(f"Training {cfg.label()}: {cfg.steps} steps; the loss curve follows. Stop ends it early "
                               "and keeps it.")
+
+    def _on_eval_start(self, step: int, steps: int, prompts: int) -> None:
+        """An evaluation begins: no step runs for a while, so say what happens instead."""
+        what = (f"evaluating {prompts} held-out prompt{'s' if prompts != 1 else ''}" if prompts
+                else "evaluating on the validation set")
+        final = step >= steps
+        self.phase, self.phase_text = "evaluating", f"{what}, step {step}…"
+        self.messages.emit("progress")
+        if not self.stopping:
+            later = "" if final else "; training goes on after it"
+            all_of_them = (" (the final evaluation answers every prompt)" if final and prompts else "")
+            self.messages.say(f"Step {step} of {steps}: {what}{all_of_them}{later}…")
 
     def _run(self, cfg: RunConfig) -> None:
         """Train (in the worker thread, or inline), then refresh the runs and report."""
@@ -112,7 +146,7 @@ class RunControl:
         keep = {"keep_model": True} if cfg.task == "causal-lm" else {}
         try:
             result = self.train(cfg, on_step=self._on_step, stop=self._stop_event, runs_dir=str(self.runs_dir),
-                                progress=False, **keep)
+                                progress=False, sinks=[_Phases(self._on_eval_start)], **keep)
         except Exception as e:  # noqa: BLE001 - said in the panel; the store keeps earlier runs
             result, error = None, f"{type(e).__name__}: {e}"
         try:
@@ -127,6 +161,7 @@ class RunControl:
                 error = f"the run finished but the panel could not show it: {type(e).__name__}: {e}"
         finally:
             self._running, self.stopping = False, False
+            self.phase, self.phase_text = "", ""
             self.messages.emit("running")
         if result is None:
             self.live_history = None
@@ -137,20 +172,23 @@ class RunControl:
             self._after(result)
 
     @staticmethod
-    def verdict(result: RunResult, outcome: Outcome | None = None) -> tuple[str, MessageKind]:
-        """What to tell the user about a finished run: learned, did not learn, stopped, diverged or failed.
+    def verdict(result: RunResult, outcome: Outcome | None = None) -> tuple[str, MessageKind, str]:
+        """What to tell the user about a finished run: (text, kind, details).
 
-        Only a completed run that learned (``run_outcome``) is told as a success ("Done",
-        "ok"); one that did not is a warning that says why and what to try.  The time is
-        the run's own measured wall time; a LoRA run's message says where its adapter is
-        and how to load it.
+        Learned, did not learn, stopped, diverged or failed: only a completed run that
+        learned (``run_outcome``) is told as a success ("Done", "ok"); one that did not is
+        a warning that says why and what to try.  The time says what it counts (``time_text``:
+        total, training, evaluating, loading, measured), the memory the peak beside the
+        weights (``memory_text``), and a QLoRA run on a CPU why its peak and time rose
+        while its weights shrank.  ``details`` (shown folded): where a LoRA run's adapter
+        is and how to load it.
         """
         from workbench.records.report import adapter_folder
 
         outcome = outcome or run_outcome(result)
-        t = result.timing
-        took = (f"trained in {t.total_seconds:.1f} s ({t.seconds_per_step:.3f} s/step, measured)"
-                if t is not None and math.isfinite(t.total_seconds) else "")
+        took = time_text(result.timing)
+        took = f"took {took}" if took else ""
+        memory = memory_text(result)
         if result.status == "completed":
             if result.config.task == "causal-lm":
                 em = result.eval_exact_match
@@ -158,23 +196,27 @@ class RunControl:
             else:
                 acc = result.eval_accuracy
                 acc_text = f", validation accuracy {100 * acc:.1f}%" if math.isfinite(acc) else ""
-            facts = (f"{result.config.label()}: final loss {result.final_loss:.4f}{acc_text}, {took}, "
-                     f"{result.params.trainable:,} trainable parameters")
+            facts = "; ".join(x for x in (
+                f"{result.config.label()}: final loss {result.final_loss:.4f}{acc_text}, "
+                f"{result.params.trainable:,} trainable parameters", took, memory) if x)
+            why = qlora_why(result)
+            why = f" {why}" if why else ""
             if not outcome.ok:
                 return (f"Finished, but it {outcome.sentence}. ({facts}.) It is kept in the table, marked "
-                        f"'{outcome.verdict}'.", "warn")
+                        f"'{outcome.verdict}'.{why}", "warn", "")
             folder = adapter_folder(result)
-            adapter = (f" Its adapter is in {folder}: load it with wb.load_adapter(model, \"{folder}\") or PEFT's "
+            adapter = (f"Its adapter is in {folder}: load it with wb.load_adapter(model, \"{folder}\") or PEFT's "
                        f"PeftModel.from_pretrained(base_model, \"{folder}\")." if folder is not None else "")
-            return f"Done: {facts}. Added to the table.{adapter}", "ok"
+            return f"Done: {facts}. Added to the table.{why}", "ok", adapter
         if result.status == "stopped":
-            return f"Stopped: {result.message}. The run is kept in the table with status 'stopped'.", "warn"
+            return f"Stopped: {result.message}. The run is kept in the table with status 'stopped'.", "warn", ""
         if result.status == "diverged":
             hint = f"e.g. {result.config.lr / 10:g}"
             msg = result.message.rstrip(".")
             advice = f" ({hint})" if "lower learning rate" in msg else f". Try a lower learning rate, {hint}"
-            return f"The run diverged: {msg}{advice}. It is kept in the table with status 'diverged'.", "error"
-        return f"The run ended as '{result.status}': {result.message}", "error"
+            return (f"The run diverged: {msg}{advice}. It is kept in the table with status 'diverged'.", "error",
+                    "")
+        return f"The run ended as '{result.status}': {result.message}", "error", ""
 
     def stop(self) -> None:
         """Ask the run going to end after its current step (it is kept as 'stopped')."""

@@ -25,10 +25,11 @@ from typing import Any, Callable
 import pandas as pd
 
 from workbench.engine.config import RunConfig, RunResult
-from workbench.engine.labels import distinct_labels
+from workbench.engine.labels import compact_labels
 from workbench.engine.outcome import Outcome, run_outcome
 from workbench.records.store import last_answer
 from workbench.ui.events import Messages
+from workbench.ui.run_facts import time_cell, weights_bytes
 from workbench.ui.settings import Settings
 from workbench.util.units import format_bytes
 
@@ -123,9 +124,15 @@ class RunList:
         return [r for r in self.results if r.run_id not in self.hidden and r.config.task == self.task]
 
     def labels(self, results: list[RunResult] | None = None) -> dict[str, str]:
-        """Run id -> a label naming what sets each run apart from the others shown (``distinct_labels``)."""
+        """Run id -> a label naming what sets each run apart from the others shown (``compact_labels``:
+        what they all share is left out and said once by ``shared_text``), as the figures' legends do."""
         results = self.visible_results() if results is None else results
-        return dict(zip((r.run_id for r in results), distinct_labels([r.config for r in results])))
+        return dict(zip((r.run_id for r in results), compact_labels([r.config for r in results])[0]))
+
+    def shared_text(self, results: list[RunResult] | None = None) -> str:
+        """What every run shown shares and their labels leave out ("all runs: LoRA, r=8, ..."), or ""."""
+        results = self.visible_results() if results is None else results
+        return compact_labels([r.config for r in results])[1]
 
     def _check_ids(self, run_ids: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         ids = (run_ids,) if isinstance(run_ids, str) else tuple(run_ids)
@@ -230,9 +237,16 @@ class RunList:
                 and math.isfinite(r.timing.total_seconds)]
         if not runs:
             return "Each run's time is measured and shown when it ends."
-        secs = sorted(r.timing.total_seconds for r in runs)
-        span = f"{secs[0]:.1f} s" if len(secs) == 1 else f"{secs[0]:.1f}–{secs[-1]:.1f} s"
-        return f"Runs of {steps} steps took {span} here ({len(secs)} measured)."
+
+        def span(values: list[float]) -> str:
+            values = sorted(values)
+            return f"{values[0]:.1f} s" if len(values) == 1 else f"{values[0]:.1f}–{values[-1]:.1f} s"
+
+        split = [r.timing for r in runs if math.isfinite(r.timing.train_seconds) and math.isfinite(r.timing.eval_seconds)]
+        parts = (f": {span([t.train_seconds for t in split])} training, {span([t.eval_seconds for t in split])} "
+                 "evaluating, the rest loading" if split else "")
+        return (f"Runs of {steps} steps took {span([r.timing.total_seconds for r in runs])} here from Train to done"
+                f"{parts} ({len(runs)} measured).")
 
     def targets_text(self, cfg: RunConfig) -> str:
         """A run's targets as the panel names them ('query,value (layers 0-1)'); '–' when not LoRA."""
@@ -290,8 +304,9 @@ class RunList:
                                                                          else ""),
                 "last answer": last_answer(r) or "–",
                 "s/step": _fmt(row["seconds_per_step"], ".3f"),
-                "time": _fmt(t.total_seconds if t is not None else None, ".1f") + (" s" if t is not None else ""),
+                "time": time_cell(t),
                 "peak": format_bytes(row["peak_bytes"], missing="–"),
+                "weights": format_bytes(weights_bytes(r), missing="–"),
                 "run id": r.run_id,
             })
         return pd.DataFrame(rows)
@@ -317,7 +332,8 @@ class RunList:
             folder, n = self.reports_dir / f"{stamp}-{n}", n + 1
         try:
             written = export_report(chosen, folder)
-            bundle = export_bundle(written, chosen, folder / BUNDLE_NAME)
+            # Named after its report (report-<date>-<time>.zip): downloads of two exports do not collide.
+            bundle = export_bundle(written, chosen, folder / f"{folder.name}{Path(BUNDLE_NAME).suffix}")
         except Exception as e:  # noqa: BLE001 - said in the panel
             self.messages.say(f"Export failed: {type(e).__name__}: {e}", "error")
             return None
@@ -325,11 +341,12 @@ class RunList:
         labels = self.labels(chosen)
         adapters = [(labels[r.run_id], f) for r in chosen if (f := adapter_folder(r)) is not None]
         where = ("" if not adapters else
-                 " Adapters: " + "; ".join(f"{name}: {f}" for name, f in adapters) +
-                 " (also in the zip under adapters/<run id>/); load one with wb.load_adapter(model, folder) or "
+                 "Adapters: " + "; ".join(f"{name}: {f}" for name, f in adapters) +
+                 " (in the zip under adapters/<run id>/); load one with wb.load_adapter(model, folder) or "
                  "PEFT's PeftModel.from_pretrained(base_model, folder).")
-        self.messages.say(f"Wrote {len(written)} files to {folder} ({len(chosen)} run(s): figures as PNG and SVG, "
-                          f"the table as CSV and Markdown) and {bundle.name} to download.{where}", "ok")
+        self.messages.say(f"Wrote {len(written)} files ({len(chosen)} run(s): figures as PNG and SVG, the table as "
+                          f"CSV and Markdown) and {bundle.name} to download.", "ok",
+                          f"The report's folder: {folder}. {where}".strip())
         return folder
 
 

@@ -14,16 +14,19 @@ from typing import Any
 import ipywidgets as widgets
 
 from workbench.ui.markup import ANSWER_CSS, safely
+from workbench.ui.run_facts import qlora_why
 from workbench.ui.run_list import samples_frame
 from workbench.ui.state import PanelState
 
 # The columns the panel's table shows (of ``PanelState.table()``; the export has them all):
 # method and variant are in the run's name, the status in its outcome.
+# The time is from Train to done, with its evaluating part; the weights' MB stand beside the peak.
 PANEL_COLUMNS = ("run", "outcome", "rank", "alpha", "targets", "lr", "steps", "batch_size", "seed", "trainable",
-                 "final loss", "eval accuracy", "time", "peak", "run id")
-# Generate mode: exact match where accuracy was, and the run's last answer beside it.
-GENERATE_COLUMNS = ("run", "outcome", "rank", "alpha", "targets", "lr", "steps", "batch_size", "seed", "trainable",
-                    "final loss", "exact match", "last answer", "time", "run id")
+                 "final loss", "eval accuracy", "time", "peak", "weights", "run id")
+# Generate mode: exact match where accuracy was, and the run's last answer beside it (batch and
+# seed are in the export, and in a run's name when they differ).
+GENERATE_COLUMNS = ("run", "outcome", "rank", "alpha", "targets", "lr", "steps", "trainable",
+                    "final loss", "exact match", "last answer", "time", "peak", "weights", "run id")
 # The table wraps its text columns (run, outcome, targets, run id) so that it fits the width.
 _TABLE_CSS = """<style>
 table.workbench-runs { border-collapse: collapse; font-size: 11px; line-height: 1.25; width: 100%; }
@@ -80,7 +83,8 @@ class RunsTab:
         self.samples = widgets.HTML()
         self.samples_box = widgets.VBox([
             widgets.HTML("<small><b>Answers over training</b>: at each evaluation a run answers a few held-out "
-                         "prompts (greedy); here they are, step by step.</small>"),
+                         "prompts (greedy); here they are, step by step (✓: the reference exactly, ✗: not)."
+                         "</small>"),
             self.samples_run, self.samples])
         row = widgets.Layout(flex_flow="row wrap", align_items="center")
         self.page = widgets.VBox([
@@ -132,11 +136,19 @@ class RunsTab:
             table = shown.to_html(index=False, escape=True, border=0, classes=classes)
             table = re.sub(r"<td>(did not learn|diverged|failed|stopped)</td>", r"<td class='bad'>\1</td>", table)
             self.table.value = (_TABLE_CSS + f"<div style='max-height:300px;overflow:auto'>{table}</div>"
-                                f"<small>{len(visible)} run(s) shown{hidden}, in {html.escape(str(s.runs_dir))}. "
+                                "<div style='white-space:normal;line-height:1.3'>"  # the footnote wraps
+                                f"<small>{len(visible)} run(s) shown{hidden}, in {html.escape(str(s.runs_dir))}"
+                                + (f"; {html.escape(shared)} (left out of the names)" if (shared := s.shared_text(
+                                    visible)) else "") + ". "
                                 + ("Exact match: % of held-out prompts answered exactly (greedy); last answer: to "
                                    "the first of them at the last evaluation" if s.task == "causal-lm" else
                                    "Accuracy in % of the validation set")
-                                + "; the export has every column.</small>")
+                                + "; time: from Train to done (its evaluating part in brackets); peak: the memory "
+                                  "high-water mark (on a CPU, of the run's process); weights: the model's weights "
+                                  "as stored (a QLoRA base in 4 or 8 bits); the export has every column."
+                                + (f" {html.escape(why)}" if (why := next(
+                                    (w for r in visible if (w := qlora_why(r))), "")) else "")
+                                + "</small></div>")
         else:
             self.table.value = (f"<i>No runs yet shown{hidden}: press Train (runs are saved in "
                                 f"{html.escape(str(s.runs_dir))}).</i>")
@@ -181,6 +193,9 @@ class RunsTab:
             return
         frame = samples_frame(result)
         frame["prompt"] = frame["prompt"].str.replace("\n", " ⏎ ", regex=False)
+        for column in [c for c in frame.columns if c.startswith("step ")]:  # right or wrong, as exact match reads it
+            frame[column] = [f"{a} ✓" if a == ref else (f"{a} ✗" if a else "") for a, ref in
+                             zip(frame[column], frame["reference"])]
         table = frame.to_html(index=False, escape=True, border=0, classes="workbench-samples")
         self.samples.value = ANSWER_CSS + f"<div style='max-height:220px;overflow:auto'>{table}</div>"
 

@@ -30,11 +30,13 @@ from workbench.engine.sweep import FULL_LR, HEAD_LR, VARIANTS
 from workbench.lora.config import LoRAConfig, lora_scaling
 from workbench.lora.params import ParamCounts, lora_parameter_count
 from workbench.lora.paths import layer_index
-from workbench.lora.quantize import QUANTIZE_CHOICES, int8_bits_per_weight, nf4_bits_per_weight
+from workbench.lora.quantize import (QUANTIZE_CHOICES, int8_bits_per_weight, nf4_bits_per_weight,
+                                     quantized_bytes_per_weight)
 from workbench.lora.targets import LayerGroup, targets_for
 from workbench.ui.model_layers import ModelLayers
 from workbench.ui.typed import NUMBER_CHOICES, number_problem, read_number
 from workbench.util.checks import check_choice, check_positive_int, is_integer
+from workbench.util.units import format_bytes
 
 # The methods and LoRA variants the panel offers, as (label, value).  A variant is a set
 # of LoRAConfig settings (workbench.engine.sweep.VARIANTS); rsLoRA has its own checkbox.
@@ -47,6 +49,12 @@ VARIANT_OPTIONS: tuple[tuple[str, str], ...] = (
 QUANTIZE_OPTIONS: tuple[tuple[str, str | None], ...] = (
     ("float (no quantization)", None), ("NF4 (4-bit, QLoRA)", "nf4"), ("int8 (LLM.int8)", "int8"),
 )
+# A language model's run from the panel answers this many held-out prompts at the
+# evaluations before the last (RunConfig.interim_generate_examples), and all of them at the
+# end: each interim evaluation is then a short pause instead of seconds with nothing on screen.
+INTERIM_PROMPTS = 20
+# A learning rate this many times the method's starting one is warned about before the run.
+LR_WARN_FACTOR = 100.0
 # The rank never goes above this, even for wide layers: beyond it a workshop run learns
 # nothing new and a slider becomes hard to aim.
 RANK_CAP = 64
@@ -74,8 +82,34 @@ def quantize_note(quantize: str, model: ModelLayers) -> str:
         widths = [g.shape[0] for g in model.targets.values() if g.type == "Linear"] or [1]
         bits = int8_bits_per_weight(min(widths))
         how = "8-bit codes + an fp32 scale per output row"
+    floats, quantized, n = quantized_weight_bytes(quantize, model)
+    total = 4 * model.base_parameters  # fp32, as the base loads
+    mb = (f"; the weights: about {format_bytes(total)} in fp32 -> {format_bytes(total - 4 * n + quantized)} "
+          f"(the block linears' {format_bytes(floats)} -> {format_bytes(quantized)})" if n else "")
     return (f"QLoRA base: the frozen block linears stored in {quantize} ({how}: about {bits:.3g} bits, "
-            f"{bits / 8:.3g} byte per weight, against 4 in fp32 and 2 in bf16); LoRA trains in float on top")
+            f"{bits / 8:.3g} byte per weight, against 4 in fp32 and 2 in bf16){mb}; LoRA trains in float on top")
+
+
+def quantized_weight_bytes(quantize: str, model: ModelLayers) -> tuple[int, float, int]:
+    """(fp32 bytes, quantized bytes, weights) of the block linears a quantized base stores in 4/8 bits.
+
+    Those are the ``nn.Linear`` layers inside numbered blocks (``quantize_model``); each
+    weight costs ``quantized_bytes_per_weight`` there (codes and constants), 4 bytes in fp32.
+    """
+    seen: set[str] = set()
+    floats, quantized, n = 0, 0.0, 0
+    for g in model.targets.values():
+        if g.type != "Linear":
+            continue
+        for name in g.names:
+            if name in seen or layer_index(name) is None:
+                continue
+            seen.add(name)
+            weights = g.shape[0] * g.shape[1]
+            n += weights
+            floats += 4 * weights
+            quantized += weights * quantized_bytes_per_weight(quantize, g.shape[0])
+    return floats, quantized, n
 
 
 
@@ -243,6 +277,36 @@ class Settings:
         return (f"Learning rate {shown} as typed; {_method_label(method)} starts at {start:g}: {LR_WHY[method]}. "
                 "Switching the method resets it.")
 
+    def lr_warning(self) -> str:
+        """A warning, before any run, when the learning rate is far above where the method starts ('' if not).
+
+        At LR_WARN_FACTOR times the starting rate or more a run usually diverges or learns
+        nothing (lr = 10 for LoRA, 10,000 x its 0.001, climbed from loss 0.69 to 24.3)."""
+        method, lr = self.choices.method, self.choices.lr
+        if method not in METHODS or not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+            return ""
+        start = self.starting_lr(method)
+        if lr < LR_WARN_FACTOR * start:
+            return ""
+        return (f"lr = {lr:g} is {lr / start:,.0f} x the {start:g} {_method_label(method)} starts at: at such a rate "
+                "a run usually diverges or learns nothing. Train runs it anyway if you mean it.")
+
+    def problem_field(self) -> str | None:
+        """The choice the problem is about (its box is marked), or None when nothing is wrong or none is named.
+
+        The messages name the choice first ("lr (learning rate) must be ...", "rank must be
+        at most ...", "steps must be ..."), as ``number_problem`` and the config's checks say it."""
+        problem = self.problem()
+        if problem is None:
+            return None
+        said = problem.removeprefix("Cannot train with these settings: ")
+        for name in ("rank", "alpha", "lr", "steps", "batch_size", "seed", "layer_range", "targets"):
+            if said.startswith(name + " ") or said.startswith(name + ":"):
+                return name
+        if said.startswith("LoRA needs at least one target") or said.startswith("None of the ticked layers"):
+            return "targets"
+        return None
+
     def rank_max(self) -> int:
         """The highest rank any choice of targets allows: the largest min(in, out), at most ``RANK_CAP``."""
         sizes = [min(g.shape) for g in self.model.targets.values()]
@@ -381,6 +445,8 @@ class Settings:
         c = self.choices
         over: dict[str, Any] = dict(model=self.model.name, method=c.method, lr=c.lr, steps=c.steps,
                                     batch_size=c.batch_size, seed=c.seed)
+        if self.task == "causal-lm" and self.defaults.interim_generate_examples is None:
+            over["interim_generate_examples"] = INTERIM_PROMPTS
         if c.method != "lora":
             return make_preset(self.preset_name, **over)
         lora = self.lora_config()
@@ -450,4 +516,4 @@ class Settings:
 
 
 __all__ = ["Settings", "Choices", "Selection", "SettingsError", "Readout", "quantize_note", "METHOD_LABELS",
-           "VARIANT_OPTIONS", "QUANTIZE_OPTIONS", "RANK_CAP", "DEFAULT_LR", "LR_WHY", "HEAD_NOT_FOR_LM"]
+           "VARIANT_OPTIONS", "QUANTIZE_OPTIONS", "RANK_CAP", "INTERIM_PROMPTS", "DEFAULT_LR", "LR_WHY", "HEAD_NOT_FOR_LM"]

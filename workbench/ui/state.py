@@ -138,18 +138,26 @@ class PanelState:
             self._layers[task] = ModelLayers.load(model, task=task, seed=defaults.seed)
         self.settings = Settings(self._layers[task], preset, defaults)
         self.tryit.answers = None
+        self.control.clear()  # the other task's live curve and progress are not this task's
         if task == "causal-lm" and not self.tryit.prompt:
             self.tryit.prompt = self.tryit.default_prompt()
-        for event in ("task", "choices", "runs", "answers"):
+        for event in ("task", "choices", "runs", "answers", "live"):
             self.messages.emit(event)
         what = ("a language model that writes: train it on the skill, then compare answers under 'Try it'"
                 if task == "causal-lm" else "a sentence classifier")
         self.say(f"Task: {_TASK_WORDS[task]}, {what} ({model}, preset {preset}).")
 
     def update(self, **changes: Any) -> None:
-        """Change some choices (``Settings.update``) and tell the view."""
+        """Change some choices (``Settings.update``) and tell the view.
+
+        A refusal said in the message line ("Cannot train with these settings: ...") is
+        taken back once the choices are fixed, so no red message outlives its cause.
+        """
         self.settings.update(**changes)
         self.messages.emit("choices")
+        m = self.messages.message
+        if m.kind == "error" and m.text.startswith("Cannot train") and self.settings.problem() is None:
+            self.say("Fixed: these settings can train. Press Train.")
 
     def _after_run(self, result: RunResult) -> None:
         """A run has ended and is shown: a language model's run answers Try it's prompt, without a click."""
@@ -171,6 +179,8 @@ class PanelState:
     choices = _forward("settings", "choices")
     methods = _forward("settings", "methods")
     lr_note = _forward("settings", "lr_note")
+    lr_warning = _forward("settings", "lr_warning")
+    problem_field = _forward("settings", "problem_field")
     rank_max = _forward("settings", "rank_max")
     layers = _forward("settings", "layers")
     config = _forward("settings", "config")
@@ -184,6 +194,8 @@ class PanelState:
     last_result: RunResult | None = _forward("control", "last_result", settable=True)
     run_config: RunConfig | None = _forward("control", "run_config")
     step = _forward("control", "step")
+    phase: str = _forward("control", "phase")
+    phase_text: str = _forward("control", "phase_text")
     live_history = _forward("control", "live_history")
     start = _forward("control", "start")
     stop = _forward("control", "stop")
@@ -203,6 +215,7 @@ class PanelState:
     outcome = _forward("runs", "outcome")
     visible_results = _forward("runs", "visible_results")
     labels = _forward("runs", "labels")
+    shared_text = _forward("runs", "shared_text")
     select = _forward("runs", "select")
     select_all = _forward("runs", "select_all")
     select_none = _forward("runs", "select_none")

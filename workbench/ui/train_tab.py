@@ -66,7 +66,9 @@ class TrainTab:
         self.method = widgets.ToggleButtons(options=methods, value=c.method, style={"button_width": "118px"},
                                             tooltips=[_METHOD_TIPS[v] for _, v in methods])
         self.method_note = widgets.HTML()
-        self.rank = widgets.IntSlider(value=c.rank, min=1, max=max(s.rank_max(), c.rank), description="rank",
+        # min 0: a 0 typed into the slider's box reaches the state and is refused there (min 1 would
+        # silently make it 1, a run nobody asked for).
+        self.rank = widgets.IntSlider(value=c.rank, min=0, max=max(s.rank_max(), c.rank), description="rank",
                                       continuous_update=False, style=label_w, layout=_box("230px"))
         # Numbers are text boxes: what is typed reaches the state as typed, which reads a
         # plain number and refuses anything else with what is allowed (never rewritten).
@@ -106,6 +108,9 @@ class TrainTab:
         self.progress = widgets.IntProgress(value=0, min=0, max=max(1, s.defaults.steps), layout=_box("150px"),
                                             tooltip="training steps done")
         self.progress_text = widgets.Label()
+        # Why Train is disabled (what to fix), beside it; empty when the settings can train.
+        self.train_reason = widgets.HTML()
+        self.train_reason.add_class("workbench-train-reason")
         self.live_plot = widgets.Output(layout=widgets.Layout(min_height="40px", width="100%"))
         self.live_plot.add_class("workbench-live")
 
@@ -130,6 +135,7 @@ class TrainTab:
         ], layout=widgets.Layout(width="480px", min_width="440px", margin="0 12px 0 0"))
         running = widgets.VBox([
             widgets.HBox([self.train_button, self.stop_button, self.progress, self.progress_text], layout=row),
+            self.train_reason,
             self.live_plot,
         ], layout=widgets.Layout(flex="1 1 380px", min_width="360px", max_width="620px"))
         self.page = widgets.HBox([settings, running], layout=widgets.Layout(flex_flow="row wrap", width="100%"))
@@ -200,6 +206,8 @@ class TrainTab:
             rs.max, rs.min = max(rs.max, blocks[-1]), min(rs.min, blocks[0])  # widen, set, then narrow
             rs.value = s.choices.layer_range
             rs.min, rs.max = blocks[0], blocks[-1]
+            if not s.running:  # the other task's progress is not this one's
+                self.progress.value, self.progress_text.value = 0, ""
         finally:
             self._syncing = False
 
@@ -226,20 +234,40 @@ class TrainTab:
         self.method_note.value = ("" if self.state.task != "causal-lm" else
                                   f"<span title='{html.escape(HEAD_NOT_FOR_LM)}' style='font-size:11px;color:#555'>"
                                   "no head only here (why: hover)</span>")
+        warning = self.state.lr_warning()
         self.lr_note.value = (f"<div style='line-height:1.25;font-size:11px;margin:2px 0'>"
-                              f"{html.escape(self.state.lr_note())}</div>")
+                              f"{html.escape(self.state.lr_note())}"
+                              + (f"<div class='workbench-lr-warning' style='color:{COLORS['warn']};font-weight:bold'>"
+                                 f"{html.escape(warning)}</div>" if warning else "") + "</div>")
+        self._mark_field()
         r = self.state.readout()
         problem = (f"<div class='workbench-problem' style='color:{COLORS['error']};font-weight:bold'>"
                    f"{html.escape(r.problem)}</div>" if r.problem else "")
         self.readout.value = (f"<div style='margin:2px 0;font-size:12px;line-height:1.25'><b>{html.escape(r.headline)}"
                               f"</b><div style='font-size:11px'>{html.escape(r.detail)}</div>{problem}</div>")
 
+    def _mark_field(self) -> None:
+        """The box the problem is about gets a red border; Train is disabled with the reason beside it."""
+        field = self.state.problem_field()
+        boxes = {"rank": self.rank, "alpha": self.alpha, "lr": self.lr, "steps": self.steps,
+                 "batch_size": self.batch_size, "seed": self.seed, "layer_range": self.layer_range}
+        for name, w in boxes.items():
+            w.layout.border = f"2px solid {COLORS['error']}" if name == field else ""
+        self.targets_row.layout.border = f"2px solid {COLORS['error']}" if field == "targets" else ""
+        problem = self.state.problem()
+        self.train_reason.value = ("" if problem is None else
+                                   f"<div style='color:{COLORS['error']};font-size:12px;line-height:1.25'>Train is off "
+                                   f"until this is fixed: {html.escape(problem.removeprefix('Cannot train with these settings: '))}"
+                                   "</div>")
+        self.enable()
+
     def enable(self) -> None:
-        """Nothing to change while a run trains; the LoRA settings only for LoRA."""
+        """Nothing to change while a run trains; the LoRA settings only for LoRA; Train only for settings that can train."""
         s = self.state
         running, lora = s.running, s.choices.method == "lora"
-        for w in (self.method, self.lr, self.steps, self.batch_size, self.seed, self.train_button):
+        for w in (self.method, self.lr, self.steps, self.batch_size, self.seed):
             w.disabled = running
+        self.train_button.disabled = running or bool(self.train_reason.value)
         for w in (self.rank, self.alpha, self.rslora, self.variant, self.quantize, *self.targets.values()):
             w.disabled = running or not lora
         self.layer_range.disabled = running or not lora or len(s.model.blocks) < 2
@@ -256,8 +284,15 @@ class TrainTab:
         return True
 
     def show_progress(self) -> None:
-        """Progress after every step; the live curve at most every LIVE_MIN_INTERVAL_S."""
+        """Progress after every step (or the evaluation going on); the live curve at most every LIVE_MIN_INTERVAL_S."""
         info = self.state.step
+        if self.state.phase == "evaluating":  # no step runs meanwhile: say what does
+            self.progress_text.value = self.state.phase_text
+            self.progress.bar_style = "info"
+            return
+        if info is None:
+            return
+        self.progress.bar_style = ""
         self.progress.value = info.step
         loss = f", loss {info.train_loss:.4f}" if math.isfinite(info.train_loss) else ""
         self.progress_text.value = f"{info.step} / {info.steps}{loss}"
@@ -279,11 +314,13 @@ class TrainTab:
             self._draw_live(history)
 
     def _draw_live(self, history: pd.DataFrame) -> None:
+        from workbench.engine.labels import short_label
         from workbench.viz.run_figures import live_loss
         from workbench.viz.style import run_color
 
-        cfg = self.state.run_config
-        fig = live_loss(history, f"Training loss: {cfg.label()} · lr={cfg.lr:g}", total_steps=cfg.steps,
+        cfg = self.state.run_config  # the whole label is in the message: a short title fits the column
+        base = f" {cfg.quantize.upper()}" if cfg.quantize else ""
+        fig = live_loss(history, f"Loss, {short_label(cfg)}{base}, lr={cfg.lr:g}", total_steps=cfg.steps,
                         color=run_color(cfg))
         self.live_plot.outputs = (png_output(fig),)
 

@@ -88,6 +88,18 @@ class TryTab:
         finally:
             self._syncing = False
 
+    def _run_verdict(self, run_id: str | None) -> str:
+        """" [did not learn]" (marked) for a run whose verdict is not "learned", else ""."""
+        s = self.state
+        result = next((r for r in s.results if r.run_id == run_id), None) if run_id else None
+        if result is None and s.last_result is not None and s.last_result.run_id == run_id:
+            result = s.last_result
+        if result is None:
+            return ""
+        verdict = s.outcome(result).verdict
+        return "" if verdict == "learned" else (f" <span class='workbench-run-verdict' style='color:#8a5a00'>"
+                                                f"[{html.escape(verdict)}]</span>")
+
     def show_answers(self) -> None:
         """Try it's answers side by side: base model, newest run, chosen stored run (right/wrong when known)."""
         a = self.state.answers
@@ -103,9 +115,11 @@ class TryTab:
             mark = {True: " right", False: " wrong", None: ""}[answer.correct]
             verdict = {True: " ✓ exact", False: " ✗ not the reference", None: ""}[answer.correct]
             who = f"{answer.who} · {answer.run_id}" if answer.run_id else ""
+            run = self._run_verdict(answer.run_id)  # a run that did not learn says so on its card
+            empty = "(nothing: its first line is empty)"
             return (f"<div class='workbench-answer{mark}' data-who='{html.escape(title)}'><div class='who'>"
-                    f"{html.escape(title)}</div><small>{html.escape(who)}{verdict}</small>"
-                    f"<pre>{html.escape(answer.text) or '(nothing)'}</pre></div>")
+                    f"{html.escape(title)}{run}</div><small>{html.escape(who)}{verdict}</small>"
+                    f"<pre>{html.escape(answer.text) or empty}</pre></div>")
 
         ref = (f"<div style='font-size:12px'>reference: <code>{html.escape(a.reference)}</code></div>"
                if a.reference is not None else

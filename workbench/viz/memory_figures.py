@@ -26,13 +26,16 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from workbench.engine.config import RunResult
+from workbench.engine.outcome import Outcome
 from workbench.util.units import GB, MB, format_bytes
-from workbench.viz.run_figures import run_labels
+from workbench.viz.run_figures import run_names
 from workbench.viz.style import (
     FIGSIZE, FULL_COLOR, HEAD_COLOR, MARKERS, MEMORY_COMPONENTS, STYLE, check_results, label_axes,
-    legend_options, legend_outside, message_figure, new_figure, rank_color, style_axes,
+    legend_options, legend_outside, message_figure, new_figure, rank_color, style_axes, title_with_shared,
 )
 
+#: The widest the memory figure is drawn, legend included (inches; 864 px at the panel's 90 dpi).
+MAX_WIDTH = 9.6
 #: A measured peak above this multiple of the tallest stack is drawn off the scale.
 PEAK_OFF_SCALE = 2.0
 #: The weights of a quantized base (QLoRA: NF4 or int8 codes plus their constants) are
@@ -53,7 +56,7 @@ def _fmt_mb(mb: float) -> str:
 # --------------------------------------------------------------------------- memory by component
 
 
-def memory_breakdown(results: Iterable[RunResult]) -> Figure:
+def memory_breakdown(results: Iterable[RunResult], judged: bool = True) -> Figure:
     """Stacked bars per run: weights, gradients, optimizer state, activations, in MB.
 
     Training memory is roughly  weights + gradients + optimizer state + activations;
@@ -62,14 +65,16 @@ def memory_breakdown(results: Iterable[RunResult]) -> Figure:
     has one, is drawn as a dashed black line across its bar; a peak more than
     ``PEAK_OFF_SCALE`` times the tallest stack (a CPU process's resident memory) is a
     triangle on the top edge instead, its value in the bar's note.  Runs without a
-    memory breakdown are left out.  1 MB = 10^6 bytes.
+    memory breakdown are left out.  1 MB = 10^6 bytes.  ``judged=False``: the runs only measured
+    memory (a few steps), so their labels carry no "[did not learn]" verdict.
     """
     runs = [r for r in check_results(results) if r.memory is not None]
     title = "Training memory by component"
     if not runs:
         return message_figure("no runs with a memory breakdown to show", title)
-    # About 1.1 in per bar so two-line labels fit, within page-friendly bounds.
-    fig, ax = new_figure((min(10.5, max(5.0, 1.1 * len(runs) + 0.8)), FIGSIZE[1]))
+    # About 1.1 in per bar so two-line labels fit; with the legend beside it (about 3.9 in)
+    # the figure stays within 9.6 in, the width the panel shows it at.
+    fig, ax = new_figure((min(5.7, max(4.0, 1.1 * len(runs) + 0.8)), FIGSIZE[1]))
     x = np.arange(len(runs), dtype=float)
     width = 0.62
     bottoms = np.zeros(len(runs))
@@ -120,14 +125,17 @@ def memory_breakdown(results: Iterable[RunResult]) -> Figure:
         ax.annotate(note, (x[i], tops[i]), xytext=(0, 3),
                     textcoords="offset points", ha="center", va="bottom",
                     fontsize=STYLE["annotation_size"], color=STYLE["text_color"])
-    ax.set_xticks(x, [_tick_label(label) for label in run_labels(runs)])
+    names, shared = run_names(runs, None if judged else [Outcome("learned", "a measurement run")] * len(runs))
+    ax.set_xticks(x, [_tick_label(label) for label in names])
     ax.set_ylim(0, ymax)
     ax.grid(False, axis="x")
-    label_axes(ax, title, "run", "memory (MB, 1 MB = 10⁶ bytes)")
+    label_axes(ax, title_with_shared(title, shared, width=56), "run", "memory (MB, 1 MB = 10⁶ bytes)")
     # Legend entries top to bottom in the order the components stack, peak last.
     handles, labels = ax.get_legend_handles_labels()
     opts = legend_options()
     legend_outside(ax, labels, opts)
+    if fig.get_size_inches()[0] > MAX_WIDTH:  # the panel shows it at about this width: drawn at it
+        fig.set_size_inches(MAX_WIDTH, fig.get_size_inches()[1])
     stack_pos = {label: k for k, (_, label, _) in enumerate(MEMORY_COMPONENTS)}
     stack_pos[QUANTIZED_WEIGHTS_LABEL] = stack_pos["weights"] - 0.5  # just below the weights it hatches
     # A component's legend swatch is its plain colour: matplotlib would copy the first bar, which
@@ -141,9 +149,12 @@ def memory_breakdown(results: Iterable[RunResult]) -> Figure:
 
 
 def _tick_label(label: str, width: int = 18) -> str:
-    """A run label on short lines, so that four or more bars' labels do not run into each other."""
+    """A run label on short lines, so that four or more bars' labels do not run into each other.
+
+    Lines break between words or after a comma ("query,key,value" lists), never inside a word."""
     parts = label.replace(" (", "\n(").replace(" · ", "\n").replace(" [", "\n[").split("\n")
-    return "\n".join(textwrap.fill(part, width) for part in parts)
+    lines = [textwrap.fill(part.replace(",", ",\x00 "), width, break_long_words=False) for part in parts]
+    return "\n".join(line.replace(",\x00 ", ",").replace("\x00", "") for line in lines)
 
 
 def _is_quantized_run(result: RunResult) -> bool:

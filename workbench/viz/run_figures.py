@@ -2,10 +2,13 @@
 against parameters, and the small live curve the panel redraws while a run trains.
 
 Each function takes a list of ``RunResult`` and returns a ``matplotlib.figure.Figure`` in
-the house style (``workbench.viz.style``: built without pyplot, colours by rank, a message
-figure when there is nothing to draw, ``TypeError`` for input of the wrong kind).  Runs
-are named in legends by ``run_labels``: the naming module's ``distinct_labels`` plus the
-verdict of a run that did not learn.
+the house style (``workbench.viz.style``: built without pyplot, one palette colour per
+run, a message figure when there is nothing to draw, ``TypeError`` for input of the wrong
+kind).  Runs are named in legends by ``run_names``: the naming module's
+``compact_labels`` (what sets each run apart; what all share is said once, under the
+title) plus the verdict of a run that did not learn.  Legends sit under the axes, never
+on the data, and the figures keep their width (``FIGSIZE``), so the panel shows them at
+the size they were drawn.
 
 Units: steps are optimiser steps; losses are mean cross-entropy in nats; parameters are
 counts of numbers; accuracies are shown in percent.
@@ -23,17 +26,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter
 
 from workbench.engine.config import RunConfig, RunResult
-from workbench.engine.labels import distinct_labels, short_label
+from workbench.engine.labels import compact_labels, short_label
 from workbench.engine.outcome import Outcome, run_outcome
 from workbench.util.checks import check_positive_int
 from workbench.viz.style import (
-    FIGSIZE, FULL_COLOR, HEAD_COLOR, LINESTYLES, LIVE_FIGSIZE, MARKERS, STYLE, WARNING_COLOR, check_results, cues,
-    label_axes, legend, legend_options, legend_outside, log_count_axis, message_figure, human_count, new_figure,
-    rank_color, run_color,
+    FULL_COLOR, HEAD_COLOR, LINESTYLES, LIVE_FIGSIZE, MARKERS, STYLE, WARNING_COLOR, check_results,
+    dodge_offsets, label_axes, legend_below, legend_options, log_count_axis, message_figure, human_count, new_figure,
+    palette_cues, rank_color, run_colors, shifted, title_with_shared,
 )
 
 # Fixed margins of the live curve (fractions of the figure), sized for its title and labels.
-_LIVE_MARGINS = {"left": 0.115, "right": 0.975, "bottom": 0.165, "top": 0.885}
+_LIVE_MARGINS = {"left": 0.115, "right": 0.88, "bottom": 0.165, "top": 0.80}
 
 # --------------------------------------------------------------------------- names in legends
 
@@ -44,20 +47,25 @@ def run_label(result: RunResult) -> str:
 
 
 def run_labels(results: Sequence[RunResult], outcomes: Sequence[Outcome] | None = None) -> list[str]:
-    """Legend labels of runs shown together: each names what sets it apart, and flags a run that did not learn.
+    """Legend labels of runs shown together (``run_names`` without the shared part)."""
+    return run_names(results, outcomes)[0]
 
-    ``workbench.engine.labels.distinct_labels`` gives ``label()`` plus every setting that
-    differs among the runs (lr, steps, alpha, seed, ...); a run whose verdict
-    (``workbench.engine.outcome.run_outcome``) is not "learned" gets it in brackets:
-    "[did not learn]", "[diverged]", "[stopped]".  ``outcomes``: the verdicts when already
-    known (one per run), else they are computed.
+
+def run_names(results: Sequence[RunResult], outcomes: Sequence[Outcome] | None = None) -> tuple[list[str], str]:
+    """Legend labels of runs shown together, and what they all share (said once, under the title).
+
+    ``workbench.engine.labels.compact_labels`` keeps in each label only what sets the run
+    apart (rank, lr, steps, the quantized base, ...) and returns the rest once; a run
+    whose verdict (``workbench.engine.outcome.run_outcome``) is not "learned" gets it in
+    brackets: "[did not learn]", "[diverged]", "[stopped]".  ``outcomes``: the verdicts
+    when already known (one per run), else they are computed.
     """
     results = list(results)
     outcomes = list(outcomes) if outcomes is not None else [run_outcome(r) for r in results]
     if len(outcomes) != len(results):
         raise ValueError(f"got {len(outcomes)} outcomes for {len(results)} runs")
-    labels = distinct_labels([r.config for r in results])
-    return [label if o.ok else f"{label} [{o.verdict}]" for label, o in zip(labels, outcomes)]
+    labels, shared = compact_labels([r.config for r in results])
+    return [label if o.ok else f"{label} [{o.verdict}]" for label, o in zip(labels, outcomes)], shared
 
 
 def _history_xy(history: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -75,12 +83,12 @@ def _history_xy(history: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndar
 
 def loss_curves(results: Iterable[RunResult], eval: bool = False,  # noqa: A002
                 labels: Sequence[str] | None = None) -> Figure:
-    """Training loss against step, one line per run, labelled by ``run_labels`` (or ``labels``).
+    """Training loss against step, one line per run (a colour each), labelled by ``run_names`` (or ``labels``).
 
     The y axis is robust to one bad run: it stops at ``LOSS_AXIS_ROOM`` times the highest
     starting loss (``robust_loss_limit``), and a note names the highest loss left off the
     scale, so an lr = 10 run that climbs to 24 does not squash the other curves to a line.
-    The legend sits outside the axes, so it never covers a curve.
+    The legend sits under the axes, so it never covers a curve.
 
     ``eval=True`` adds the evaluation loss at the evaluation steps as markers in the run's
     colour, which shows over-fitting as train and eval losses parting ways.
@@ -91,12 +99,11 @@ def loss_curves(results: Iterable[RunResult], eval: bool = False,  # noqa: A002
     if not runs:
         return message_figure("no runs to show yet: train a run first", title)
     fig, ax = new_figure()
-    styles = cues(runs, LINESTYLES)
-    names = list(labels) if labels is not None else run_labels(runs)
+    styles = palette_cues(len(runs), LINESTYLES)
+    names, shared = (list(labels), "") if labels is not None else run_names(runs)
     drawn = eval_drawn = 0
     ys_all: list[np.ndarray] = []
-    for r, ls, name in zip(runs, styles, names):
-        color = run_color(r.config)
+    for r, ls, name, color in zip(runs, styles, names, run_colors(runs)):
         x, y = _history_xy(r.history, "train_loss")
         if len(x):
             ax.plot(x, y, color=color, linestyle=ls, linewidth=STYLE["line_width"],
@@ -117,8 +124,8 @@ def loss_curves(results: Iterable[RunResult], eval: bool = False,  # noqa: A002
         ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white",
                 markeredgecolor=STYLE["spine_color"], markersize=STYLE["marker_size"],
                 label="eval loss (markers)")
-    label_axes(ax, title + (" (lines) and evaluation loss (markers)" if eval_drawn else ""),
-            "training step", "loss (cross-entropy, nats)")
+    label_axes(ax, title_with_shared(title + (" (lines) and evaluation loss (markers)" if eval_drawn else ""),
+                                     shared), "training step", "loss (cross-entropy, nats)")
     ax.set_xlim(left=0)
     limit = robust_loss_limit([_history_xy(r.history, "train_loss")[1] for r in runs])
     highest = max((float(y.max()) for y in ys_all if len(y)), default=0.0)
@@ -127,10 +134,7 @@ def loss_curves(results: Iterable[RunResult], eval: bool = False,  # noqa: A002
         ax.text(0.99, 0.98, f"axis cut at {limit:.3g}: a loss reached {highest:.3g} (off the scale)",
                 transform=ax.transAxes, ha="right", va="top", fontsize=STYLE["annotation_size"],
                 color=WARNING_COLOR)
-    handles, legend_labels = ax.get_legend_handles_labels()
-    opts = legend_options()
-    legend_outside(ax, legend_labels, opts)
-    ax.legend(**opts)
+    legend_below(ax)
     return fig
 
 
@@ -168,10 +172,11 @@ def _as_rank_table(data: Any) -> pd.DataFrame:
 
 
 def _lora_group(config: RunConfig) -> str:
-    """Runs that differ only in rank share a line: same targets, layers."""
+    """Runs that differ only in rank share a line: same targets, layers and base storage."""
     tg = config.lora.targets_text()
     layers = "" if config.lora.layers is None else f", layers {','.join(map(str, config.lora.layers))}"
-    return f"LoRA ({tg}{layers})"
+    base = f", {config.quantize} base" if config.quantize else ""
+    return f"{'Q' if config.quantize else ''}LoRA ({tg}{layers}{base})"
 
 
 def params_vs_rank(
@@ -188,8 +193,11 @@ def params_vs_rank(
     (a straight line of slope 1 on log-log axes, above the fixed head) while full
     fine-tuning trains everything: the gap between the two is LoRA's saving.
 
-    * ``results``: LoRA runs become measured points, one line per target set; a "full"
-      run and a "head" run give the two horizontal reference lines.
+    * ``results``: LoRA runs become measured points (each in its run's palette colour,
+      ``run_colors``), one line per target set and base storage; a "full" run and a
+      "head" run give the two horizontal reference lines.  Lines whose points coincide
+      (QLoRA trains as many numbers as LoRA at the same rank) are drawn a few points apart
+      and say so in the legend.
     * ``predicted``: counts computed before any run, as a DataFrame with columns
       ``rank, trainable`` or a ``{rank: trainable}`` mapping; drawn dashed.  With
       ``results=()`` this is the picture the panel shows before training.
@@ -203,6 +211,7 @@ def params_vs_rank(
         if value is not None:
             check_positive_int(name, value, what="a count of parameters")
 
+    colors = dict(zip((id(r) for r in runs), run_colors(runs)))
     lora = [r for r in runs if r.config.method == "lora" and r.params is not None]
     full = next((r for r in runs if r.config.method == "full" and r.params is not None), None)
     head = next((r for r in runs if r.config.method == "head" and r.params is not None), None)
@@ -213,7 +222,7 @@ def params_vs_rank(
         return message_figure("no LoRA runs to show: train a LoRA run, "
                                "or pass predicted counts", title)
 
-    fig, ax = new_figure((FIGSIZE[0], FIGSIZE[1] + 0.6))
+    fig, ax = new_figure()
     ranks_shown: set[int] = set()
     if pred is not None and len(pred):
         ax.plot(pred["rank"], pred["trainable"], color=STYLE["spine_color"], linestyle="--",
@@ -225,17 +234,30 @@ def params_vs_rank(
     for r in lora:
         groups.setdefault(_lora_group(r.config), []).append(r)
     markers = iter(MARKERS * 4)
+    # Groups drawn on the same points (same ranks and counts) are spread sideways.
+    points = {name: sorted((r.config.lora.rank, r.params.trainable) for r in members)
+              for name, members in groups.items()}
+    names = list(groups)
+    shifts = dict(zip(names, dodge_offsets([(i, 0.0) for i in range(len(names))],
+                                           lambda a, b: points[names[int(a[0])]] == points[names[int(b[0])]])))
     for name, members in groups.items():
         members = sorted(members, key=lambda r: r.config.lora.rank)
         ranks = [r.config.lora.rank for r in members]
         counts = [r.params.trainable for r in members]
         marker = next(markers)
-        # The line joins the group; each point keeps its rank colour.
-        ax.plot(ranks, counts, color="#333333", linewidth=1.2, marker=marker,
-                markersize=STYLE["marker_size"], markerfacecolor=rank_color(8),
-                markeredgecolor="#333333", zorder=2, label=f"{name}, measured")
-        ax.scatter(ranks, counts, c=[rank_color(k) for k in ranks], marker=marker,
-                   s=STYLE["marker_size"] ** 2, edgecolors="#333333", linewidths=0.8, zorder=3)
+        moved = shifts[name] != 0
+        where = shifted(ax, shifts[name])
+        # The line joins the group; each point has its run's colour.
+        ax.plot(ranks, counts, color="#333333", linewidth=1.2, marker=marker, transform=where,
+                markersize=STYLE["marker_size"], markerfacecolor="white",
+                markeredgecolor="#333333", zorder=2,
+                label=f"{name}, measured" + (" (drawn apart: same counts as another line)" if moved else ""))
+        # Runs of one line at one rank (a run repeated, another lr) are spread sideways too.
+        inner = dodge_offsets(list(zip(ranks, counts)), lambda a, b: a == b)
+        for r, rank, count, dx in zip(members, ranks, counts, inner):
+            dot = ax.scatter([rank], [count], c=[colors[id(r)]], marker=marker, s=STYLE["marker_size"] ** 2,
+                             edgecolors="#333333", linewidths=0.8, zorder=3)
+            dot.set_offset_transform(shifted(ax, shifts[name] + dx))
         ranks_shown.update(ranks)
 
     if full_value is not None:
@@ -257,7 +279,7 @@ def params_vs_rank(
     log_count_axis(ax.yaxis)
     label_axes(ax, title, "LoRA rank r (log₂ scale)", "trainable parameters (count, log scale)")
     # Below the axes: the reference lines span the whole width, so no corner inside is free.
-    legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, frameon=False)
+    legend_below(ax)
     return fig
 
 #: Share of the accuracy axis's height kept free above the highest point for its label
@@ -302,24 +324,17 @@ def accuracy_vs_params(results: Iterable[RunResult]) -> Figure:
 
     what = "exact match" if generative else "validation accuracy"
     title = f"{what[0].upper() + what[1:]} against trainable parameters"
+    colors = dict(zip((id(r) for r in runs), run_colors(runs)))  # before any run is left out
+    all_names, shared = run_names(runs)
+    names = dict(zip((id(r) for r in runs), all_names))
     runs = [r for r in runs if r.params is not None and math.isfinite(score(r))]
     if not runs:
         return message_figure(("no evaluated runs to show: a run needs an evaluation to have "
                                + ("an exact match" if generative else "an accuracy")), title)
     fig, ax = new_figure()
-    for r, marker, name in zip(runs, cues(runs, MARKERS), run_labels(runs)):
-        xv, yv = r.params.trainable, score(r)
-        ax.scatter([xv], [yv], color=run_color(r.config), marker=marker,
-                   s=(STYLE["marker_size"] + 1.5) ** 2, edgecolors="#333333", linewidths=0.8,
-                   zorder=3, label=name)
-        # Centred above the point: a sweep's ranks lie a factor 2 apart on the log axis,
-        # about 24 pt at this size, which a label such as "r=16" fits into.
-        ax.annotate(short_label(r.config), (xv, yv), xytext=(0, 7), textcoords="offset points",
-                    ha="center", va="bottom", fontsize=STYLE["annotation_size"],
-                    color=STYLE["text_color"])
     ax.set_xscale("log")
     log_count_axis(ax.xaxis)
-    xs = [r.params.trainable for r in runs]
+    xs = [float(r.params.trainable) for r in runs]
     ax.set_xlim(min(xs) / 4.0, max(xs) * 2.0)  # room for the labels beside the points
     ys = [score(r) for r in runs]
     # At least 5 points of accuracy below the lowest run, so one run (or runs all at 100 %)
@@ -330,16 +345,40 @@ def accuracy_vs_params(results: Iterable[RunResult]) -> Figure:
     # The highest point at (1 - room) of the axis height:  top = low + (1 - room) * (high - low).
     high = low + span / (1.0 - ACCURACY_LABEL_ROOM)
     ax.set_ylim(low, high)
+    # Runs at the same place (equal parameter counts and scores: QLoRA beside LoRA at one
+    # rank, a run repeated) are spread sideways, and their point label is written once.
+    x_span = math.log10(max(xs) * 2.0) - math.log10(min(xs) / 4.0)
+
+    def close(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        return abs(math.log10(a[0] / b[0])) < 0.035 * x_span and abs(a[1] - b[1]) < 0.03 * (high - low)
+
+    points = [(float(r.params.trainable), score(r)) for r in runs]
+    shifts = dodge_offsets(points, close)
+    groups: dict[int, list[int]] = {}  # the first point of each place -> the points there
+    for i, p in enumerate(points):  # as dodge_offsets groups them
+        groups.setdefault(next((j for j in groups if close(points[j], p)), i), []).append(i)
+    markers = palette_cues(len(colors), MARKERS)
+    order = {rid: k for k, rid in enumerate(colors)}
+    for i, r in enumerate(runs):
+        xv, yv = points[i]
+        dot = ax.scatter([xv], [yv], color=colors[id(r)], marker=markers[order[id(r)]],
+                         s=(STYLE["marker_size"] + 1.5) ** 2, edgecolors="#333333", linewidths=0.8,
+                         zorder=3, label=names[id(r)])
+        dot.set_offset_transform(shifted(ax, shifts[i]))
+    for first, members in groups.items():
+        shorts = list(dict.fromkeys(short_label(runs[i].config) for i in members))
+        text = " / ".join(shorts) + (f" (×{len(members)})" if len(members) > 1 else "")
+        # Centred above the point: a sweep's ranks lie a factor 2 apart on the log axis,
+        # about 24 pt at this size, which a label such as "r=16" fits into.
+        ax.annotate(text, points[first], xytext=(0, 7 + 2 * (len(members) > 1)), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=STYLE["annotation_size"], color=STYLE["text_color"])
     ax.yaxis.set_major_locator(_TicksUpTo(1.0, nbins="auto", steps=[1, 2, 5, 10]))
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     ylabel = ("exact match on held-out prompts (%)" if generative else
               "validation accuracy (%)" if not any(r.config.task == "causal-lm" for r in runs)
               else "accuracy / exact match (%)")
-    label_axes(ax, title, "trainable parameters (count, log scale)", ylabel)
-    if len(runs) > 3:
-        legend(ax, loc="lower right")
-    else:  # few runs: below the axes, clear of the points and their labels
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=STYLE["legend_size"], frameon=False)
+    label_axes(ax, title_with_shared(title, shared), "trainable parameters (count, log scale)", ylabel)
+    legend_below(ax)  # under the axes: never on a point or its label
     return fig
 
 
@@ -350,11 +389,14 @@ def live_loss(
     total_steps: int | None = None,
     color: str | None = None,
 ) -> Figure:
-    """The small curve the notebook panel redraws while a run trains (cheap: one axes).
+    """The small curve the notebook panel redraws while a run trains (cheap: one axes, two with exact match).
 
     ``total_steps`` fixes the x axis to the whole run so the curve grows from left to
     right instead of the axis rescaling at every redraw.  Evaluation losses, once there
-    are any, appear as hollow markers.  An empty history gives a "waiting" placeholder.
+    are any, appear as hollow markers; a language model's exact match at each evaluation
+    (``eval_exact_match``, the score its answers get) as squares on a right-hand axis in
+    percent.  The legend sits above the axes, right of the (short) title, so it covers
+    no step and no marker.  An empty history gives a "waiting" placeholder.
     """
     if not isinstance(history, pd.DataFrame):
         raise TypeError(f"history must be a pandas DataFrame, got {type(history).__name__}")
@@ -382,5 +424,26 @@ def live_loss(
         ax.set_ylim(0, limit)
         ax.text(0.99, 0.98, f"axis cut at {limit:.3g}; loss now {float(y[-1]):.3g}", transform=ax.transAxes,
                 ha="right", va="top", fontsize=STYLE["annotation_size"], color=WARNING_COLOR)
-    legend(ax, loc="lower left")
+    handles, labels = ax.get_legend_handles_labels()
+    mx, my = _history_xy(history, "eval_exact_match")
+    if len(mx):
+        right = ax.twinx()
+        right.plot(mx, my, linestyle=":", marker="s", color=EXACT_MATCH_COLOR, markersize=STYLE["marker_size"] - 1,
+                   label="exact match (right)")
+        right.set_ylim(-0.03, 1.03)
+        right.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        right.tick_params(labelsize=STYLE["tick_size"], colors=EXACT_MATCH_COLOR)
+        right.spines["top"].set_visible(False)
+        right.set_ylabel("exact match", fontsize=STYLE["label_size"], color=EXACT_MATCH_COLOR)
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if handles:
+        opts = legend_options()
+        opts.update(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(handles), frameon=False,
+                    borderaxespad=0.2, handlelength=1.6, columnspacing=1.0)
+        ax.legend(handles, labels, **opts)
     return fig
+
+
+#: The live curve's exact match (a language model's score at each evaluation).
+EXACT_MATCH_COLOR = "#6a3d9a"

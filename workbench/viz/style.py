@@ -10,12 +10,19 @@ take their look from this module, so a change here changes all of them.
 
 Colours carry meaning and stay the same in every figure:
 
-* a LoRA run is coloured by its rank along a sequential colormap (``viridis``), with
-  the colour fixed by ``log2(rank)`` on a 1..256 scale, so "r=8" has the same colour
-  whichever other runs share the figure;
-* full fine-tuning and head-only training are fixed reference colours (red, grey);
-* several runs with the same colour (say two r=8 runs with different targets) are told
-  apart by line style or marker shape (``cues``).
+* in the figures that **compare runs** (loss curves, parameters against rank, accuracy
+  against parameters) each run gets a colour of its own from a qualitative palette
+  (``RUN_PALETTE``, matplotlib's ``tab10``), in the order the runs are given, so two
+  runs never share a colour however close their ranks (``run_colors``): the same list
+  of runs gives each run the same colour in every figure of a comparison;
+* where one rank stands for a setting (the lessons' rank sweeps, the live curve) a LoRA
+  run is coloured by its rank along a sequential colormap (``viridis``), with the colour
+  fixed by ``log2(rank)`` on a 1..256 scale, so "r=8" has the same colour whichever
+  other runs share the figure; full fine-tuning and head-only training are fixed
+  reference colours (red, grey);
+* several runs with the same colour (more runs than the palette has colours) are told
+  apart by line style or marker shape (``cues``), and points drawn at the same place
+  are spread sideways a few points apart (``dodge_offsets``) so none hides another.
 
 Empty input never crashes: a function with nothing to draw returns a small figure that
 says so (``message_figure``); ``is_message_figure(fig)`` tells such a figure apart, so
@@ -25,7 +32,8 @@ the notebook panel can show the text or skip the picture as it prefers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import textwrap
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -69,6 +77,10 @@ LORA_CMAP = "viridis"
 LORA_RANK_RANGE: tuple[int, int] = (1, 256)
 #: The part of the colormap used: its bright yellow end is too pale on white.
 LORA_CMAP_SPAN: tuple[float, float] = (0.05, 0.82)
+#: One colour per run in the comparison figures (qualitative: no order implied), in turn.
+RUN_PALETTE: tuple[str, ...] = tuple(to_hex(c) for c in matplotlib.colormaps["tab10"].colors)
+#: Points closer than this (in points, on screen) are drawn apart by ``dodge_offsets``.
+DODGE_POINTS = 9.0
 #: Reference colours for the two non-LoRA methods.
 FULL_COLOR = "#c0392b"  # red: the expensive baseline
 HEAD_COLOR = "#7f7f7f"  # grey: the cheapest baseline
@@ -115,6 +127,53 @@ def run_color(config: RunConfig) -> str:
     if config.method == "head":
         return HEAD_COLOR
     raise ValueError(f"unknown method {config.method!r}; expected 'lora', 'full' or 'head'")
+
+
+def run_colors(results: Sequence[RunResult]) -> list[str]:
+    """One colour per run from ``RUN_PALETTE``, in order (the palette repeats after 10 runs;
+    ``palette_cues`` then gives the repeats another line style or marker)."""
+    return [RUN_PALETTE[i % len(RUN_PALETTE)] for i in range(len(results))]
+
+
+def palette_cues(n: int, choices: Sequence[str]) -> list[str]:
+    """A line style (or marker) per run coloured by ``run_colors``: a new one each time the palette repeats."""
+    return [choices[(i // len(RUN_PALETTE)) % len(choices)] for i in range(n)]
+
+
+def dodge_offsets(points: Sequence[tuple[float, float]], close: Callable[[tuple[float, float], tuple[float, float]],
+                  bool], step: float = DODGE_POINTS) -> list[float]:
+    """Sideways offsets (in points) that spread points drawn at the same place.
+
+    ``close(p, q)`` says whether two points would be drawn on top of each other.  A group
+    of k such points gets offsets (i - (k - 1) / 2) * ``step`` for i = 0 .. k - 1, so
+    the group stays centred on the true value; a point alone gets 0.
+    """
+    groups: list[list[int]] = []
+    for i, p in enumerate(points):
+        home = next((g for g in groups if close(points[g[0]], p)), None)
+        if home is None:
+            groups.append([i])
+        else:
+            home.append(i)
+    out = [0.0] * len(points)
+    for g in groups:
+        for j, i in enumerate(g):
+            out[i] = (j - (len(g) - 1) / 2) * step
+    return out
+
+
+def shifted(ax: Axes, dx_points: float) -> Any:
+    """The data transform of ``ax`` moved ``dx_points`` sideways on screen (for ``dodge_offsets``)."""
+    from matplotlib.transforms import ScaledTranslation
+
+    return ax.transData + ScaledTranslation(dx_points / 72.0, 0.0, ax.get_figure().dpi_scale_trans)
+
+
+def title_with_shared(title: str, shared: str, width: int = 72) -> str:
+    """A figure title, and on the lines below it what every run shown shares (wrapped at ``width``)."""
+    if not shared:
+        return title
+    return title + "\n" + textwrap.fill(shared, width, break_long_words=False)
 
 
 def _color_key(config: RunConfig) -> tuple[str, int]:
@@ -219,6 +278,29 @@ def legend_outside(ax: Axes, labels: Sequence[str], opts: dict[str, Any]) -> Non
     fig.set_size_inches(w + extra, h)
 
 
+def legend_below(ax: Axes, handles: Sequence[Any] | None = None, labels: Sequence[str] | None = None) -> None:
+    """The legend under the axes (never on the data), in one to three columns by label length.
+
+    The figure keeps its width (it is drawn at the width it is shown at) and grows in
+    height by the legend's rows (about 0.19 in a row at the legend's type size), so the
+    plot keeps its size.
+    """
+    if handles is None or labels is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    longest = max(len(t) for t in labels)
+    ncols = 1 if longest > 42 else 2 if longest > 24 or len(labels) < 5 else 3
+    rows = -(-len(labels) // ncols)
+    fig = ax.get_figure()
+    w, h = fig.get_size_inches()
+    fig.set_size_inches(w, h + 0.19 * rows + 0.1)
+    opts = legend_options()
+    opts.update(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=ncols, frameon=False,
+                borderaxespad=0.0, handlelength=2.2, columnspacing=1.4)
+    ax.legend(handles, labels, **opts)
+
+
 def message_figure(text: str, title: str, width: float = FIGSIZE[0]) -> Figure:
     """A short figure that only says why there is nothing to draw (the panel shows it as is)."""
     fig = Figure(figsize=(width, 1.8), layout="constrained", facecolor=STYLE["face_color"])
@@ -251,8 +333,9 @@ def log_count_axis(axis: Any) -> None:
 
 
 __all__ = [
-    "FIGSIZE", "LIVE_FIGSIZE", "STYLE", "LORA_CMAP", "LORA_RANK_RANGE", "LORA_CMAP_SPAN", "FULL_COLOR",
+    "FIGSIZE", "LIVE_FIGSIZE", "STYLE", "RUN_PALETTE", "DODGE_POINTS", "run_colors", "palette_cues",
+    "dodge_offsets", "shifted", "title_with_shared", "LORA_CMAP", "LORA_RANK_RANGE", "LORA_CMAP_SPAN", "FULL_COLOR",
     "HEAD_COLOR", "WARNING_COLOR", "MEMORY_COMPONENTS", "LINESTYLES", "MARKERS", "rank_color", "run_color",
-    "cues", "check_results", "new_figure", "style_axes", "label_axes", "legend_options", "legend",
+    "cues", "check_results", "new_figure", "style_axes", "label_axes", "legend_options", "legend", "legend_below",
     "legend_outside", "message_figure", "is_message_figure", "human_count", "log_count_axis",
 ]

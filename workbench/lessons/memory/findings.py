@@ -68,6 +68,10 @@ class QLoRAWeights:
     quantized: int
     embeddings: int
     bits_per_weight: float
+    lora_peak: int | None = None  # the runs' measured peaks (bytes) and seconds per step, when they have them
+    qlora_peak: int | None = None
+    lora_step_s: float | None = None
+    qlora_step_s: float | None = None
 
     @property
     def saving_pct(self) -> float:
@@ -81,7 +85,33 @@ class QLoRAWeights:
                 f"{100 * self.quantized / self.weights:.0f}% of the model's weights and store each in about "
                 f"{self.bits_per_weight:.3f} bits instead of 32; the rest, mostly the embeddings "
                 f"({100 * self.embeddings / self.weights:.0f}% of the weights), stays in float32. Its gradients and "
-                "optimizer state are LoRA's: the same A, B and head train.")
+                "optimizer state are LoRA's: the same A, B and head train." + self._peak_and_time())
+
+    def _peak_and_time(self) -> str:
+        """The measured peaks and step times, read in the direction they went."""
+        text = ""
+        if self.lora_peak and self.qlora_peak:
+            text += (f" The measured **peaks**: QLoRA {self.qlora_peak / MB:.0f} MB, LoRA {self.lora_peak / MB:.0f} MB. ")
+            if self.qlora_peak > self.lora_peak:
+                extra, copy = self.qlora_peak - self.lora_peak, 4 * self.quantized  # float32 bytes of the quantized weights
+                text += (f"QLoRA's is the higher one, by {extra / MB:.0f} MB, although its weights are smaller. The base "
+                         "is loaded in float32 and then quantized in place (`load_base(..., quantize=\"nf4\")` calls "
+                         "`quantize_model` on the loaded model), so the process's high-water mark holds the float copy "
+                         f"of the quantized layers, {copy / MB:.0f} MB here, before it is freed; ")
+                text += ("that copy accounts for the difference." if extra <= 1.25 * copy else
+                         f"that copy explains at most {copy / MB:.0f} MB of it, and the rest is what only the QLoRA run "
+                         "loads and allocates (the bitsandbytes library and its buffers).")
+                text += " The saving is in the weights bar, not in this CPU process peak."
+            else:
+                text += "QLoRA's is the lower one, as its smaller weights suggest."
+        if self.lora_step_s and self.qlora_step_s:
+            ratio = self.qlora_step_s / self.lora_step_s
+            text += (f" **Time**: a QLoRA step took {self.qlora_step_s:.3f} s against LoRA's {self.lora_step_s:.3f} s "
+                     f"({ratio:.2f}x)" + (": each NF4 weight is dequantized for every matmul, so QLoRA saves memory, "
+                                          "not time." if ratio > 1.1 else
+                                          ": about the same time (within 10%), so QLoRA saved memory, not time."
+                                          if ratio >= 0.9 else "."))
+        return text
 
 
 def qlora_weights(qlora_run: Any, lora_run: Any) -> QLoRAWeights:
@@ -95,7 +125,15 @@ def qlora_weights(qlora_run: Any, lora_run: Any) -> QLoRAWeights:
         quantized=sum(logical_numel(m.weight) for m in model.modules() if is_quantized_layer(m)),
         embeddings=sum(p.numel() for p in model.get_input_embeddings().parameters()),
         bits_per_weight=nf4_bits_per_weight(),
+        lora_peak=lora_run.memory.peak, qlora_peak=qlora_run.memory.peak,
+        lora_step_s=_step_seconds(lora_run), qlora_step_s=_step_seconds(qlora_run),
     )
+
+
+def _step_seconds(run: Any) -> float | None:
+    """A run's median seconds per step (None when it has no timing)."""
+    timing = getattr(run, "timing", None)
+    return None if timing is None else float(timing.seconds_per_step)
 
 
 @dataclass

@@ -75,6 +75,7 @@ from workbench.lessons.planner.shipped import Architecture, architecture, load_c
 from workbench.lessons.planner.tables import (
     FIT_METHODS,
     GPU_SIZES_GB,
+    MIXED_PRECISION_FULL,
     PRECISION_RECIPES,
     Recipe,
     fit_table,
@@ -105,6 +106,7 @@ __all__ = [
     "QLORA_PAPER_65B",
     "GPU_SIZES_GB",
     "FIT_METHODS",
+    "MIXED_PRECISION_FULL",
     "fit_table",
     "fit_figure",
     "QLoRAFindings",

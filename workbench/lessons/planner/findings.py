@@ -36,7 +36,7 @@ class QLoRAFindings:
 
 
 def qlora_findings(qlora: Plan, full: Plan, full_no_checkpointing: Plan, recipe: Plan) -> QLoRAFindings:
-    """The headline in numbers and words: QLoRA's plan (``qlora``: the issue's call; ``recipe``:
+    """The headline in numbers and words: QLoRA's plan (``qlora``: batch 1, 512 tokens, checkpointing; ``recipe``:
     the paper's own LoRA settings) against 16-bit full fine-tuning, with and without gradient
     checkpointing.  Each QLoRA part comes from ``Plan.breakdown``, so the words add up."""
     bq = qlora.breakdown().set_index("component")["bytes"]

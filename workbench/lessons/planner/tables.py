@@ -21,6 +21,7 @@ from workbench.lora.architectures import ARCHITECTURES, KEY, QUERY, VALUE
 from workbench.util.units import GB
 
 __all__ = ["plan_table", "Recipe", "PRECISION_RECIPES", "precision_table", "GPU_SIZES_GB", "FIT_METHODS",
+           "MIXED_PRECISION_FULL", "MASTER_COPY_BYTES",
            "fit_table"]
 
 
@@ -155,6 +156,14 @@ FIT_METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Bytes per trained parameter of mixed precision's float32 master copy of the weights.
+MASTER_COPY_BYTES = 4
+
+#: Standard mixed-precision full fine-tuning for the "will it fit" table: ``FIT_METHODS``'s
+#: "full bf16" (2 + 2 + 8 bytes per parameter) plus a float32 master copy (+ 4): 16 bytes.
+MIXED_PRECISION_FULL: dict[str, Any] = {**FIT_METHODS["full bf16"], "master_copy": True}
+
+
 def fit_table(architectures: Sequence[str], *, methods: Mapping[str, Mapping[str, Any]] | None = None,
               gpus_gb: Sequence[float] = GPU_SIZES_GB, batch_size: int = 1, seq_len: int = 512,
               device: str = "cuda") -> pd.DataFrame:
@@ -168,6 +177,9 @@ def fit_table(architectures: Sequence[str], *, methods: Mapping[str, Mapping[str
     allocator slack, so a row that fits with a small margin is a candidate, not a promise.
     An architecture without an activation formula is refused (its total would be unknown).
     Each batch is ``batch_size`` unpadded sequences of exactly ``seq_len`` tokens.
+    A method's ``master_copy=True`` adds a float32 master copy of the trained weights (4 bytes per
+    trained parameter, in ``gradients + optimizer``): standard mixed precision, 16 bytes per
+    parameter for full fine-tuning with bf16 weights and gradients and float32 Adam moments.
     """
     methods = dict(FIT_METHODS if methods is None else methods)
     if not methods:
@@ -178,16 +190,19 @@ def fit_table(architectures: Sequence[str], *, methods: Mapping[str, Mapping[str
     rows = []
     for arch in architectures:
         for name, kwargs in methods.items():
+            kwargs = dict(kwargs)
+            master = MASTER_COPY_BYTES if kwargs.pop("master_copy", False) else 0
             p = plan(arch, **({"batch_size": batch_size, "seq_len": seq_len, "device": device, "padded": False}
-                              | dict(kwargs)))
+                              | kwargs))
             m = p.chosen
             if not m.activations_known:
                 raise ValueError(f"{arch}: no activation formula, so no total to compare with a GPU ({p.notes})")
             row = {"architecture": p.settings.architecture, "parameters": p.full.total, "method": name,
                    "trainable": m.trainable, "weights (GB)": m.memory.weights / GB,
-                   "gradients + optimizer (GB)": (m.memory.gradients + m.memory.optimizer) / GB,
-                   "activations (GB)": m.memory.activations / GB, "total (GB)": m.memory.total / GB}
+                   "gradients + optimizer (GB)": (m.memory.gradients + m.memory.optimizer + master * m.trainable) / GB,
+                   "activations (GB)": m.memory.activations / GB,
+                   "total (GB)": (m.memory.total + master * m.trainable) / GB}
             for g in gpus:
-                row[f"fits {g:g} GB"] = bool(m.memory.total <= g * GB)
+                row[f"fits {g:g} GB"] = bool(m.memory.total + master * m.trainable <= g * GB)
             rows.append(row)
     return pd.DataFrame(rows)

@@ -163,10 +163,10 @@ class PlantedFindings:
 
 
 #: Why students with more rank than needed can end a little worse (Adam's normalised steps).
-_WHY_MORE = ("Why more: the extra directions are not needed, so their gradients are tiny, but Adam divides each "
-             "parameter's step by the size of its recent gradients, so they still move by about the learning rate per "
-             "step and wander, adding error, until the rate has decayed; a student with more directions has more to "
-             "wander in the same number of steps. ")
+_WHY_MORE = ("Why more? A likely reason, a hypothesis these runs do not measure: the extra directions are not needed, "
+             "so their gradients are tiny, but Adam divides each parameter's step by the size of its recent gradients, "
+             "so they may still move by about the learning rate per step and wander, adding error, until the rate has "
+             "decayed; a student with more directions has more to wander in the same number of steps. ")
 
 
 def findings(sweep: PlantedSweep) -> PlantedFindings:

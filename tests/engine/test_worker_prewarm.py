@@ -1,0 +1,61 @@
+"""``worker.prewarm()``: the fork server starts in the background, and the next run uses it.
+
+No timing is asserted (the machine is shared); what is checked is which process the run's
+worker was forked from, and that warming twice starts one server."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+
+from workbench.engine import worker
+from workbench.engine.config import preset
+from workbench.engine.launch import train
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the worker process is Linux's")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+
+
+def test_prewarm_returns_at_once_and_the_next_run_is_forked_from_its_server():
+    worker.close_fork_server()
+    thread = worker.prewarm()
+    assert isinstance(thread, threading.Thread) and thread.daemon
+    assert thread.is_alive()  # returned while the server still imports torch (seconds): it did not wait
+    # Asked again while it starts: the same thread, not a second server.
+    assert worker.prewarm() in (thread, None)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    server = worker._server
+    assert server is not None and server.usable() and server.busy == 0
+    assert worker.prewarm() is None  # warm already: nothing to do
+
+    parents = []
+
+    def who_runs_me(info):
+        parents.append(_children(server.proc.pid))  # the run's child is the warmed server's child
+
+    result = train(preset("tiny", bf16=False, steps=2, eval_every=0), on_step=who_runs_me, progress=False,
+                   fresh_process=True)
+    assert result.status == "completed"
+    assert worker._server is server and server.proc.poll() is None  # the same server, still up
+    assert len(parents) == 2 and all(len(p) == 1 for p in parents)
+
+
+def test_a_run_asked_for_while_the_server_starts_waits_for_that_server():
+    worker.close_fork_server()
+    thread = worker.prewarm()
+    assert thread is not None
+    result = train(preset("tiny", bf16=False, steps=1, eval_every=0), progress=False, fresh_process=True)
+    thread.join(timeout=120)
+    assert result.status == "completed"
+    assert worker._retired == []  # one server was started, not two
+
+
+def test_prewarm_on_a_platform_without_the_worker_does_nothing(monkeypatch):
+    monkeypatch.setattr(worker.sys, "platform", "darwin")
+    assert worker.prewarm() is None

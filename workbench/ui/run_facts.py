@@ -1,0 +1,91 @@
+"""A run's time and memory as the panel says them: what each number counts, in one place.
+
+The message after a run, the Runs table and the header all say a run's time and memory
+with these functions, so a figure always says what it counts:
+
+* **time**: "36.4 s: 21.3 s training (0.085 s/step), 9.1 s evaluating, 6.0 s loading"
+  (``Timing.total_seconds`` is click to done; its training and evaluation parts are
+  measured apart by the loop, the rest is loading the model and the data);
+* **memory**: the peak *and* the weights ("peak 789.8 MB (own process VmHWM), weights
+  44.1 MB"): a QLoRA run's weights go down while a CPU process's peak goes up, and only
+  the two side by side (with ``QLORA_CPU_WHY``) do not contradict each other.
+"""
+
+from __future__ import annotations
+
+import math
+
+from workbench.engine.config import RunResult, Timing
+from workbench.util.units import format_bytes
+
+# Why a QLoRA run on a CPU shows a higher process peak and slower steps while its weights
+# shrink: said once wherever those numbers stand side by side (the message, the Runs tab).
+QLORA_CPU_WHY = ("On a CPU, bitsandbytes stores the frozen weights in 4 or 8 bits (the weights' MB go down), but "
+                 "the float base is loaded before it is quantized, every step turns the codes back into float "
+                 "weights to multiply with, and its library adds to the process, so the process peak and the step "
+                 "time go up here; on a GPU the saving in weights is what remains.")
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def time_text(timing: Timing | None) -> str:
+    """A run's time, split into what it counts: total, training, evaluating, loading (what is measured)."""
+    if timing is None or not _finite(timing.total_seconds):
+        return ""
+    total = timing.total_seconds
+    parts = []
+    if _finite(timing.train_seconds):
+        per_step = f" ({timing.seconds_per_step:.3f} s/step)" if _finite(timing.seconds_per_step) else ""
+        parts.append(f"{timing.train_seconds:.1f} s training{per_step}")
+    if _finite(timing.eval_seconds):
+        parts.append(f"{timing.eval_seconds:.1f} s evaluating")
+    if len(parts) == 2:
+        parts.append(f"{max(0.0, total - timing.train_seconds - timing.eval_seconds):.1f} s loading")
+    if not parts:  # a record from before the split: the total is all there is
+        per_step = f" ({timing.seconds_per_step:.3f} s/step)" if _finite(timing.seconds_per_step) else ""
+        return f"{total:.1f} s from start to end{per_step}"
+    return f"{total:.1f} s: " + ", ".join(parts)
+
+
+def time_cell(timing: Timing | None) -> str:
+    """The Runs table's short form: "36.4 s (9.1 eval)"; "–" when not measured."""
+    if timing is None or not _finite(timing.total_seconds):
+        return "–"
+    if _finite(timing.eval_seconds):
+        return f"{timing.total_seconds:.1f} s ({timing.eval_seconds:.1f} eval)"
+    return f"{timing.total_seconds:.1f} s"
+
+
+def weights_bytes(result: RunResult) -> float | None:
+    """The bytes of the model's weights as the run measured them (a quantized base's codes + constants)."""
+    memory = result.memory
+    weights = getattr(memory, "weights", None) if memory is not None else None
+    return float(weights) if _finite(weights) else None
+
+
+def memory_text(result: RunResult) -> str:
+    """The peak and the weights side by side: "peak 789.8 MB (own process VmHWM), weights 44.1 MB (NF4 base)"."""
+    memory = result.memory
+    if memory is None:
+        return ""
+    parts = []
+    peak = getattr(memory, "peak", None)
+    if _finite(peak):
+        kind = getattr(memory, "peak_kind", "") or ""
+        parts.append(f"peak {format_bytes(peak)}" + (f" ({kind})" if kind else ""))
+    weights = weights_bytes(result)
+    if weights is not None:
+        base = f" ({result.config.quantize.upper()} base)" if result.config.quantize else ""
+        parts.append(f"weights {format_bytes(weights)}{base}")
+    return ", ".join(parts)
+
+
+def qlora_why(result: RunResult) -> str:
+    """``QLORA_CPU_WHY`` for a quantized run trained on a CPU, else ""."""
+    device = str(result.environment.get("device", "")) if result.environment else ""
+    return QLORA_CPU_WHY if result.config.quantize and device.startswith("cpu") else ""
+
+
+__all__ = ["QLORA_CPU_WHY", "memory_text", "qlora_why", "time_cell", "time_text", "weights_bytes"]
