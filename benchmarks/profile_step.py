@@ -12,7 +12,8 @@ batches, optimizer) and compares, in one process, interleaved in rounds of 5 ste
 * **before**: the LoRA forward as it was (B's matmul, the scaling and the sum as three
   kernels; ``old_lora_forward`` below) and a decoder's training forward that builds a
   key/value cache it never reads;
-* **after**: the engine as it is (one ``addmm`` for the update; ``use_cache=False``).
+* **after**: the engine as it is (``use_cache=False``; the LoRA forward stays the plain formula, see
+  ``docs/benchmarks.md`` on the fused ``addmm`` that was measured and taken back out).
 
 It prints the machine (CPU model and flags, torch threads, load), the median step time each
 way, the operator calls per step, the top operations by self CPU time each way, and an

@@ -109,8 +109,8 @@ def test_lora_under_autocast_equals_the_explicit_bf16_computation():
     bf = torch.bfloat16
     base = nn.functional.linear(x.to(bf), layer.base_layer.weight.to(bf), layer.base_layer.bias.to(bf))
     a = x.to(bf) @ layer.lora_A.weight.to(bf).T  # A x, in bf16 (the first LoRA matmul's output)
-    # The update's product, scaling and sum are one addmm (issue 20): computed from the same bf16
-    # inputs and rounded to bf16 once, so within one bf16 rounding (2^-8) of the sum taken in fp32.
+    # Computed from the same bf16 inputs, so within one bf16 rounding (2^-8) of the sum taken in fp32
+    # (bit equality would tie the test to one order of the product, scaling and sum).
     exact = base.float() + layer.scaling * (a.float() @ layer.lora_B.weight.to(bf).float().T)
     assert y.dtype == bf
     torch.testing.assert_close(y.float(), exact, rtol=2**-8, atol=2**-8 * float(exact.abs().max()))

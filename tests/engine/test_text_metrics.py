@@ -36,7 +36,7 @@ def test_chrf_is_100_for_the_reference_0_for_no_shared_character_and_in_between_
 @pytest.mark.parametrize("args, error, message", [
     ((["a"], ["a", "b"]), ValueError, "1 predictions but 2 references"),
     (([], []), ValueError, "chrF of no predictions is undefined"),
-    (("a", ["a"]), TypeError, "chrf takes lists of strings"),
+    (("a", ["a"]), TypeError, "chrF takes lists of strings"),
 ])
 def test_chrf_errors(args, error, message):
     with pytest.raises(error, match=message):

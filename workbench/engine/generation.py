@@ -235,15 +235,21 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
     Case and inner spaces count ("Paris" is not "paris"): the bundled task has one exact
     answer per prompt.
     """
+    predictions, references = answer_pairs("exact_match", predictions, references)
+    hits = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references))
+    return hits / len(predictions)
+
+
+def answer_pairs(metric: str, predictions: Sequence[str], references: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The checks every answer metric makes first: two lists of strings that pair up one to one."""
     if isinstance(predictions, str) or isinstance(references, str):
-        raise TypeError("exact_match takes lists of strings (predictions, references), not a single string")
+        raise TypeError(f"{metric} takes lists of strings (predictions, references), not a single string")
     predictions, references = list(predictions), list(references)
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references; they pair up one to one")
     if not predictions:
-        raise ValueError("exact_match of no predictions is undefined: give at least one pair")
+        raise ValueError(f"{metric} of no predictions is undefined: give at least one pair")
     bad = [i for i, (p, r) in enumerate(zip(predictions, references)) if not isinstance(p, str) or not isinstance(r, str)]
     if bad:
         raise TypeError(f"predictions and references must be strings; pair {bad[0]} is not")
-    hits = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references))
-    return hits / len(predictions)
+    return predictions, references

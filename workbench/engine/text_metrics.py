@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from workbench.engine.generation import exact_match, generate, normalize_answer
+from workbench.engine.generation import answer_pairs, exact_match, generate, normalize_answer
 from workbench.engine.sft import PromptDataset
 from workbench.util.checks import check_integer, check_positive_int
 
@@ -48,13 +48,7 @@ def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
         from sacrebleu.metrics import CHRF
     except ImportError as e:
         raise ImportError("chrF needs sacrebleu: pip install 'lora-workbench[eval]' (or 'sacrebleu')") from e
-    if isinstance(predictions, str) or isinstance(references, str):
-        raise TypeError("chrf takes lists of strings (predictions, references), not a single string")
-    predictions, references = list(predictions), list(references)
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references; they pair up one to one")
-    if not predictions:
-        raise ValueError("chrF of no predictions is undefined: give at least one pair")
+    predictions, references = answer_pairs("chrF", predictions, references)
     hyps = [normalize_answer(p) for p in predictions]
     refs = [normalize_answer(r) for r in references]
     return float(CHRF().corpus_score(hyps, [refs]).score)

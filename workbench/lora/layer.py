@@ -123,13 +123,10 @@ class LoRALayer(nn.Module):
             return result
         if self.variant is not None:  # DoRA computes y its own way
             return self.variant.forward(self, x, result)
-        a = self.lora_A(self.lora_input(x))  # A dropout(x): r numbers per token
-        if a.dtype != result.dtype:  # QLoRA without autocast: fp32 A and B (float_dtype) on a bf16 base
-            return result + (self.lora_B(a) * self.scaling).to(result.dtype)  # cast back, as PEFT does
-        # result + s * B a in one addmm: product, scaling and sum in one kernel instead of three
-        flat = torch.addmm(result.reshape(-1, result.shape[-1]), a.reshape(-1, a.shape[-1]), self.lora_B.weight.T,
-                           alpha=self.scaling)
-        return flat.view_as(result)
+        update = self.lora_B(self.lora_A(self.lora_input(x))) * self.scaling
+        # In the base output's dtype: on a bf16 model with a quantized base (QLoRA) A and B are fp32
+        # (float_dtype), and an fp32 update would turn the hidden state fp32 (PEFT casts back too).
+        return result + update.to(result.dtype)
 
     def lora_input(self, x: torch.Tensor) -> torch.Tensor:
         """dropout(x), in the adapter's dtype.  Under autocast the matmuls pick their own
