@@ -102,23 +102,14 @@ def yaml_value(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
+#: YAML's words for the Python types it reads (bool before int: a bool is an int to Python).
+_YAML_KINDS = ((type(None), "null"), (bool, "a boolean"), (int, "an integer"), (float, "a number"),
+               (str, "a string"), (list, "a list"), (dict, "a mapping"))
+
+
 def _yaml_kind(value: Any) -> str:
     """What a value read from YAML is, in YAML's words."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
+    return next((word for kind, word in _YAML_KINDS if isinstance(value, kind)), type(value).__name__)
 
 
 # --------------------------------------------------------------------------- types
