@@ -34,7 +34,7 @@ ROOTFLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 # The server's root is the checkout (README, data, notebooks) and the URL it prints opens the workbench itself.
 lab: $(LAB_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --port=$(PORT) $(ROOTFLAG) \
-	  --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/workbench.ipynb
+	  --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/workbench.ipynb --config=workbench/ui/lab_config.py
 
 app: $(LAB_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/voila notebooks/workbench.ipynb --Voila.ip=127.0.0.1 --port=$(PORT)
@@ -52,10 +52,12 @@ check: $(ALL_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not browser" tests
 
 # The workshop room (docs/workshop-room.md): JupyterHub on 127.0.0.1:8000 from deploy/jupyterhub_config.py,
-# the room's run queue on a Ray head started here, the proxy from npm. When the hub stops, `ray stop` stops
-# every Ray process of this user on the machine: run the hub on a machine (or user) of its own.
+# the room's run queue on a Ray head started here (stopped with the hub; its log in deploy/state/ray-head.log),
+# the proxy from npm.
 #   WORKBENCH_WORKSHOP_CODE=<code> make hub      (WORKBENCH_INSTRUCTOR=<name>, HUB_CPUS=<runs at once>)
 HUB_CPUS  ?= $(shell nproc)
+# The head through workbench/room/ray_head.py: every agent port fixed (6380-6383), so its raylet does not wait
+# its fixed 15 s for the dashboard agent, which a busy machine misses (ray-project/ray#65983).
 CHP       := deploy/node_modules/.bin/configurable-http-proxy
 ROOM_STAMP := $(VENV)/.installed-room
 
@@ -68,7 +70,10 @@ $(CHP):
 
 hub: $(ROOM_STAMP) $(CHP)
 	@test -n "$$WORKBENCH_WORKSHOP_CODE" || { echo "set the workshop code: WORKBENCH_WORKSHOP_CODE=<code> make hub"; exit 2; }
-	$(BIN)/ray start --head --port=6379 --num-cpus=$(HUB_CPUS) --include-dashboard=false --disable-usage-stats >/dev/null
-	trap '$(BIN)/ray stop >/dev/null' EXIT INT TERM; \
-	  WORKBENCH_RAY_ADDRESS=127.0.0.1:6379 HF_HUB_OFFLINE=1 PATH="$(CURDIR)/$(BIN):$$PATH" \
+	mkdir -p $${WORKBENCH_HUB_STATE:-deploy/state}
+	$(BIN)/python -m workbench.room.ray_head --port 6379 --cpus 1 --agent-ports 6380 \
+	  >$${WORKBENCH_HUB_STATE:-deploy/state}/ray-head.log 2>&1 & \
+	  trap "kill $$! 2>/dev/null" EXIT INT TERM; \
+	  WORKBENCH_RAY_ADDRESS=127.0.0.1:6379 WORKBENCH_ROOM_LIMIT=$(HUB_CPUS) HF_HUB_OFFLINE=1 \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" \
 	  $(BIN)/jupyterhub -f deploy/jupyterhub_config.py

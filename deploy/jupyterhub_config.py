@@ -72,6 +72,17 @@ c.Spawner.environment = {
     "HF_HUB_OFFLINE": "1",
     "PYTHONPATH": str(CHECKOUT),
 }
+# Passed on when set: the runs at once (the queue's limit), the lease of a running turn (s; a stopped
+# server's slot is freed after it), the panel's model, and JupyterLab's settings (e.g. no news pop-up).
+for _var in ("WORKBENCH_ROOM_LIMIT", "WORKBENCH_ROOM_LEASE_S", "WORKBENCH_MODEL", "JUPYTERLAB_SETTINGS_DIR",
+             "RAY_AUTH_MODE"):
+    if os.environ.get(_var):
+        c.Spawner.environment[_var] = os.environ[_var]
+# Ray's head checks a token (Ray 2.60 does by default): the kernels, whose HOME is their own folder, are pointed at the
+# token the head was started with (the hub's user's ~/.ray/auth_token, unless RAY_AUTH_TOKEN_PATH says where).
+_token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+if _token.is_file():
+    c.Spawner.environment["RAY_AUTH_TOKEN_PATH"] = str(_token)
 
 
 def _land(spawner):

@@ -43,10 +43,14 @@ QUICK = dict(steps=3, eval_every=3, batch_size=4, max_train_examples=24, max_eva
              max_generate_examples=4, max_new_tokens=6)
 
 
+# Every linear layer of a Llama/Qwen2 block: the presets adapt every role (notebook 09, section 1).
+LLAMA_LINEARS = tuple(f"self_attn.{n}_proj" for n in "qkvo") + tuple(f"mlp.{n}_proj" for n in ("gate", "up", "down"))
+
+
 @pytest.mark.parametrize("name, kind, expected", [
-    ("smollm2", "llama", ("self_attn.q_proj", "self_attn.v_proj")),
-    ("qwen2.5", "qwen2", ("self_attn.q_proj", "self_attn.v_proj")),
-    ("gpt2", "gpt2", ("attn.c_attn",)),
+    ("smollm2", "llama", LLAMA_LINEARS),
+    ("qwen2.5", "qwen2", LLAMA_LINEARS),
+    ("gpt2", "gpt2", ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")),
 ])
 def test_named_model_presets_adapt_the_architecture_s_layers(tmp_path, story_tokenizer, name, kind, expected):
     folder = _tiny_folder(kind, story_tokenizer, tmp_path / kind)

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from workbench.engine.config import RunResult, Timing, preset
 from workbench.lessons.forgetting import (
-    COLUMNS, BasePoint, findings, forgetting_figure, grid_configs, grid_table, label, measure_base, point, summarize,
+    COLUMNS, BasePoint, findings, forgetting_figure, frozen_gap, grid_configs, grid_table, label, measure_base, point,
+    summarize, train_lora_also,
 )
 from workbench.lora.params import ParamCounts
 
@@ -281,3 +282,77 @@ def test_frozen_by_lora_counts_every_parameter_once_by_hand():
     assert t.loc[emb, "parameters"] == vocab * h
     assert t["share (%)"].sum() == pytest.approx(100)
     assert list(t["trained by LoRA"]).count("low-rank update") == 1
+
+
+# --------------------------------------------------------------------------- what LoRA leaves frozen, trained too
+
+
+@pytest.mark.slow  # the bundled story-lm, two steps (seconds)
+def test_train_lora_also_trains_the_named_parts_and_nothing_else_frozen():
+    """Two steps of the bundled story-lm: with the tied embeddings trainable beside LoRA, the embedding
+    (= output layer) moves, the norms and the blocks' base weights do not, and the row counts the extra
+    parameters by hand."""
+    from workbench.engine.models import load_base
+    from workbench.lora.layer import LoRALayer
+
+    cfg = preset("generate", steps=2, max_train_examples=32, max_eval_examples=8, max_generate_examples=2,
+                 max_new_tokens=4, bf16=False).with_changes(rank=2, alpha=4)
+    row = train_lora_also(cfg, ("embeddings",), keep_model=True)
+    fresh, _ = load_base("story-lm", task="causal-lm")
+    model = row.pop("model")
+    emb = fresh.get_input_embeddings().weight
+    assert row["extra trainable"] == emb.numel()  # tied: the output layer is the same tensor, counted once
+    assert not torch.equal(model.get_input_embeddings().weight, emb)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    norms = {n: p for n, p in fresh.named_parameters() if "norm" in n}
+    trained = dict(model.named_parameters())
+    assert norms and all(torch.equal(trained[n], p) for n, p in norms.items())
+    layers = [m for m in model.modules() if isinstance(m, LoRALayer)]
+    assert layers and all(torch.equal(m.base_layer.weight, fresh.get_submodule(n).weight)
+                          for n, m in model.named_modules() if isinstance(m, LoRALayer))
+    assert set(row) >= {"exact_match", "completion_loss", "heldout_loss", "also trained"}
+    assert row["also trained"] == "embeddings" and math.isfinite(row["completion_loss"])
+
+
+@pytest.mark.parametrize("parts", [(), ("head",), ("norms", "bias")])
+def test_train_lora_also_names_the_parts_it_takes(parts):
+    with pytest.raises(ValueError, match="norms"):
+        train_lora_also(preset("generate"), parts)
+
+
+def test_train_lora_also_refuses_full_fine_tuning():
+    with pytest.raises(ValueError, match="method='lora'"):
+        train_lora_also(preset("generate", method="full"))
+
+
+def test_frozen_gap_reads_the_share_of_the_gap_each_run_closed():
+    table = hand_table()  # LoRA r=8 seed 0: completion 0.30; full 3e-4 seed 0: 0.10 (the lowest lr)
+    also = [dict(method="lora", rank=8, lr=3e-3, seed=0, exact_match=1.0, completion_loss=0.25, heldout_loss=2.6,
+                 **{"also trained": "norms", "extra trainable": 10}),
+            dict(method="lora", rank=8, lr=3e-3, seed=0, exact_match=1.0, completion_loss=0.12, heldout_loss=3.0,
+                 **{"also trained": "norms + embeddings", "extra trainable": 500})]
+    gap = frozen_gap(table, also)
+    assert gap.gap == pytest.approx(0.20)
+    assert gap.closed == pytest.approx({"norms": 0.25, "norms + embeddings": 0.90})  # 0.05 / 0.2, 0.18 / 0.2
+    text = gap.markdown()
+    assert "trainable too it closed 25% of it" in text and "closed 90% of it" in text
+    assert "most of the gap comes from what LoRA leaves frozen (training the norms + embeddings too)" in text
+    assert "all of it and more" in frozen_gap(table, [dict(also[1], completion_loss=0.05)]).markdown()
+    t = gap.table()
+    assert list(t.index) == ["LoRA r=8 (the grid's run)", "LoRA r=8 + norms", "LoRA r=8 + norms + embeddings",
+                             "full FT lr 0.0003 (the grid's run)"]
+    assert list(t["completion_loss"]) == [0.30, 0.25, 0.12, 0.10]
+    small = frozen_gap(table, also[:1])
+    assert "most of it remains" in small.markdown()
+    with pytest.raises(ValueError, match="no LoRA r=4"):
+        frozen_gap(table, [dict(also[0], rank=4)])
+
+
+def test_figure_draws_extra_runs_beside_the_grid():
+    table = hand_table()
+    base = BasePoint(exact_match=0.0, completion_loss=6.0, heldout_loss=1.0, answers=[])
+    extra = {"exercise 2": {"rank": 8, "exact_match": 0.7, "completion_loss": 0.5, "heldout_loss": 1.8}}
+    left, right = forgetting_figure(table, base, extra=extra).axes
+    assert "exercise 2" in left.get_legend_handles_labels()[1]
+    for ax, y in ((left, 0.7), (right, 0.5)):
+        assert (1.8, y) in [tuple(xy) for coll in ax.collections for xy in coll.get_offsets()]

@@ -32,6 +32,7 @@ from workbench.lessons.memory import (
     run_table,
     savings_table,
 )
+from workbench.lessons.memory.resident import Resident, resident_before_training
 from workbench.util.units import MB
 
 METHODS = {"lora": dict(method="lora"), "qlora": dict(method="lora", quantize="nf4"), "full": dict(method="full"),
@@ -108,7 +109,7 @@ def test_the_run_claims_and_their_paragraphs(prepared):
     assert 0 < q.quantized < q.weights and q.embeddings > (q.weights - q.quantized) / 2
     text = q.markdown()
     assert f"**{q.qlora_bytes / MB:.2f} MB**" in text and f"{q.saving_pct:.0f}% less" in text and "4.127 bits" in text
-    assert "The measured **peaks**: QLoRA 380 MB, LoRA 400 MB. QLoRA's is the lower one" in text  # fake peaks
+    assert "QLoRA 380 MB, LoRA 400 MB. QLoRA's is the lower one" in text  # fake peaks
     assert "**Time**" not in text  # the fake runs have no timing
     higher = qlora_weights(SimpleNamespace(**{**vars(runs["qlora"]), "memory": replace(runs["qlora"].memory, peak=621 * MB),
                                               "timing": SimpleNamespace(seconds_per_step=0.30)}),
@@ -116,15 +117,34 @@ def test_the_run_claims_and_their_paragraphs(prepared):
                                               "timing": SimpleNamespace(seconds_per_step=0.20)}))
     text = higher.markdown()
     assert "QLoRA 621 MB, LoRA 559 MB. QLoRA's is the higher one, by 62 MB, although its weights are smaller" in text
-    copy = 4 * higher.quantized / MB  # the tiny model's quantized layers are small: the copy cannot explain 62 MB
-    assert f"the float copy of the quantized layers, {copy:.0f} MB here" in text
-    assert f"that copy explains at most {copy:.0f} MB of it" in text
-    assert "that copy accounts for the difference" in replace(higher, quantized=int(20 * MB)).markdown()
+    assert "the float copy of the base that loading makes before it quantizes is not in it" in text
+    assert "fresh process" not in text  # no set-up measured: no split
+    split = replace(higher, lora_start=Resident(300 * MB, 500 * MB, 559 * MB, False),
+                    qlora_start=Resident(300 * MB, 540 * MB, 621 * MB, True))
+    text = split.markdown()  # before training 540 vs 500 (+40), added by training 81 vs 59 (+22)
+    assert "QLoRA's process held 540 MB against LoRA's 500 MB (+40 MB: the bitsandbytes library" in text
+    assert "training added 81 MB to QLoRA's against 59 MB to LoRA's (+22 MB; every step turns" in text
+    assert "(-10 MB)" in replace(split, qlora_start=Resident(300 * MB, 490 * MB, 600 * MB, True)).markdown()
+    assert Resident(1, 5, 9, False).training_added == 4
     assert "a QLoRA step took 0.300 s against LoRA's 0.200 s (1.50x): each NF4 weight is dequantized" in text
     assert "saves memory, not time" in text
     a = agreement(table)
     assert a.activation_error_pct == 0 and "largest error 0.000%" in a.markdown(max_length=32)
     assert "`max_length` = 32" in a.markdown(max_length=32)
+
+
+@pytest.mark.slow  # two fresh processes import torch and transformers (about 10 s each)
+def test_resident_before_training_measures_a_fresh_set_up():
+    """tiny-bert set up in a fresh process: the set-up adds memory, and only the NF4 run loads bitsandbytes."""
+    from workbench.engine.config import preset
+
+    plain = resident_before_training(preset("tiny", model="tiny-bert", steps=1))
+    assert plain.after_imports > 50 * MB and plain.before_training >= plain.after_imports and not plain.loaded_bitsandbytes
+    nf4 = resident_before_training(preset("tiny", model="tiny-bert", steps=1, quantize="nf4"))
+    assert nf4.loaded_bitsandbytes and nf4.setup == nf4.before_training - nf4.after_imports
+    assert plain.training_peak >= plain.before_training and nf4.training_added >= 0  # the mark is reset, then grows
+    with pytest.raises(TypeError, match="RunConfig"):
+        resident_before_training({"model": "tiny-bert"})
 
 
 def test_a_claim_the_data_contradicts_is_listed(prepared):

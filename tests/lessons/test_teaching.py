@@ -167,3 +167,9 @@ def test_early_updates_are_the_first_steps_wb_train_takes():
         tg.early_updates(configs[2:], steps=2)
     with pytest.raises(ValueError, match="steps"):
         tg.early_updates(configs, steps=0)
+
+
+def test_stopwatch_text_rounds_before_it_splits_minutes():
+    sw = tg.Stopwatch()
+    sw.start -= 119.7  # 1 min 59.7 s: whole seconds first, so not '1 min 60 s'
+    assert sw.text() == "2 min 0 s"

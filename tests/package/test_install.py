@@ -216,3 +216,28 @@ def test_api_from_another_folder_twice(installed):
     """)
     out = _run([str(installed["python"]), "-c", script], cwd=installed["work"])
     assert out.stdout.strip().splitlines()[-1] == "ok"
+
+
+@pytest.mark.slow  # builds and installs a wheel (shared with the tests above)
+def test_the_panel_trains_on_the_light_install(installed):
+    """The attendee's light install: the wheel with its core dependencies only, no extra (this module's
+    ``installed`` venv: plain ``pip install <wheel>``), so none of the test, benchmark or cluster
+    packages is there.  The panel imports and trains a run in it."""
+    script = textwrap.dedent("""
+        import importlib.util, tempfile
+        absent = ("ray", "playwright", "pyarrow", "trl", "pytest", "nbmake", "papermill", "datasets", "mlflow", "optuna")
+        present = [m for m in absent if importlib.util.find_spec(m) is not None]
+        assert not present, present
+        from workbench.ui.panel import Workbench
+        d = tempfile.mkdtemp()
+        p = Workbench(model="tiny-bert", preset="tiny", runs_dir=d + "/runs", reports_dir=d + "/reports",
+                      background=False)
+        p.state.update(steps=2)
+        p.train_button.click()
+        run = p.state.last_result
+        assert run is not None and run.status == "completed", p.message_text
+        assert len(p.runs_frame) == 1 and "took" in p.message_text, p.message_text
+        print("ok")
+    """)
+    out = _run([str(installed["python"]), "-c", script], cwd=installed["work"])
+    assert out.stdout.strip().splitlines()[-1] == "ok"

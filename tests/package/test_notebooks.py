@@ -6,7 +6,9 @@ in the repository.  ``self_test=True`` makes each lesson notebook assert what it
 states (its exercises run too).  Claims that hold only for the defaults (the bundled
 MiniLM, 150 steps) are asserted under ``preset == "default"``: the opt-in test
 ``test_lesson_notebook_claims_at_defaults`` (``WORKBENCH_NOTEBOOKS_AT_DEFAULTS=1``, tens of
-minutes on 2 cores) runs the lesson notebooks at their defaults to check them.
+minutes on 2 cores) runs the lesson notebooks at their defaults to check them; with
+``WORKBENCH_NOTEBOOK_TIMES=<file.json>`` it also records each notebook's printed run time there
+(``workbench.lessons.run_times`` turns the records into docs/workshop.md's table).
 """
 
 from __future__ import annotations
@@ -90,6 +92,21 @@ def test_every_lesson_has_a_goal_takeaways_and_exercises():
         assert "self_test" in code and "ran in {clock.text()}" in code, f"{path.name}: no self-test or measured run time"
 
 
+def test_lesson_text_has_no_escape_accidents_and_no_tracker_words():
+    """A LaTeX command written in a Python string without r'' loses its backslash (``\\top`` becomes a tab,
+    ``\\frac`` a form feed): the formula renders broken.  And teaching text speaks of the lesson, not of
+    the project's tracker."""
+    import nbformat
+
+    for path in NOTEBOOKS:
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type != "markdown":
+                continue
+            bad = sorted({repr(ch) for ch in cell.source if ord(ch) < 32 and ch != "\n"})
+            assert not bad, f"{path.name} cell {i}: control characters {bad} (a lost backslash?)"
+            assert not re.search(r"\bissues?\b|\bthe issue's\b", cell.source, re.I), f"{path.name} cell {i}: tracker words"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("WORKBENCH_NOTEBOOKS_AT_DEFAULTS") != "1",
                     reason="opt-in: tens of minutes on 2 cores (set WORKBENCH_NOTEBOOKS_AT_DEFAULTS=1)")
@@ -99,9 +116,12 @@ def test_lesson_notebook_claims_at_defaults(path, tmp_path, monkeypatch):
     import nbformat
     import papermill
 
+    from workbench.lessons import run_times
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
     out = tmp_path / path.name
+    load_before = run_times.load_average()
     papermill.execute_notebook(
         str(path), str(out), cwd=str(path.parent), kernel_name="python3", progress_bar=False,
         parameters={"runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports"), "self_test": True},
@@ -109,6 +129,11 @@ def test_lesson_notebook_claims_at_defaults(path, tmp_path, monkeypatch):
     executed = nbformat.read(out, as_version=4)
     assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert any("self-test passed" in o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    if os.environ.get("WORKBENCH_NOTEBOOK_TIMES"):  # docs/workshop.md's run-time table is made from these records
+        import datetime
+
+        run_times.record(os.environ["WORKBENCH_NOTEBOOK_TIMES"], path.stem, executed, load_before,
+                         run_times.load_average(), datetime.date.today().isoformat())
 
 
 @pytest.mark.slow

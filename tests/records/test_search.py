@@ -71,6 +71,18 @@ def test_a_budget_of_steps_caps_the_trials(tmp_path):
     assert [len(r.history) for r in result.results] == [2, 1] and result.steps_used == 3
 
 
+def test_the_default_pruner_judges_a_trial_from_its_second_evaluation(monkeypatch):
+    made = []
+    create = optuna.create_study
+    monkeypatch.setattr(optuna, "create_study", lambda **kw: made.append(kw["pruner"]) or create(**kw))
+    search(wb.preset("tiny", steps=2, eval_every=1), {"rank": [1]}, trials=1, metric="eval_loss", runs_dir=None,
+           fresh_process=False)
+    search(wb.preset("tiny", steps=2, eval_every=0), {"rank": [1]}, trials=1, metric="eval_loss", runs_dir=None,
+           fresh_process=False, min_evals=3)
+    assert [type(p).__name__ for p in made] == ["MedianPruner", "MedianPruner"]
+    assert [(p._n_warmup_steps, p._n_startup_trials) for p in made] == [(2, 2), (2, 2)]
+
+
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(space={"rnak": [1]}), ValueError, "space: 'rnak' is not a setting; the settings are: "),
     (dict(space={"rank": [0, 2]}), ValueError, "rank must be a positive integer, got 0"),
@@ -81,6 +93,7 @@ def test_a_budget_of_steps_caps_the_trials(tmp_path):
      "eval_exact_match is measured on a language model's runs (task 'causal-lm')"),
     (dict(space={"rank": [2]}, budget_steps=3), ValueError, "budget_steps 3 is less than one trial's 4 steps"),
     (dict(space={"rank": [2]}, trials=0), ValueError, "trials must be a positive integer, got 0"),
+    (dict(space={"rank": [2]}, min_evals=0), ValueError, "min_evals must be a positive integer, got 0"),
 ])
 def test_bad_searches_are_refused_before_any_run(tmp_path, kwargs, error, message):
     kwargs = {"metric": "eval_accuracy"} | kwargs
@@ -130,3 +143,16 @@ def test_search_command_value_errors(capsys, tmp_path):
                  "--runs-dir", str(tmp_path / "runs")])
     assert code == 2 and "error: rank must be a positive integer, got 0" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_first_trial_is_the_configs_own_settings_where_they_lie_in_the_space(tmp_path):
+    cfg = wb.preset("tiny", **CFG).with_changes(lr=3e-3)
+    rank = cfg.lora.rank
+    result = search(cfg, {"rank": [rank, rank + 1], "lr": wb.loguniform(1e-4, 1e-2), "alpha": [1.0, 2.0]}, trials=1,
+                    metric="eval_accuracy", runs_dir=tmp_path / "runs", fresh_process=False)
+    first = result.params[0]
+    assert first["rank"] == rank and first["lr"] == 3e-3  # cfg's own: inside the space
+    assert first["alpha"] in (1.0, 2.0) and cfg.lora.alpha not in (1.0, 2.0)  # outside it: sampled
+    off = search(cfg, {"lr": wb.loguniform(1e-4, 1e-2)}, trials=1, metric="eval_accuracy", seed=1,
+                 runs_dir=tmp_path / "runs2", fresh_process=False, start_at_config=False)
+    assert off.params[0]["lr"] != 3e-3

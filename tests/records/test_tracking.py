@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 import workbench as wb  # noqa: E402
 from workbench.engine.config import preset  # noqa: E402
+from workbench.engine.sweep import sweep_configs  # noqa: E402
 from workbench.records.tracking import DEFAULT_EXPERIMENT, TrackerWarning, flat_params, tracker_for  # noqa: E402
 from workbench.ui.cli import build_parser, track_from_args  # noqa: E402
 
@@ -63,7 +64,7 @@ def check_read_back(uri: str, result) -> None:
     run = client.get_run(info["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params == flat_params(result.config)
-    assert run.data.params["lora.rank"] == "8" and run.data.params["steps"] == "3"
+    assert run.data.params["lora.rank"] == str(result.config.lora.rank) and run.data.params["steps"] == "3"
     assert run.data.tags["workbench.run_id"] == result.run_id
     assert run.data.tags["workbench.status"] == "completed"
     history = [(m.step, m.value) for m in client.get_metric_history(info["run_id"], "train_loss")]
@@ -79,9 +80,11 @@ def check_read_back(uri: str, result) -> None:
     assert stored["environment"]["tracker"] == info  # the run store says where the run went
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """``mlflow server`` with an SQLite backend on a free port of 127.0.0.1, stopped after the test."""
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` with an SQLite backend on a free port of 127.0.0.1, stopped after this module's tests
+    (one server for them all: it takes tens of seconds to start)."""
+    tmp_path = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(
@@ -117,6 +120,35 @@ def test_a_run_is_read_back_from_a_real_tracking_server(tmp_path, mlflow_server)
     result = tracked_run(tmp_path, mlflow_server)  # MLFLOW_TRACKING_URI set: tracked without asking
     assert result.status == "completed", result.message
     check_read_back(mlflow_server, result)
+
+
+def tracked_sweep(tmp_path: Path, uri: str, track: str | None = None):
+    """A sweep of two tiny runs (ranks 1 and 2) with MLFLOW_TRACKING_URI set."""
+    configs = sweep_configs(preset("tiny", **CFG), ranks=(1, 2), with_full=False, with_head=False)
+    return _with_env(uri, lambda: wb.run_sweep(configs, runs_dir=tmp_path / "runs", progress=False,
+                                               fresh_process=False, track=track))
+
+
+def check_sweep_read_back(uri: str, results) -> None:
+    """Each run of the sweep is an MLflow run of its own, with its own settings and curve."""
+    assert [r.status for r in results] == ["completed", "completed"]
+    for result in results:
+        check_read_back(uri, result)
+    ids = [r.environment["tracker"]["run_id"] for r in results]
+    assert len(set(ids)) == 2
+    ranks = [MlflowClient(uri).get_run(i).data.params["lora.rank"] for i in ids]
+    assert ranks == ["1", "2"]
+
+
+@pytest.mark.slow
+def test_a_sweep_is_read_back_from_a_real_tracking_server(tmp_path, mlflow_server):
+    check_sweep_read_back(mlflow_server, tracked_sweep(tmp_path, mlflow_server))
+
+
+def test_a_sweep_logs_each_run_to_a_file_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    check_sweep_read_back(uri, tracked_sweep(tmp_path, uri, track="mlflow"))
 
 
 def test_a_run_is_read_back_from_a_file_store(tmp_path, monkeypatch):

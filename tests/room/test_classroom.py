@@ -61,6 +61,17 @@ def test_loss_curves_one_line_per_run_coloured_by_attendee(room):
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["ada", "bob", "cy", "rank 2", "rank 8"]
 
 
+def test_the_rooms_runs_one_row_each_with_the_attendees_name(room):
+    table = room.store.runs("teacher")
+    runs = classroom.room_runs(table)
+    assert sorted(zip(runs["attendee"], runs["rank"])) == [("ada", 2), ("ada", 8), ("bob", 2), ("bob", 8), ("cy", 2)]
+    assert set(runs["run_id"]) == set(table["run_id"]) and (runs["status"] == "completed").all()
+    by_id = table.set_index("run_id")
+    assert all(runs["score"] == [by_id.loc[r, "eval_accuracy"] for r in runs["run_id"]])
+    assert list(runs["run_id"]) == list(table.sort_values("started", ascending=False)["run_id"])  # newest first
+    assert classroom.room_runs(table.iloc[:0]).empty
+
+
 def test_empty_room_gives_message_figures(tmp_path):
     empty = Room.create(tmp_path / "empty", instructor="teacher", ray=False, limit=1)
     table = empty.store.runs("teacher")

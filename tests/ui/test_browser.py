@@ -15,7 +15,12 @@ role toggles and no "head only"; a short run of the bundled story-lm (4 steps ty
 the box) ends with its exact match, and under "Try it" the base model's and the run's
 answers to the same prompt stand side by side, in view, without a click, and again after
 one; the runs table shows exact match and each run's last answer, and its answers per
-evaluation.  Screenshots go to test-artifacts/ (kept on failure too).
+evaluation.  JupyterLab also: the Run All instruction is shown (Voila hides it: an app has no
+cells); leaving the tall Runs tab leaves no blank page below the panel; a default-length
+generate run prints the time of each phase as the panel measured it; and the checkout's own
+notebooks/workbench.ipynb, opened and run as ``make lab`` serves it (its --config), is not
+marked changed on open and is byte-for-byte the committed file after a save.  Screenshots go
+to test-artifacts/ (kept on failure too).
 """
 
 from __future__ import annotations
@@ -136,23 +141,35 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
+def _make_lab_config() -> str:
+    """The ``--config=`` flag ``make lab`` starts JupyterLab with (read from the Makefile, so the test uses it too)."""
+    (flag,) = re.findall(r"--config=\S+", (ROOT / "Makefile").read_text())
+    return flag.replace("--config=", f"--config={ROOT}/")
+
+
 @contextmanager
-def _jupyterlab_after_run_all(workspace, failure_shot: str):
+def _jupyterlab_after_run_all(workspace, failure_shot: str, root: Path | None = None,
+                              notebook: str = "workbench.ipynb", on_open=None):
     """JupyterLab on the workspace's notebook copy, Run All done, the panel drawn: yields the page.
 
     The one way in for every JupyterLab test (server on a free loopback port, the notebook
     opened, its kernel idle, Run All until Train is drawn); a failure inside is shot as
-    ``failure_shot``."""
+    ``failure_shot``.  ``root``/``notebook``: another server root and notebook (the checkout's own);
+    ``on_open(page)`` is called once the notebook is open, before Run All.  The server gets
+    ``make lab``'s ``--config`` (its pre-save hook)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--IdentityProvider.token=",
            "--ServerApp.password=", "--ServerApp.ip=127.0.0.1", f"--port={port}",
-           f"--ServerApp.root_dir={workspace['dir']}", "--LabApp.expose_app_in_browser=True"]
+           f"--ServerApp.root_dir={root or workspace['dir']}", "--LabApp.expose_app_in_browser=True",
+           _make_lab_config()]
     base = f"http://127.0.0.1:{port}"
     with _server(cmd, f"{base}/api/status", workspace["env"], workspace["tmp"] / "lab.log"), _browser() as page:
         try:
-            page.goto(f"{base}/lab/tree/workbench.ipynb")
+            page.goto(f"{base}/lab/tree/{notebook}")
             page.wait_for_selector(".jp-NotebookPanel [data-status='idle']", timeout=90_000)
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=30_000)
+            if on_open is not None:
+                on_open(page)
             page.locator(".jp-NotebookPanel .jp-Cell").first.click()
             train = page.locator(".workbench-panel button.jupyter-button:has-text('Train')")
             for attempt in range(3):  # a Run All sent while the notebook is still settling can stop early
@@ -325,6 +342,20 @@ def _generate_and_try(page, runs_dir: Path, name: str, steps: str | None = "4") 
     _shot(page, f"{name}-generate-compare")
 
 
+def _no_blank_page_after_the_runs_tab(page) -> None:
+    """Defect: leaving the tall Runs tab, JupyterLab kept ~500 px of blank page below the panel (a
+    notebook scrolls past its last cell).  Scrolled as a reader is when done with the table (the tab
+    bar at the window's top), switching to Train must leave no blank page with the panel's top away."""
+    _tab(page, "Runs")
+    page.evaluate("() => document.querySelector('.workbench-panel .lm-TabBar').scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    _tab(page, "Train")
+    page.wait_for_timeout(800)
+    box = _panel(page).bounding_box()
+    assert box["y"] >= -1 or box["y"] + box["height"] >= VIEWPORT["height"] - 40, box
+    _shot(page, "jupyterlab-train-after-runs")
+
+
 def _check_export_modes(folder: Path) -> set[str]:
     files = [p for p in folder.iterdir() if p.is_file()]
     assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}, \
@@ -372,6 +403,7 @@ def test_workbench_in_jupyterlab(workspace):
         holder = _panel(page)
         assert table.bounding_box()["width"] <= holder.bounding_box()["width"] + 1, "the table is wider than the panel"
         _shot(page, "jupyterlab-runs")
+        _no_blank_page_after_the_runs_tab(page)
         _tab(page, "Compare")
         _panel(page).locator(".widget-output img").nth(1).wait_for(timeout=30_000)
         _shot(page, "jupyterlab-compare")
@@ -413,6 +445,14 @@ def test_workbench_in_jupyterlab(workspace):
         assert len(left) == 1 and _runs(page) == left
         assert "lr=10" not in " ".join(boxes.all_text_contents())
 
+        # The Run All instruction is shown here (Voila hides it): at the notebook's top, scrolled to.
+        page.evaluate("() => { const el = document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer') "
+                      "|| document.querySelector('.jp-NotebookPanel .jp-Notebook'); el.scrollTop = 0; }")
+        page.wait_for_timeout(800)
+        # (rendered markdown: the cell's hidden source editor holds the same words)
+        assert page.locator(".jp-RenderedMarkdown", has_text="In JupyterLab, run all cells").first.is_visible()
+        _shot(page, "jupyterlab-notebook-top")
+
 
 def test_workbench_as_voila_app(workspace):
     voila = Path(sys.executable).parent / "voila"
@@ -433,6 +473,9 @@ def test_workbench_as_voila_app(workspace):
             assert page.locator(".jp-InputArea-editor:visible, .cm-editor:visible").count() == 0
             assert page.locator("text=from workbench.ui.panel import Workbench").count() == 0
             assert _in_view(page, train)
+            # "run all cells" is JupyterLab's instruction: an app has no cells to run.
+            assert page.get_by_text("In JupyterLab, run all cells").count() == 1
+            assert not page.get_by_text("In JupyterLab, run all cells").first.is_visible()
             _shot(page, "voila-opened")
             _refusals(page, runs_dir, "voila")
             flagged = _train_and_watch(page, "10", "voila")
@@ -491,3 +534,24 @@ def test_generate_mode_in_jupyterlab(workspace):
     whose phases are printed: the panel's own split of its time."""
     with _jupyterlab_after_run_all(workspace, "jupyterlab-generate-failure") as page:
         _generate_and_try(page, workspace["tmp"] / "runs", "jupyterlab", steps=None)
+
+
+def test_the_tracked_notebook_stays_clean_in_jupyterlab(workspace):
+    """Defect: notebooks/workbench.ipynb showed as changed on open, and autosave wrote its outputs, so an
+    attendee's git pull conflicted.  The checkout's own notebook, opened from the checkout's root as
+    ``make lab`` does (with its --config), is not marked changed on open; after Run All and a save,
+    its bytes on disk are the committed ones."""
+    path = ROOT / "notebooks" / "workbench.ipynb"
+    before = path.read_bytes()
+
+    def not_dirty(page):
+        page.wait_for_timeout(1500)
+        assert page.locator(".jp-NotebookPanel.jp-mod-dirty, .lm-TabBar-tab.jp-mod-dirty").count() == 0
+
+    with _jupyterlab_after_run_all(workspace, "jupyterlab-tracked-failure", root=ROOT,
+                                   notebook="notebooks/workbench.ipynb", on_open=not_dirty) as page:
+        assert page.locator(".lm-TabBar-tab.jp-mod-dirty").count() == 1  # the outputs make it dirty
+        page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+        page.wait_for_function("() => !document.querySelector('.lm-TabBar-tab.jp-mod-dirty')", timeout=30_000)
+        _shot(page, "jupyterlab-tracked-after-run-all-and-save")
+        assert path.read_bytes() == before

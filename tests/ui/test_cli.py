@@ -53,7 +53,7 @@ def test_every_flag_is_a_setting_or_a_named_cli_option(command):
     """A flag whose dest were not a field would be dropped silently by config_from_args."""
     cli_only = {"train": {"preset", "runs_dir", "quiet", "recipe", "track"},
                 "sweep": {"preset", "runs_dir", "quiet", "ranks", "with_full", "with_head", "alpha_per_rank",
-                          "variants", "full_lr", "head_lr", "out", "backend", "address"}}[command]
+                          "variants", "full_lr", "head_lr", "out", "backend", "address", "track"}}[command]
     settings = set(LORA_FIELDS) | set(RUN_FIELDS) | ({"method"} if command == "train" else set())
     dests = set(actions_by_dest(command))
     assert dests - settings == cli_only
@@ -167,7 +167,10 @@ def test_a_setting_added_to_the_dataclass_becomes_a_flag():
         cli._add_flags(argparse.ArgumentParser(), Odd, {}, Odd(), "default")
 
 
-def test_train_and_runs_in_process(tmp_path, capsys):
+def test_train_and_runs_in_process(tmp_path, capsys, monkeypatch):
+    from workbench.engine import launch
+
+    monkeypatch.setattr(launch, "use_fresh_process", lambda cfg, fresh_process=None: False)  # the worker: tests/engine
     runs_dir = str(tmp_path / "runs")
     assert main(["train", "--preset", "tiny", "--rank", "2", "--alpha", "4", "--steps", "2", "--eval-every", "0",
                  "--runs-dir", runs_dir, "--quiet"]) == 0

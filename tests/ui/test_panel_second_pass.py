@@ -172,4 +172,49 @@ def test_the_committed_notebook_is_stored_as_jupyter_writes_it():
     assert nbformat.writes(nb) + "\n" == text
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
     assert not any(isinstance(c.source, list) for c in nb.cells)
-    assert "Voila" in nb.cells[0].source and "Run all cells: the panel is the last one." not in nb.cells[0].source
+    # The Run All instruction is for JupyterLab only: Voila (body[data-voila]) hides it (the browser test sees it).
+    assert ('<span class="workbench-lab-only">In JupyterLab, run all cells' in nb.cells[0].source
+            and "body[data-voila] .workbench-lab-only { display: none; }" in nb.cells[0].source)
+
+
+def test_the_panel_and_the_api_store_runs_in_one_folder(tmp_path, monkeypatch):
+    """Defect: the README's code, run in a notebook (working folder notebooks/), stored its runs in
+    notebooks/runs/, which the panel (``runs_dir = "../runs"``) never listed.  Now the API's default
+    store is the checkout's runs/ from anywhere inside the checkout, and ./runs outside it."""
+    import inspect
+    import json
+    import os
+    from pathlib import Path
+
+    import workbench as wb
+
+    nb = json.loads((ROOT / "notebooks" / "workbench.ipynb").read_text())
+    params = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    assert 'runs_dir = "../runs"' in "".join(params["source"])  # what the panel lists, relative to notebooks/
+    default = inspect.signature(wb.train).parameters["runs_dir"].default
+    assert default is store.DEFAULT_ROOT and inspect.signature(wb.runs).parameters["root"].default is default
+    monkeypatch.chdir(ROOT / "notebooks")
+    assert Path(default) == (ROOT / "notebooks" / "../runs").resolve() == ROOT / "runs"
+    monkeypatch.chdir(ROOT)
+    assert os.fspath(default) == str(ROOT / "runs")
+    monkeypatch.chdir(tmp_path)  # outside the checkout: under the working folder, as before
+    assert os.fspath(default) == "runs" and Path(default).resolve() == tmp_path / "runs"
+
+
+@pytest.mark.slow  # a fresh process importing bitsandbytes (a few seconds)
+def test_qlora_why_holds_bitsandbytes_kernels_bring_the_compiler_modules_and_dequantize():
+    """What QLORA_CPU_WHY says, checked: an NF4 layer's first use imports torch._dynamo (PyTorch's compiler
+    modules) into a process that had not loaded it, and its output is that of the dequantized float weight."""
+    code = ("import sys, torch\n"
+            "from workbench.lora.quantize import quantize_layer, dequantize_weight\n"
+            "before = 'torch._dynamo' in sys.modules\n"
+            "torch.manual_seed(0); layer = torch.nn.Linear(64, 32)\n"
+            "q = quantize_layer(layer, 'nf4'); x = torch.randn(4, 64)\n"
+            "y = q(x); w = dequantize_weight(q)\n"
+            "ref = x @ w.T + layer.bias\n"
+            "print(before, 'torch._dynamo' in sys.modules, bool(torch.allclose(y, ref, atol=1e-5)))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp", "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "True"], out.stdout
+    assert "compiler modules" in QLORA_CPU_WHY and "turns the codes back into float weights" in QLORA_CPU_WHY

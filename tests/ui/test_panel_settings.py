@@ -167,3 +167,33 @@ def test_unknown_choices_are_refused(tmp_path, tiny_layers):
         state.update(blocks=(0, 1))
     with pytest.raises(ValueError, match="layers were read from model 'tiny-bert', not 'minilm'"):
         PanelState(model="minilm", preset=PRESET, runs_dir=tmp_path, layers=tiny_layers)
+
+
+def test_an_instructors_lock_sets_greys_and_keeps_settings_until_unlocked(tmp_path, tiny_layers):
+    """The workshop room's hook (issue 22): locked settings are set, refused when changed (with the
+    reason), greyed in the Train tab with the reason beside them, kept across a method switch and a
+    task switch, and free again after unlock."""
+    from panel_helpers import make_panel
+
+    panel = make_panel(tmp_path, tiny_layers)
+    s = panel.state
+    panel.lock({"steps": 4, "lr": "0.002"}, "exercise 2 compares ranks at one lr")
+    assert (s.choices.steps, s.choices.lr) == (4, 0.002) and s.locked == {
+        "steps": "exercise 2 compares ranks at one lr", "lr": "exercise 2 compares ranks at one lr"}
+    assert panel.steps.disabled and panel.lr.disabled and not panel.rank.disabled
+    assert panel.steps.tooltip == "locked for this exercise: exercise 2 compares ranks at one lr"
+    assert "locked for this exercise: lr, steps — exercise 2 compares ranks at one lr" in panel.train_tab.locked_note.value
+    with pytest.raises(SettingsError, match="steps is locked for this exercise: exercise 2 compares ranks at one lr"):
+        s.update(steps=9)
+    s.update(steps="4", rank=2)  # the same value, typed, and an unlocked setting: fine
+    s.update(method="full")  # a method switch does not move the locked lr to full fine-tuning's
+    assert s.choices.lr == 0.002 and s.choices.method == "full"
+    panel.task.value = "causal-lm"
+    assert s.task == "classification" and s.message.kind == "warn" and "locked" in s.message.text
+    with pytest.raises(ValueError, match="a lock needs a reason"):
+        s.lock({"seed": 1}, " ")
+    panel.unlock()
+    assert s.locked == {} and not panel.steps.disabled and panel.train_tab.locked_note.value == ""
+    assert panel.steps.tooltip != "locked for this exercise: exercise 2 compares ranks at one lr"
+    s.update(steps=9)
+    assert s.choices.steps == 9

@@ -303,3 +303,36 @@ def test_one_run_gets_distinct_accuracy_ticks(runs):
     FigureCanvasAgg(fig).draw()
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
     assert len(labels) >= 3 and len(set(labels)) == len(labels) and labels[-1] == "100%", labels
+
+
+def test_coinciding_curves_get_their_own_line_styles_so_none_hides_another(runs):
+    """Three runs with one curve (a tiny run's LoRA, rsLoRA, DoRA): solid, dashed, dotted in their own
+    colours; a run with another curve keeps the solid line."""
+    same = [fake_run(RunConfig(method="lora", lora=LoRAConfig(rank=8, rslora=rs)), 100, None, 0.6, 0.8)
+            for rs in (False, True, False)]
+    lines = run_figures.loss_curves(same + [runs[0]]).axes[0].get_lines()
+    assert [ln.get_linestyle() for ln in lines] == ["-", "--", ":", "-"]
+    assert len({ln.get_color() for ln in lines}) == 4
+    assert all(np.array_equal(ln.get_ydata(), lines[0].get_ydata()) for ln in lines[:3])
+
+
+def test_live_curve_plots_exact_match_and_keeps_title_and_legend_off_the_data(runs):
+    """The live plot of a generative run: exact match at each evaluation on a right-hand axis (it was not
+    plotted live); the legend above the axes, so it covers no step and no evaluation marker; the title
+    wholly inside the figure (it was clipped)."""
+    h = runs[0].history.iloc[:15].copy()
+    h["eval_exact_match"] = np.where(h["eval_loss"].notna(), 0.25, np.nan)
+    fig = run_figures.live_loss(h, "LoRA r=8 (query,value)", total_steps=30)
+    FigureCanvasAgg(fig).draw()
+    ax, right = fig.axes
+    (match,) = right.get_lines()
+    np.testing.assert_array_equal(match.get_xdata(), [10.0])
+    np.testing.assert_array_equal(match.get_ydata(), [0.25])
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    axes_box = ax.get_window_extent(renderer)
+    assert legend.y0 >= axes_box.y1 - 1  # above the plotting area
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train loss", "eval loss", "exact match (right)"]
+    title = ax.title if ax.get_title() else ax._left_title
+    box, whole = title.get_window_extent(renderer), fig.bbox
+    assert box.x0 >= whole.x0 and box.x1 <= whole.x1 + 1 and box.y1 <= whole.y1 + 1

@@ -62,8 +62,9 @@ def _classification_batches(cfg: RunConfig, tokenizer: Any) -> RunBatches:
 def _language_batches(cfg: RunConfig, tokenizer: Any) -> RunBatches:
     train_ds, eval_ds = load_prompt_task(cfg.data, cfg.eval_data, tokenizer, cfg.seed)
     train_ds, eval_ds = train_ds.head(cfg.max_train_examples), eval_ds.head(cfg.max_eval_examples)
-    train = make_batches(tokenize_prompts(train_ds, tokenizer, cfg.max_length), tokenizer, cfg.batch_size,
-                         cfg.max_length, shuffle=True, seed=cfg.seed, task=cfg.task)
+    train_tokens = tokenize_prompts(train_ds, tokenizer, cfg.max_length, cfg.completion_only_loss)
+    train = make_batches(train_tokens, tokenizer, cfg.batch_size, cfg.max_length, shuffle=True, seed=cfg.seed,
+                         task=cfg.task)
     evaluation = _eval_batches(eval_ds, tokenizer, cfg)
     # Plain text has no answer to match: exact match is measured on prompt/completion data only.
     answerable = eval_ds.select([i for i, p in enumerate(eval_ds.prompts) if p]).head(cfg.max_generate_examples)

@@ -217,22 +217,24 @@ def load_prompt_task(data: str, eval_data: str | None = None, tokenizer: Any = N
 class PromptTokens:
     """Token ids of prompt + completion + EOS per example, and where each completion starts.
 
-    ``labels_for(i)`` is what the loss sees: IGNORE_INDEX (-100) on the prompt's positions.
+    ``labels_for(i)`` is what the loss sees: IGNORE_INDEX (-100) on the prompt's positions;
+    with ``completion_only=False`` every token is learned, the prompt's too.
     """
 
     input_ids: list[list[int]]
     prompt_lengths: list[int]
     max_length: int
     name: str = ""
+    completion_only: bool = True  # the loss counts the completion only (RunConfig.completion_only_loss)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"input_ids": self.input_ids[i], "prompt_length": self.prompt_lengths[i]}
+        return {"input_ids": self.input_ids[i], "prompt_length": self.prompt_lengths[i] if self.completion_only else 0}
 
     def labels_for(self, i: int) -> list[int]:
-        ids, n = self.input_ids[i], self.prompt_lengths[i]
+        ids, n = self.input_ids[i], self.prompt_lengths[i] if self.completion_only else 0
         return [IGNORE_INDEX] * n + ids[n:]
 
     @property
@@ -245,7 +247,7 @@ def shortest_first(tokens: PromptTokens) -> PromptTokens:
     batches of similar lengths pad less (as ``data.by_length`` for classification)."""
     order = sorted(range(len(tokens)), key=lambda i: len(tokens.input_ids[i]))
     return PromptTokens([tokens.input_ids[i] for i in order], [tokens.prompt_lengths[i] for i in order],
-                        tokens.max_length, tokens.name)
+                        tokens.max_length, tokens.name, tokens.completion_only)
 
 
 def prompt_ids(tokenizer: Any, prompt: str, chat: bool = False) -> list[int]:
@@ -262,8 +264,10 @@ def prompt_ids(tokenizer: Any, prompt: str, chat: bool = False) -> list[int]:
     return ids
 
 
-def tokenize_prompts(ds: PromptDataset, tokenizer: Any, max_length: int) -> PromptTokens:
+def tokenize_prompts(ds: PromptDataset, tokenizer: Any, max_length: int, completion_only: bool = True) -> PromptTokens:
     """prompt_ids + completion_ids + [EOS] per example, at most ``max_length`` tokens.
+
+    ``completion_only``: the loss counts the completion only (the default); False: the prompt too.
 
     Too long: the prompt loses tokens from its start (the completion, what is learned, is
     kept whole); a completion longer than ``max_length`` - 1 by itself is cut at its end.
@@ -286,7 +290,7 @@ def tokenize_prompts(ds: PromptDataset, tokenizer: Any, max_length: int) -> Prom
             p = [getattr(tokenizer, "bos_token_id", None) or eos]
         all_ids.append(p + c)
         lengths.append(len(p))
-    return PromptTokens(all_ids, lengths, max_length, ds.name)
+    return PromptTokens(all_ids, lengths, max_length, ds.name, completion_only)
 
 
 def read_text_lines(path: str | Path) -> list[str]:

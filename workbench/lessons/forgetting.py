@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -163,13 +163,19 @@ def summarize(table: pd.DataFrame, base: BasePoint | None = None) -> pd.DataFram
     return out
 
 
-def forgetting_figure(table: pd.DataFrame, base: BasePoint) -> Figure:
+EXTRA_MARKERS = ("P", "X", "D", "v", "^", "<", ">")  # points drawn beside the grid (exercises, extra runs)
+
+
+def forgetting_figure(table: pd.DataFrame, base: BasePoint, extra: Mapping[str, Mapping] | None = None) -> Figure:
     """Two panels: the new skill (exact match; completion loss) against forgetting (held-out loss).
 
     Each marker is one run (circles: LoRA, coloured by rank; squares, then triangles, diamonds ...: full
     fine-tuning at each learning rate, in red, as in every figure of the workbench); the black star is the
     base model.  Right means more forgotten; up on the left panel and down on the right panel mean more
-    learned.  Built on a ``Figure`` of its own: no pyplot state is touched.
+    learned.  ``extra``: more runs drawn beside the grid's, {legend label: a row with ``heldout_loss``,
+    ``exact_match``, ``completion_loss`` and optionally ``rank``}, each as a large hollow marker of its own
+    shape (in the rank's colour when it has one), so that where an exercise's run lands can be seen.
+    Built on a ``Figure`` of its own: no pyplot state is touched.
     """
     fig = Figure(figsize=(2 * FIGSIZE[0] * 0.72, FIGSIZE[1]), layout="constrained", facecolor=STYLE["face_color"])
     axes = fig.subplots(1, 2)
@@ -177,7 +183,7 @@ def forgetting_figure(table: pd.DataFrame, base: BasePoint) -> Figure:
     full_lrs = [lr for method, _, lr in groups if method != "lora"]
     for ax, col, ylabel, base_y in ((axes[0], "exact_match", "exact match on the skill (learning \u2191)",
                                      base.exact_match),
-                                    (axes[1], "completion_loss", "completion loss on the skill (nats per token; learning \u2193)",
+                                    (axes[1], "completion_loss", "completion loss (nats per token; learning \u2193)",
                                      base.completion_loss)):
         style_axes(ax)
         for method, rank, lr in groups:
@@ -190,6 +196,11 @@ def forgetting_figure(table: pd.DataFrame, base: BasePoint) -> Figure:
             rows = table[keep]
             ax.scatter(rows["heldout_loss"], rows[col], label=label(method, rank, lr), s=40, alpha=0.85,
                        marker=marker, color=color)
+        for i, (name, row) in enumerate((extra or {}).items()):
+            rank = row.get("rank")
+            color = rank_color(int(rank)) if rank is not None and not pd.isna(rank) else STYLE["text_color"]
+            ax.scatter([row["heldout_loss"]], [row[col]], marker=EXTRA_MARKERS[i % len(EXTRA_MARKERS)], s=110,
+                       facecolors="none", edgecolors=color, linewidths=1.8, label=name)
         ax.scatter([base.heldout_loss], [base_y], marker="*", s=180, color="black", label="base model")
         label_axes(ax, "", "loss on held-out pretraining text (nats per token; forgetting \u2192)", ylabel)
     axes[1].set_yscale("log")
@@ -273,9 +284,9 @@ class Findings:
             if hi_r != lo_r:
                 learning += (f"The gap to full fine-tuning's best ({best_full:.3f}) was {gaps.loc[lo_r]:.3f} at "
                              f"r = {lo_r} and {gaps.loc[hi_r]:.3f} at r = {hi_r}: "
-                             + ("it barely moves with the rank, so it is not a rank limit. A likely cause, not measured "
-                                "here: full fine-tuning also trains the tied embeddings and output layer and the norms, "
-                                "which LoRA leaves frozen. "
+                             + ("it barely moves with the rank, so it is not a rank limit. Full fine-tuning also trains "
+                                "the tied embeddings and output layer and the norms, which LoRA leaves frozen; the section "
+                                "*What LoRA leaves frozen* trains them beside LoRA to measure how much of the gap that is. "
                                 if gaps.loc[hi_r] > 0.5 * gaps.loc[lo_r] else "it shrinks as the rank grows. "))
         else:
             learning = "Full fine-tuning did not reach a lower completion loss than every LoRA rank. "
@@ -393,5 +404,142 @@ def frozen_by_lora(model) -> pd.DataFrame:
     return table
 
 
+PARTS = ("norms", "embeddings")  # what train_lora_also can unfreeze beside LoRA (PEFT: modules_to_save)
+
+
+def _part_parameters(model, part: str) -> list:
+    """The parameters of one part LoRA leaves frozen: 'norms' (every *Norm module) or 'embeddings' (the input
+    embeddings, which are also the output layer when tied, and the output layer when not)."""
+    if part == "norms":
+        return [p for m in model.modules() if type(m).__name__.endswith("Norm") for p in m.parameters()]
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    return list(emb.parameters()) + ([] if out is None or out.weight is emb.weight else list(out.parameters()))
+
+
+def train_lora_also(cfg: RunConfig, parts: Sequence[str] = ("norms",), keep_model: bool = False) -> dict:
+    """Train ``cfg``'s LoRA run with ``parts`` that LoRA leaves frozen trainable too; one row like ``point``'s.
+
+    The run is set up exactly as ``wb.train`` sets it up (``engine.training.set_up``: the same
+    seed, so the same A at the start and the same batches), then the chosen parts are unfrozen
+    and the optimizer and schedule rebuilt over everything trainable (PEFT's ``modules_to_save``
+    trains such modules beside the adapter, at the same learning rate); the same training step
+    runs ``cfg.steps`` times and the end point is evaluated as the grid's runs are.  So it differs
+    from the grid's LoRA run of the same config only in what trains: it measures how much of full
+    fine-tuning's lead comes from the parts LoRA leaves frozen.  Nothing is stored; ``keep_model`` adds the
+    trained model to the row (``"model"``).
+    """
+    import time
+
+    import torch
+
+    from workbench.engine.hardware import restore_frozen_to_fp32
+    from workbench.engine.optim import make_optimizer
+    from workbench.engine.training import linear_schedule, training_step
+
+    if cfg.method != "lora" or cfg.task != "causal-lm":
+        raise ValueError(f"train_lora_also trains a language model's LoRA run (method='lora', task='causal-lm'), "
+                         f"got method={cfg.method!r}, task={cfg.task!r}")
+    unknown = [p for p in parts if p not in PARTS]
+    if not parts or unknown:
+        raise ValueError(f"parts must name one or more of {list(PARTS)}, got {list(parts)}")
+    started = time.perf_counter()
+    run = set_up(cfg)
+    if run.frozen_in_bf16:  # a part about to train must train in float32, as the adapter does
+        restore_frozen_to_fp32(run.model)
+    extra = {id(p): p for part in parts for p in _part_parameters(run.model, part)}
+    for p in extra.values():
+        p.requires_grad_(True)
+    run.trainable = [p for p in run.model.parameters() if p.requires_grad]
+    run.optimizer = make_optimizer(run.model, cfg.lr, cfg.weight_decay)
+    warmup = int(cfg.warmup_ratio * cfg.steps)
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda s: linear_schedule(s, cfg.steps, warmup))
+    run.model.train()
+    for _ in range(cfg.steps):
+        loss = training_step(run, next(run.batches).to(run.device).model_inputs(), cfg.max_grad_norm)
+        if not math.isfinite(loss):
+            raise RuntimeError(f"the run with {', '.join(parts)} trainable diverged (loss {loss}); try a lower lr "
+                               f"than {cfg.lr:g}")
+    completion, _ = evaluate(run.model, run.eval_batches, run.device, run.use_bf16)
+    metrics, _ = evaluate_writing(run.model, run.tokenizer, run.writing, run.device, run.use_bf16, completion,
+                                  cfg.steps)
+    return {"method": "lora", "rank": cfg.lora.rank, "lr": cfg.lr, "seed": cfg.seed, "also trained": " + ".join(parts),
+            "extra trainable": sum(p.numel() for p in extra.values()),
+            "exact_match": metrics.get("eval_exact_match", math.nan), "completion_loss": completion,
+            "heldout_loss": metrics["heldout_loss"], "seconds": time.perf_counter() - started,
+            **({"model": run.model.eval()} if keep_model else {})}
+
+
+@dataclass
+class FrozenGap:
+    """How much of full fine-tuning's completion-loss lead the parts LoRA leaves frozen account for.
+
+    ``lora`` and ``full``: rows of the grid's table (the same seed); ``also``: ``train_lora_also`` rows of
+    the same LoRA config.  ``closed``: per row of ``also`` (by its ``also trained``), the share of the gap
+    ``lora - full`` in completion loss that training those parts too removed (1: all of it, 0: none,
+    negative: it widened).
+    """
+
+    lora: dict
+    full: dict
+    also: list[dict]
+
+    @property
+    def gap(self) -> float:
+        return float(self.lora["completion_loss"] - self.full["completion_loss"])
+
+    @property
+    def closed(self) -> dict[str, float]:
+        return {row["also trained"]: float((self.lora["completion_loss"] - row["completion_loss"]) / self.gap)
+                for row in self.also}
+
+    def table(self) -> pd.DataFrame:
+        """One row per run: the grid's LoRA run, each run with more trainable, and full fine-tuning."""
+        rows = {f"LoRA r={int(self.lora['rank'])} (the grid's run)": {**self.lora, "extra trainable": 0}}
+        rows.update({f"LoRA r={int(r['rank'])} + {r['also trained']}": r for r in self.also})
+        rows[f"full FT lr {self.full['lr']:g} (the grid's run)"] = {**self.full, "extra trainable": math.nan}
+        cols = ["extra trainable", "exact_match", "completion_loss", "heldout_loss"]
+        table = pd.DataFrame.from_dict(rows, orient="index")[cols].rename_axis(f"seed {int(self.lora['seed'])}")
+        return table.astype({"extra trainable": "Int64"})  # a count (full fine-tuning's row: not applicable)
+
+    def markdown(self) -> str:
+        """The sentences under the table, formatted from its rows."""
+        if self.gap <= 0:
+            return (f"Here LoRA's completion loss ({self.lora['completion_loss']:.3f}) is not above full fine-tuning's "
+                    f"({self.full['completion_loss']:.3f}): there is no gap to explain.")
+        parts = [f"with the {name} trainable too it closed "
+                 + (f"{100 * c:.0f}% of it" if c <= 1 else "all of it and more, down below full fine-tuning's")
+                 + f" (completion loss {row['completion_loss']:.3f}, exact match {row['exact_match']:.3f}, held-out "
+                 f"loss {row['heldout_loss']:.3f})" for (name, c), row in zip(self.closed.items(), self.also)]
+        best_name, best = max(self.closed.items(), key=lambda kv: kv[1])
+        verdict = (f"So most of the gap comes from what LoRA leaves frozen (training the {best_name} too), not from "
+                   "the low rank." if best >= 0.5 else
+                   "So the frozen parts explain part of the gap, and most of it remains." if best >= 0.2 else
+                   "So the parts LoRA leaves frozen do not explain the gap.")
+        return (f"Full fine-tuning's completion loss was {self.gap:.3f} nats per token below LoRA r = "
+                f"{int(self.lora['rank'])}'s ({self.full['completion_loss']:.3f} against "
+                f"{self.lora['completion_loss']:.3f}, exact match {self.full['exact_match']:.3f} against "
+                f"{self.lora['exact_match']:.3f}). The same LoRA run: " + "; ".join(parts) + ". " + verdict
+                + f" The held-out loss of the grid's LoRA run was {self.lora['heldout_loss']:.3f} and full "
+                f"fine-tuning's {self.full['heldout_loss']:.3f}: read the last column for what training more of the "
+                "model cost on the pretraining text.")
+
+
+def frozen_gap(table: pd.DataFrame, also: Sequence[dict]) -> FrozenGap:
+    """Read ``train_lora_also`` rows against the grid's LoRA run of the same rank and seed and full fine-tuning
+    at its lowest learning rate with that seed."""
+    if not also:
+        raise ValueError("give at least one train_lora_also row")
+    first = also[0]
+    pick = table[(table["method"] == "lora") & (table["rank"] == first["rank"]) & (table["seed"] == first["seed"])
+                 & (table["lr"] == first["lr"])]
+    full = table[(table["method"] == "full") & (table["seed"] == first["seed"])]
+    if pick.empty or full.empty:
+        raise ValueError(f"the grid has no LoRA r={first['rank']} run at lr {first['lr']:g} with seed {first['seed']}, "
+                         "or no full fine-tuning run with that seed, to compare with")
+    full = full[full["lr"] == full["lr"].min()]
+    return FrozenGap(lora=pick.iloc[0].to_dict(), full=full.iloc[0].to_dict(), also=list(also))
+
+
 __all__ = ["frozen_by_lora", "BasePoint", "measure_base", "grid_configs", "run_grid", "grid_table", "learning_vs_forgetting",
-           "summarize", "forgetting_figure", "default_grid", "point", "label", "Findings", "findings", "LEARNED"]
+           "summarize", "forgetting_figure", "default_grid", "point", "label", "Findings", "findings", "LEARNED",
+           "PARTS", "train_lora_also", "FrozenGap", "frozen_gap"]

@@ -223,5 +223,5 @@ class Stopwatch:
 
     def text(self) -> str:
         """'1 min 23 s' or '45 s'."""
-        s = self.elapsed()
-        return f"{int(s // 60)} min {s % 60:.0f} s" if s >= 60 else f"{s:.0f} s"
+        s = round(self.elapsed())  # whole seconds first, so 119.6 s reads '2 min 0 s', not '1 min 60 s'
+        return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"

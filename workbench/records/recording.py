@@ -112,6 +112,7 @@ def run_sweep(
     sinks: Iterable[RunSink] = (),
     backend: str = "local",
     address: str | None = None,
+    track: str | bool | None = None,
     **train_kwargs: Any,
 ) -> list[RunResult]:
     """Train each config, storing each run under ``runs_dir``; stop early if a run is stopped.
@@ -122,8 +123,12 @@ def run_sweep(
     cluster ``runs_dir`` must be a folder every node mounts at the same path (each task
     checks that it sees it).  ``on_run(i, result)`` is called as each run ends; the results
     come in the configs' order.  ``train_kwargs`` go to every ``train`` (``on_step`` -
-    local only -, ``stop``, ``keep_model``, ``fresh_process``).
+    local only -, ``stop``, ``keep_model``, ``fresh_process``).  ``track``: as ``train``'s, each
+    run of the sweep also an MLflow run of its own.
     """
+    from workbench.records.tracking import MlflowEachRun, tracker_for
+
+    sinks = list(sinks) + ([MlflowEachRun()] if tracker_for(track) == "mlflow" else [])  # after the store
     if check_backend(backend) == "ray":
         store = []
         if runs_dir is not None:

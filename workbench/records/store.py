@@ -61,7 +61,30 @@ from workbench.util.fileio import atomic_write_text
 from workbench.records.table import (ADAPTER_FOLDER, LORA_COLUMNS, MEMORY_FIELDS, RUN_COLUMNS, _created, _last,
                                      _memory_to_dict, _steps_done, last_answer, runs_table, summary_row)
 
-DEFAULT_ROOT = "runs"
+class _DefaultRoot(os.PathLike):
+    """The run store's default folder, decided each time it is used (``os.fspath``, ``Path(...)``, ``str``).
+
+    ``runs/`` at the top of the checkout the package runs from when the working folder is
+    inside that checkout, else ``runs`` under the working folder.  Why: a notebook's working
+    folder is ``notebooks/``, and the panel (``../runs``), the CLI (run from the top) and the
+    README's code run in a notebook must store into, and list, one and the same folder."""
+
+    def __fspath__(self) -> str:
+        checkout = Path(__file__).resolve().parents[2]
+        here = Path.cwd().resolve()
+        if (checkout / "pyproject.toml").is_file() and (checkout / "notebooks").is_dir() and (
+                here == checkout or checkout in here.parents):
+            return str(checkout / "runs")
+        return "runs"
+
+    def __str__(self) -> str:
+        return self.__fspath__()
+
+    def __repr__(self) -> str:
+        return f"DEFAULT_ROOT({self.__fspath__()!r})"
+
+
+DEFAULT_ROOT = _DefaultRoot()
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.csv"
 SAMPLES_FILE = "samples.jsonl"  # a language model's run: prompts and its answers at each evaluation

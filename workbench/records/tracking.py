@@ -45,7 +45,7 @@ from workbench.engine.config import RunConfig, RunResult
 from workbench.engine.events import RunSink
 from workbench.engine.recipes import TRACKERS
 
-__all__ = ["MlflowSink", "TrackerWarning", "tracker_for", "DEFAULT_EXPERIMENT", "flat_params"]
+__all__ = ["MlflowSink", "MlflowEachRun", "TrackerWarning", "tracker_for", "DEFAULT_EXPERIMENT", "flat_params"]
 
 DEFAULT_EXPERIMENT = "lora-workbench"
 CONNECT_TIMEOUT_S = 3.0  # how long a tracking server may take to accept a connection before it counts as down
@@ -252,3 +252,38 @@ class MlflowSink(RunSink):
                 self.client.set_terminated(self.mlflow_run_id, status="FAILED")
             except Exception:  # noqa: BLE001
                 pass
+
+
+@dataclass
+class MlflowEachRun(RunSink):
+    """A fresh ``MlflowSink`` for each run a sweep trains: one sink object is handed to every
+    run of a sweep (and pickled to every Ray task), while an MLflow run is one training run.
+
+    Where to log is read here, when the sweep starts, so a Ray worker whose environment
+    lacks ``MLFLOW_TRACKING_URI`` still logs where the caller asked."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    current: MlflowSink | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.tracking_uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+        self.experiment = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
+
+    def _sink(self) -> MlflowSink:
+        if self.current is None:
+            self.current = MlflowSink(tracking_uri=self.tracking_uri, experiment=self.experiment)
+        return self.current
+
+    def on_start(self, result: RunResult) -> None:
+        self.current = None  # a new run: a new MLflow run
+        self._sink().on_start(result)
+
+    def on_eval(self, result: RunResult) -> None:
+        self._sink().on_eval(result)
+
+    def on_finish(self, result: RunResult, model: Any) -> None:
+        try:
+            self._sink().on_finish(result, model)  # also a run whose worker died before it started
+        finally:
+            self.current = None

@@ -12,7 +12,8 @@ the workshop's slides with ``workbench.viz.output.save_figure`` as the panel's a
   mean, spread, lowest, highest);
 * ``loss_curves``: the room's training-loss curves, coloured by attendee;
 * ``Room.who()`` (``workbench.room.room``): who is running and who is queued now;
-* ``exercises_table``: the rounds so far, with the settings each locks and why.
+* ``exercises_table``: the rounds so far, with the settings each locks and why;
+* ``room_runs``: every run of the room, one row each, with its attendee's name.
 """
 
 from __future__ import annotations
@@ -123,6 +124,16 @@ def loss_curves(store: RoomStore, table: pd.DataFrame, exercise: int | None = No
     return fig
 
 
+def room_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """The room's runs, one row each, newest first: whose, which round, rank, how far it got,
+    its status and score, and how long it waited in the queue (what the instructor reads
+    while the room trains; a run still training shows its steps so far)."""
+    column, _ = metric_of(table)
+    cols = ["attendee", "exercise", "rank", "status", "steps_done", "steps", "final_loss", column, "wait_s", "run_id"]
+    out = table.sort_values("started", ascending=False)[cols] if len(table) else pd.DataFrame(columns=cols)
+    return out.rename(columns={column: "score", "steps_done": "steps done"}).reset_index(drop=True)
+
+
 def exercises_table(store: RoomStore) -> pd.DataFrame:
     """The rounds so far: number, name, the settings it locks and why, and how many runs it has."""
     counts = pd.Series([r["exercise"] for r in store.ledger.rows()], dtype="int64").value_counts()
@@ -143,4 +154,4 @@ def spread_sentence(ranks: pd.DataFrame) -> str:
             f"(sd {widest['spread']:.3f}).")
 
 
-__all__ = ["rank_table", "score_by_rank", "loss_curves", "exercises_table", "metric_of", "spread_sentence"]
+__all__ = ["room_runs", "rank_table", "score_by_rank", "loss_curves", "exercises_table", "metric_of", "spread_sentence"]

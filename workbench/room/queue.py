@@ -27,6 +27,7 @@ more than ``limit`` at once.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -40,9 +41,9 @@ from workbench.room.people import check_name
 QUEUE_NAME = "workbench-room-queue"
 NAMESPACE = "workbench-room"
 WAIT_SLICE_S = 0.5  # a waiting client wakes at least this often to look at its Stop button
-LEASE_S = 60.0  # a running turn not renewed for this long is the turn of a kernel that died: reclaimed
-START_ATTEMPTS = 2
-LOCAL_OBJECT_STORE_BYTES = 80 * 1024 * 1024  # Ray's minimum is 75 MB; the queue moves only small tuples
+# A running turn not renewed for this long is the turn of a kernel that died: reclaimed.  The hub
+# may set it for the room (WORKBENCH_ROOM_LEASE_S); the kernel renews every third of it.
+LEASE_S = float(os.environ.get("WORKBENCH_ROOM_LEASE_S") or 60.0)
 
 
 class StoppedWhileQueued(RuntimeError):
@@ -50,7 +51,13 @@ class StoppedWhileQueued(RuntimeError):
 
 
 def default_limit() -> int:
-    """Runs at once: one per core (a CPU run trains with one thread in the room)."""
+    """Runs at once: the hub's setting (``WORKBENCH_ROOM_LIMIT``, ``make hub``'s ``HUB_CPUS``), else one
+    per core (a CPU run trains with one thread in the room)."""
+    given = os.environ.get("WORKBENCH_ROOM_LIMIT")
+    if given:
+        if not given.isdigit() or int(given) < 1:
+            raise ValueError(f"WORKBENCH_ROOM_LIMIT must be a whole number of runs >= 1, got {given!r}")
+        return int(given)
     return max(1, os.cpu_count() or 1)
 
 
@@ -170,32 +177,54 @@ class LocalQueue:
         return getattr(self._queue, method)(*args)
 
 
+def _send_the_token() -> None:
+    """Ray 2.60's head checks a token by default (``~/.ray/auth_token``), but a process that joins
+    it by address sends none unless ``RAY_AUTH_MODE=token`` (it is refused: "InvalidAuthToken").
+    When a token is at hand and no mode was chosen, choose token."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        try:  # the mode is read once into Ray's cached config: set it and refresh that, as ray.init does
+            from ray._private.authentication.authentication_token_setup import _enable_token_auth
+        except ImportError:  # a Ray without token auth: nothing to send
+            return
+        _enable_token_auth()
+
+
 class RayQueue:
-    """The room's one queue: a named actor on the Ray instance at ``address`` (started here
-    when there is none and Ray is not yet running in this process); every kernel that names
-    the same actor shares it.  ``limit`` applies when this call creates the actor."""
+    """The room's one queue: a named actor on the Ray instance at ``address``; every kernel that
+    names the same actor shares it.  Without an address (and Ray not yet running in this
+    process) a head is started here (``ray_head.start_head``: every agent port fixed, so it
+    starts on a busy machine too) and stopped with ``close()`` or when this process ends.
+    ``limit`` applies when this call creates the actor."""
 
     def __init__(self, limit: int | None = None, address: str | None = None, name: str = QUEUE_NAME) -> None:
         try:
             import ray
         except ImportError as e:
             raise ImportError("the room's queue runs on Ray: pip install 'ray>=2.9' (requirements.txt has it)") from e
+        self.head = None
+        _send_the_token()
         if not ray.is_initialized():
-            if address:
-                ray.init(address=address, namespace=NAMESPACE, logging_level=logging.ERROR)
-            else:
-                for attempt in range(START_ATTEMPTS):  # on a loaded machine Ray's 30 s wait for its raylet can run out
-                    try:
-                        ray.init(num_cpus=1, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                                 namespace=NAMESPACE, logging_level=logging.ERROR)
-                        break
-                    except Exception:  # noqa: BLE001 - Ray raises a bare Exception ("timed out during startup")
-                        ray.shutdown()
-                        if attempt == START_ATTEMPTS - 1:
-                            raise
+            if not address:
+                from workbench.room.ray_head import start_head
+
+                self.head = start_head(cpus=1)
+                atexit.register(self.close)
+                address = self.head.address
+            ray.init(address=address, namespace=NAMESPACE, logging_level=logging.ERROR)
         self._ray = ray
         actor = ray.remote(num_cpus=0, max_concurrency=1000)(FairQueue)
         self.actor = actor.options(name=name, namespace=NAMESPACE, get_if_exists=True).remote(limit or default_limit())
+
+    def close(self) -> None:
+        """Disconnect; and stop the head when this queue started it (the actor ends with it)."""
+        if self.head is not None:
+            if getattr(self, "_ray", None) is not None:
+                self._ray.shutdown()
+            self.head.stop()
+            self.head = None
 
     def call(self, method: str, *args: Any) -> Any:
         return self._ray.get(getattr(self.actor, method).remote(*args))

@@ -71,6 +71,7 @@ RUN_HELP: dict[str, str] = {
     "heldout_data": "causal-lm: a text file to measure forgetting on ('auto': the bundled model's held-out text)",
     "max_generate_examples": "causal-lm: answer at most this many evaluation prompts (exact match)",
     "max_new_tokens": "causal-lm: the longest answer generated at evaluation",
+    "completion_only_loss": "causal-lm: the loss counts the completion only (off: the prompt's tokens are learned too)",
     "steps": "optimizer steps",
     "lr": "learning rate",
     "batch_size": "examples per step",
@@ -188,7 +189,7 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
                    help="a YAML recipe file (e.g. recipes/tiny.yaml) whose settings the flags change; "
                         "default: the --preset")
     p.add_argument("--track", choices=TRACKERS, default=None,
-                   help="also log the run to this experiment tracker (MLflow: at MLFLOW_TRACKING_URI, else ./mlruns); "
+                   help="also log the run to this experiment tracker (MLflow: at MLFLOW_TRACKING_URI, else MLflow's default, ./mlflow.db); "
                         "default: the recipe's track key, or mlflow when MLFLOW_TRACKING_URI is set")
 
 
@@ -287,6 +288,9 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     s.add_argument("--address", default=None,
                    help="--backend ray: the Ray head's HOST:PORT (as `ray start --head` prints it); the runs "
                         "directory must then be a path every node sees (default: a Ray instance on this machine)")
+    s.add_argument("--track", choices=TRACKERS, default=None,
+                   help="also log each run to this experiment tracker, one tracker run per run (MLflow: at "
+                        "MLFLOW_TRACKING_URI); default: mlflow when MLFLOW_TRACKING_URI is set")
     _add_run_options(s, lora_exclude=("rank",), run_exclude=("name",))  # --ranks; each run is named by its settings
     r = sub.add_parser("runs", help="list the stored runs", allow_abbrev=False)
     r.add_argument("--runs-dir", dest="runs_dir", default="runs", help="run store folder (default: %(default)s)")
@@ -330,13 +334,22 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def _score(result: RunResult) -> str:
+    """What the run was judged by: a classifier's validation accuracy; a language model's exact
+    match on its held-out prompts (its eval_accuracy is next-token accuracy, not the answer's)."""
+    if result.config.task != "causal-lm":
+        return f"validation accuracy {result.eval_accuracy:.3f}"
+    return (f"exact match {result.last('eval_exact_match'):.3f} on held-out prompts, next-token accuracy "
+            f"{result.eval_accuracy:.3f}")
+
+
 def _summary(result: RunResult) -> str:
     m = result.memory
     return (
         f"{result.config.label()}: {result.status}"
         + (f" ({result.message})" if result.message else "")
         + f"\n  trainable {result.params.trainable:,} of {result.params.total:,} ({100 * result.params.share:.3f}%)"
-        f"\n  final train loss {result.final_loss:.4f}, validation accuracy {result.eval_accuracy:.3f}"
+        f"\n  final train loss {result.final_loss:.4f}, {_score(result)}"
         f"\n  {result.timing.seconds_per_step * 1000:.0f} ms/step, {result.timing.tokens_per_second:,.0f} tokens/s"
         f"\n  memory: weights {format_bytes(m.weights)}, gradients {format_bytes(m.gradients)}, "
         f"optimizer {format_bytes(m.optimizer)}, activations {format_bytes(m.activations)}, "
@@ -350,12 +363,17 @@ def _train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     track = track_from_args(args)
     result = train(cfg, runs_dir=args.runs_dir, progress=not args.quiet, track=track)
-    print(_summary(result))
-    tracker = result.environment.get("tracker")
-    if tracker:
-        print(f"  tracker: {tracker['error']}" if "error" in tracker else
-              f"  tracker: MLflow run {tracker['run_id']} in experiment {tracker['experiment']!r} at {tracker['uri']}")
+    print(_summary(result) + _tracker_line(result))
     return 0 if result.status == "completed" else 1
+
+
+def _tracker_line(result: RunResult) -> str:
+    """Where the run was also logged, or why not ('' when it was not asked to be)."""
+    tracker = result.environment.get("tracker")
+    if not tracker:
+        return ""
+    return (f"\n  tracker: {tracker['error']}" if "error" in tracker else
+            f"\n  tracker: MLflow run {tracker['run_id']} in experiment {tracker['experiment']!r} at {tracker['uri']}")
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -369,9 +387,9 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.address is not None and args.backend != "ray":
         raise ValueError("--address is a Ray cluster's: it needs --backend ray")
     results = run_sweep(configs, runs_dir=args.runs_dir, progress=not args.quiet, backend=args.backend,
-                        address=args.address)
+                        address=args.address, track=track_from_args(args))
     for res in results:
-        print(_summary(res))
+        print(_summary(res) + _tracker_line(res))
     written = export_report(results, args.out)
     print(f"wrote {len(written)} files to {args.out}: " + ", ".join(p.name for p in written))
     return 0 if all(r.status == "completed" for r in results) else 1

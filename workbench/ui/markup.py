@@ -79,7 +79,8 @@ def safely(say: Callable[[str, str], None], action: Callable[..., Any], *args: A
         say(f"{type(e).__name__}: {e}", "error")
 
 
-# Waits (up to 20 s) for the panel to be drawn, then scrolls its top into view once.
+# Waits (up to 20 s) for the panel to be drawn, then scrolls its top into view once; after a tab switch that
+# leaves blank page below the panel (its top scrolled away), scrolls its top into view again.
 SCROLL_JS = """
 (function () {
   const style = document.createElement('style');
@@ -92,6 +93,18 @@ SCROLL_JS = """
     if (panel && panel.getBoundingClientRect().height > 100) {
       clearInterval(timer);
       setTimeout(function () { panel.scrollIntoView({block: 'start'}); }, 300);
+      // Leaving a tall tab (Runs) for a short one left the page scrolled past the panel's end (JupyterLab
+      // lets a notebook scroll past its last cell): blank below, the panel's top above. Bring it back.
+      if (!panel.dataset.workbenchTabs) {
+        panel.dataset.workbenchTabs = '1';
+        panel.addEventListener('click', function (event) {
+          if (!event.target.closest('.lm-TabBar-tab')) { return; }
+          setTimeout(function () {
+            const box = panel.getBoundingClientRect();
+            if (box.top < 0 && box.bottom < window.innerHeight - 40) { panel.scrollIntoView({block: 'start'}); }
+          }, 150);
+        });
+      }
     } else if (++tries > 100) {
       clearInterval(timer);
     }

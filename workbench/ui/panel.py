@@ -206,6 +206,14 @@ class Workbench:
         """The runs selected for comparison and export, oldest first."""
         return self.state.selected_results()
 
+    def lock(self, values: dict[str, Any], reason: str) -> None:
+        """Set these settings and keep them for an exercise (``PanelState.lock``): greyed out, the reason shown."""
+        self.state.lock(values, reason)
+
+    def unlock(self) -> None:
+        """Every setting can be changed again."""
+        self.state.unlock()
+
     def refresh(self) -> None:
         """Reload every run from the store and redraw the table and the comparison."""
         self.state.refresh()

@@ -20,10 +20,13 @@ from workbench.util.units import format_bytes
 
 # Why a QLoRA run on a CPU shows a higher process peak and slower steps while its weights
 # shrink: said once wherever those numbers stand side by side (the message, the Runs tab).
+# (Measured on a Zen 3 CPU with MiniLM: the peak is reached while training, well above the process's size
+# right after loading, so the float copy held while loading is not what raises it; importing bitsandbytes'
+# kernels pulls in PyTorch's compiler modules, which tests/ui/test_panel_second_pass.py checks.)
 QLORA_CPU_WHY = ("On a CPU, bitsandbytes stores the frozen weights in 4 or 8 bits (the weights' MB go down), but "
-                 "the float base is loaded before it is quantized, every step turns the codes back into float "
-                 "weights to multiply with, and its library adds to the process, so the process peak and the step "
-                 "time go up here; on a GPU the saving in weights is what remains.")
+                 "its kernels bring PyTorch's compiler modules into the process and every step turns the codes "
+                 "back into float weights to multiply with, so the process peak and the step time go up here; "
+                 "on a GPU the saving in weights is what remains.")
 
 
 def _finite(x: float | None) -> bool:

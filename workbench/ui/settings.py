@@ -199,6 +199,8 @@ class Settings:
         self.preset_name = preset
         self.defaults = defaults
         self.choices = self.default_choices()
+        #: Choices an instructor has fixed for an exercise: name -> why (``lock``); empty when none.
+        self.locked: dict[str, str] = {}
 
     @property
     def task(self) -> str:
@@ -239,9 +241,30 @@ class Settings:
             changes["targets"] = self._with_fused(tuple(changes["targets"]))
         if "layer_range" in changes and not isinstance(changes["layer_range"], str):
             changes["layer_range"] = tuple(changes["layer_range"])
-        if "method" in changes and changes["method"] != self.choices.method and "lr" not in changes:
+        held = sorted(n for n in changes if n in self.locked and changes[n] != getattr(self.choices, n))
+        if held:
+            raise SettingsError(f"{', '.join(held)} {'is' if len(held) == 1 else 'are'} locked for this exercise: "
+                                f"{self.locked[held[0]]}")
+        if ("method" in changes and changes["method"] != self.choices.method and "lr" not in changes
+                and "lr" not in self.locked):
             changes["lr"] = self.starting_lr(changes["method"])
         self.choices = replace(self.choices, **changes)
+
+    def lock(self, values: dict[str, Any], reason: str) -> None:
+        """Set these choices and keep them for an exercise (the workshop room's locked settings).
+
+        ``values``: choice name -> value, set as ``update`` sets them (checked the same way);
+        ``reason``: what the attendee is told.  A later change of one is refused with the reason;
+        ``unlock`` ends it.  A new lock replaces the previous one."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("a lock needs a reason the attendee is told (a non-empty text)")
+        self.locked = {}
+        self.update(**dict(values))
+        self.locked = {name: reason.strip() for name in values}
+
+    def unlock(self) -> None:
+        """Every choice can be changed again."""
+        self.locked = {}
 
     def _with_fused(self, targets: tuple[str, ...]) -> tuple[str, ...]:
         """Targets with each fused group (GPT-2's query, key, value) all ticked or all not.

@@ -132,6 +132,10 @@ class PanelState:
         if self.running:
             self.say("A run is training: switch the task once it has ended.", "warn")
             return
+        if self.settings.locked:
+            self.say(f"The settings are locked for this exercise ({next(iter(self.settings.locked.values()))}): "
+                     "the task stays.", "warn")
+            return
         model, preset = self.setups[task]
         defaults = make_preset(preset, model=model)
         if task not in self._layers:
@@ -158,6 +162,22 @@ class PanelState:
         m = self.messages.message
         if m.kind == "error" and m.text.startswith("Cannot train") and self.settings.problem() is None:
             self.say("Fixed: these settings can train. Press Train.")
+
+    def lock(self, values: dict[str, Any], reason: str) -> None:
+        """An instructor's exercise: set these choices and keep them (``Settings.lock``); the view greys them."""
+        self.settings.lock(values, reason)
+        self.messages.emit("choices")
+        self.say(f"Locked for this exercise: {', '.join(sorted(values))} ({reason.strip()}).")
+
+    def unlock(self) -> None:
+        """End an exercise's lock: every choice can be changed again."""
+        self.settings.unlock()
+        self.messages.emit("choices")
+
+    @property
+    def locked(self) -> dict[str, str]:
+        """The locked choices: name -> the reason the attendee is told (empty when none)."""
+        return dict(self.settings.locked)
 
     def _after_run(self, result: RunResult) -> None:
         """A run has ended and is shown: a language model's run answers Try it's prompt, without a click."""

@@ -100,6 +100,8 @@ class TrainTab:
         self.seed = widgets.Text(value=number_text(c.seed), description="seed", style={"description_width": "32px"},
                                  layout=_box("90px"))
         self.lr_note = widgets.HTML()
+        # The settings an instructor locked for an exercise, and why (empty when none).
+        self.locked_note = widgets.HTML()
         self.readout = widgets.HTML()
         self.train_button = widgets.Button(description="Train", button_style="success", icon="play",
                                            tooltip="train one run with these settings", layout=_box("100px"))
@@ -131,6 +133,7 @@ class TrainTab:
             self.lora_box,
             widgets.HBox([self.lr, self.steps, self.batch_size, self.seed], layout=row),
             self.lr_note,
+            self.locked_note,
             self.readout,
         ], layout=widgets.Layout(width="480px", min_width="440px", margin="0 12px 0 0"))
         running = widgets.VBox([
@@ -272,6 +275,30 @@ class TrainTab:
             w.disabled = running or not lora
         self.layer_range.disabled = running or not lora or len(s.model.blocks) < 2
         self.stop_button.disabled = not running or s.stopping
+        self._show_locked()
+
+    def _show_locked(self) -> None:
+        """Locked choices greyed out, their reason as the tooltip and in one line under the settings."""
+        locked = self.state.locked
+        controls = {"method": self.method, "rank": self.rank, "alpha": self.alpha, "rslora": self.rslora,
+                    "variant": self.variant, "quantize": self.quantize, "layer_range": self.layer_range,
+                    "lr": self.lr, "steps": self.steps, "batch_size": self.batch_size, "seed": self.seed}
+        plain = self.__dict__.setdefault("_plain_tips", {})  # id -> (widget, its own tooltip), while locked
+        held = set()
+        for name, reason in locked.items():
+            for w in self.targets.values() if name == "targets" else [controls.get(name)]:
+                if w is not None:
+                    plain.setdefault(id(w), (w, w.tooltip))
+                    held.add(id(w))
+                    w.disabled, w.tooltip = True, f"locked for this exercise: {reason}"
+        for key in [k for k in plain if k not in held]:  # unlocked: its own tooltip back
+            w, tip = plain.pop(key)
+            w.tooltip = tip
+        reasons = sorted(set(locked.values()))
+        self.locked_note.value = ("" if not locked else
+                                  f"<div class='workbench-locked' style='font-size:11px;color:{COLORS['info']};"
+                                  f"margin:2px 0'>locked for this exercise: {html.escape(', '.join(sorted(locked)))}"
+                                  f" — {html.escape('; '.join(reasons))}</div>")
 
     def show_start(self) -> bool:
         """A run that has just started: an empty progress bar (True); False when none has."""

@@ -30,7 +30,7 @@ from workbench.engine.labels import compact_labels, short_label
 from workbench.engine.outcome import Outcome, run_outcome
 from workbench.util.checks import check_positive_int
 from workbench.viz.style import (
-    FULL_COLOR, HEAD_COLOR, LINESTYLES, LIVE_FIGSIZE, MARKERS, STYLE, WARNING_COLOR, check_results,
+    FULL_COLOR, HEAD_COLOR, LINESTYLES, LIVE_FIGSIZE, MARKERS, RUN_PALETTE, STYLE, WARNING_COLOR, check_results,
     dodge_offsets, label_axes, legend_below, legend_options, log_count_axis, message_figure, human_count, new_figure,
     palette_cues, rank_color, run_colors, shifted, title_with_shared,
 )
@@ -81,6 +81,18 @@ def _history_xy(history: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndar
 # --------------------------------------------------------------------------- figures
 
 
+def _coincident_styles(runs: Sequence[RunResult]) -> list[str]:
+    """A line style per run: a new one each time the colours repeat (as ``palette_cues``), moved on by one
+    for each earlier run whose training curve is the same, so coinciding curves (LoRA, rsLoRA and DoRA of
+    a tiny run) show as solid, dashed, dotted lines over one another instead of the last hiding the rest."""
+    curves = [_history_xy(r.history, "train_loss") for r in runs]
+    out = []
+    for i, (x, y) in enumerate(curves):
+        same = sum(1 for px, py in curves[:i] if len(x) and np.array_equal(px, x) and np.array_equal(py, y))
+        out.append(LINESTYLES[(i // len(RUN_PALETTE) + same) % len(LINESTYLES)])
+    return out
+
+
 def loss_curves(results: Iterable[RunResult], eval: bool = False,  # noqa: A002
                 labels: Sequence[str] | None = None) -> Figure:
     """Training loss against step, one line per run (a colour each), labelled by ``run_names`` (or ``labels``).
@@ -99,7 +111,7 @@ def loss_curves(results: Iterable[RunResult], eval: bool = False,  # noqa: A002
     if not runs:
         return message_figure("no runs to show yet: train a run first", title)
     fig, ax = new_figure()
-    styles = palette_cues(len(runs), LINESTYLES)
+    styles = _coincident_styles(runs)
     names, shared = (list(labels), "") if labels is not None else run_names(runs)
     drawn = eval_drawn = 0
     ys_all: list[np.ndarray] = []

@@ -9,6 +9,8 @@ grid of batch sizes and sequence lengths, and says what the notebook's text clai
                    synthetic batch, measured and estimated; ``memory_grid``: the same over a grid;
 * ``activations``  ``activation_table``, ``activation_kinds``, ``kinds_summary``: the estimate's
                    saved tensors, what each is and how it grows; ``effective_seq_len``;
+* ``resident``     ``resident_before_training(cfg)``: a run's resident memory after its set-up, in a
+                   fresh process (what its CPU peak starts from);
 * ``findings``     the notebook's tables and paragraphs, and ``findings(...)``: every claim of its
                    text, read off the data (its self-test and the unit tests assert on it).
 
@@ -37,6 +39,7 @@ from workbench.lessons.memory.findings import (
     run_table,
     savings_table,
 )
+from workbench.lessons.memory.resident import Resident, resident_before_training
 from workbench.lessons.memory.measured import (
     MemoryComparison,
     measure_vs_estimate,
@@ -66,4 +69,6 @@ __all__ = [
     "quadratic_share",
     "Findings",
     "findings",
+    "Resident",
+    "resident_before_training",
 ]

@@ -72,6 +72,8 @@ class QLoRAWeights:
     qlora_peak: int | None = None
     lora_step_s: float | None = None
     qlora_step_s: float | None = None
+    lora_start: Any = None  # ``resident.Resident`` of each run's set-up, when measured
+    qlora_start: Any = None
 
     @property
     def saving_pct(self) -> float:
@@ -88,20 +90,29 @@ class QLoRAWeights:
                 "optimizer state are LoRA's: the same A, B and head train." + self._peak_and_time())
 
     def _peak_and_time(self) -> str:
-        """The measured peaks and step times, read in the direction they went."""
+        """The measured peaks and step times, read in the direction they went (with ``lora_start`` and
+        ``qlora_start``, the resident memory each run's set-up left before its first step, split in two)."""
         text = ""
         if self.lora_peak and self.qlora_peak:
-            text += (f" The measured **peaks**: QLoRA {self.qlora_peak / MB:.0f} MB, LoRA {self.lora_peak / MB:.0f} MB. ")
+            text += (f" The measured **peaks** (each run's own process, from its first step on): QLoRA "
+                     f"{self.qlora_peak / MB:.0f} MB, LoRA {self.lora_peak / MB:.0f} MB. ")
             if self.qlora_peak > self.lora_peak:
-                extra, copy = self.qlora_peak - self.lora_peak, 4 * self.quantized  # float32 bytes of the quantized weights
-                text += (f"QLoRA's is the higher one, by {extra / MB:.0f} MB, although its weights are smaller. The base "
-                         "is loaded in float32 and then quantized in place (`load_base(..., quantize=\"nf4\")` calls "
-                         "`quantize_model` on the loaded model), so the process's high-water mark holds the float copy "
-                         f"of the quantized layers, {copy / MB:.0f} MB here, before it is freed; ")
-                text += ("that copy accounts for the difference." if extra <= 1.25 * copy else
-                         f"that copy explains at most {copy / MB:.0f} MB of it, and the rest is what only the QLoRA run "
-                         "loads and allocates (the bitsandbytes library and its buffers).")
-                text += " The saving is in the weights bar, not in this CPU process peak."
+                text += (f"QLoRA's is the higher one, by {(self.qlora_peak - self.lora_peak) / MB:.0f} MB, although its "
+                         "weights are smaller. The peak starts at the first step, after the model was loaded, so the "
+                         "float copy of the base that loading makes before it quantizes is not in it. ")
+                if self.lora_start is not None and self.qlora_start is not None:
+                    qs, ls = self.qlora_start.before_training, self.lora_start.before_training
+                    q_add, l_add = self.qlora_start.training_added, self.lora_start.training_added
+                    text += (f"Each run repeated in a fresh process (set up as `train` does, then its steps) splits it: "
+                             f"before its first step QLoRA's process held {qs / MB:.0f} MB against LoRA's "
+                             f"{ls / MB:.0f} MB ({(qs - ls) / MB:+.0f} MB"
+                             + (": the bitsandbytes library and the code it loads, beside the smaller NF4 model"
+                                if self.qlora_start.loaded_bitsandbytes and qs > ls else "")
+                             + f"), and training added {q_add / MB:.0f} MB to QLoRA's against {l_add / MB:.0f} MB to "
+                             f"LoRA's ({(q_add - l_add) / MB:+.0f} MB"
+                             + ("; every step turns each NF4 layer's codes back into float weights for its matmuls"
+                                if q_add > l_add else "") + "). ")
+                text += "The saving is in the weights bar, not in this CPU process peak."
             else:
                 text += "QLoRA's is the lower one, as its smaller weights suggest."
         if self.lora_step_s and self.qlora_step_s:
@@ -114,8 +125,9 @@ class QLoRAWeights:
         return text
 
 
-def qlora_weights(qlora_run: Any, lora_run: Any) -> QLoRAWeights:
-    """Read a QLoRA run and the same LoRA run (``RunResult``s trained with ``keep_model=True``)."""
+def qlora_weights(qlora_run: Any, lora_run: Any, starts: Mapping[str, Any] | None = None) -> QLoRAWeights:
+    """Read a QLoRA run and the same LoRA run (``RunResult``s trained with ``keep_model=True``); ``starts``:
+    ``{"lora": ..., "qlora": ...}`` from ``resident.resident_before_training`` of their configs, if measured."""
     model = qlora_run.model
     if model is None:
         raise ValueError("the QLoRA run kept no model: train it with keep_model=True")
@@ -127,6 +139,7 @@ def qlora_weights(qlora_run: Any, lora_run: Any) -> QLoRAWeights:
         bits_per_weight=nf4_bits_per_weight(),
         lora_peak=lora_run.memory.peak, qlora_peak=qlora_run.memory.peak,
         lora_step_s=_step_seconds(lora_run), qlora_step_s=_step_seconds(qlora_run),
+        lora_start=(starts or {}).get("lora"), qlora_start=(starts or {}).get("qlora"),
     )
 
 

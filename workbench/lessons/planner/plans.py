@@ -246,7 +246,7 @@ class Plan:
                        "is saved outside the blocks + the largest block's activations, recomputed in backward")
         else:
             out.append("no gradient checkpointing: every block's activations are held until backward")
-        out.append(f"activations for device {st.device!r} kernels (sdpa's fused attention for Llama-style models), "
+        out.append(f"activations for device {st.device!r} kernels (for Llama-style models the fused attention of PyTorch's scaled_dot_product_attention, sdpa, which saves no S x S tensor), "
                    f"{'a padded' if st.padded else 'an unpadded'} batch"
                    + (", dropout as in the config" if st.dropout else ", no dropout"))
         out.append("not counted: the CUDA context and allocator fragmentation, temporaries that live within one "
