@@ -40,7 +40,7 @@ def cluster():
         ray.shutdown()
     for attempt in range(3):  # on a loaded machine Ray's 30 s wait for its raylet can run out: try again
         try:
-            ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20)
             break
         except Exception:  # noqa: BLE001 - Ray raises a bare Exception ("timed out during startup")
             ray.shutdown()

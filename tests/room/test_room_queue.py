@@ -251,3 +251,19 @@ def _load_test(ray_room: Room, where: str) -> None:
           f"{60 / slot_s:.0f} attendees per slot keep a run's wait under a minute")
     for name, row in waits.iterrows():
         print(f"  {name}: wait mean {row['mean']:.1f} s, longest {row['max']:.1f} s; 'ahead' shown: {seen_ahead[name][:6]}")
+
+
+def test_a_stopped_head_is_no_longer_rays_current_cluster(tmp_path, monkeypatch):
+    """Killing a head leaves Ray's note of the current cluster behind, and a later ``ray.init()`` would
+    try to join the dead head: the head's stop removes the note when it names that head, and only then."""
+    from workbench.room.ray_head import _forget_as_current
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    note = tmp_path / "ray" / "ray_current_cluster"
+    note.parent.mkdir()
+    note.write_text("192.0.2.2:41234")
+    _forget_as_current("127.0.0.1:6379")  # another head's note stays
+    assert note.read_text() == "192.0.2.2:41234"
+    _forget_as_current("127.0.0.1:41234")
+    assert not note.exists()
+    _forget_as_current("127.0.0.1:41234")  # nothing there: nothing to do

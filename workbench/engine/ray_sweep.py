@@ -156,7 +156,10 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
         yield ray
         return
     if address is None:
-        ray.init(num_cpus=_local_cpus(), include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+        # "local": a new instance of its own, never one found through Ray's note of the machine's last
+        # cluster (/tmp/ray/ray_current_cluster), which outlives a head stopped without `ray stop`.
+        ray.init(address="local", num_cpus=_local_cpus(), include_dashboard=False,
+                 object_store_memory=LOCAL_OBJECT_STORE_BYTES)
     else:
         ray.init(address=address)
     try:

@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,18 @@ class RayHead:
                 except ProcessLookupError:
                     pass
             break
+        _forget_as_current(self.address)
+
+
+def _forget_as_current(address: str) -> None:
+    """Remove Ray's note of the machine's current cluster when it names this head: ``ray stop`` does
+    that, killing the processes does not, and a later ``ray.init()`` would try to join the dead head."""
+    note = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        if note.read_text().strip().rpartition(":")[2] == address.rpartition(":")[2]:
+            note.unlink()
+    except OSError:
+        pass
 
 
 def start_head(cpus: int = 1, log: str | Path | None = None, timeout_s: float = 180.0) -> RayHead:
