@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make lab    -> installs the workbench (no test, benchmark or cluster package) into .venv and opens it in JupyterLab
-#   make test   -> installs everything (and Debian's Chromium for the browser tests) and runs the whole test suite
+#   make test   -> installs everything (and Debian's Chromium and PostgreSQL for the browser and room-ledger tests)
+#                  and runs the whole test suite
 # and, once set up:
 #   make app    -> the workbench as a Voila app (the lab set)
 #   make check  -> the everyday check: the suite without the slow and browser tests (a few minutes)
@@ -13,7 +14,7 @@ LAB_STAMP := $(VENV)/.installed-lab
 ALL_STAMP := $(VENV)/.installed-all
 PORT      ?= 8888
 
-.PHONY: lab app test check browser hub
+.PHONY: lab app test check browser postgres hub
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,8 +45,18 @@ browser:
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
 
+# Debian's PostgreSQL server programs for the room-ledger tests (tests/room/test_room_ledger.py), which start
+# their own throwaway server; no system service is started: a policy-rc.d answering 101 ("not allowed", the
+# Debian way) is put in place for the install when the machine has none, and taken away after.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  made=; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; \
+	    chmod +x /usr/sbin/policy-rc.d; made=1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; status=$$?; \
+	  [ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; exit $$status; fi
+
 # CI's command (.ci/run): the whole suite.
-test: $(ALL_STAMP) browser
+test: $(ALL_STAMP) browser postgres
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
 check: $(ALL_STAMP)

@@ -73,9 +73,10 @@ c.Spawner.environment = {
     "PYTHONPATH": str(CHECKOUT),
 }
 # Passed on when set: the runs at once (the queue's limit), the lease of a running turn (s; a stopped
-# server's slot is freed after it), the panel's model, and JupyterLab's settings (e.g. no news pop-up).
-for _var in ("WORKBENCH_ROOM_LIMIT", "WORKBENCH_ROOM_LEASE_S", "WORKBENCH_MODEL", "JUPYTERLAB_SETTINGS_DIR",
-             "RAY_AUTH_MODE"):
+# server's slot is freed after it), the panel's model, the ledger's PostgreSQL URL (a room whose servers
+# spread over machines; unset: SQLite in the room's folder), and JupyterLab's settings (e.g. no news pop-up).
+for _var in ("WORKBENCH_ROOM_LIMIT", "WORKBENCH_ROOM_LEASE_S", "WORKBENCH_MODEL", "WORKBENCH_ROOM_DB",
+             "JUPYTERLAB_SETTINGS_DIR", "RAY_AUTH_MODE"):
     if os.environ.get(_var):
         c.Spawner.environment[_var] = os.environ[_var]
 # Ray's head checks a token (Ray 2.60 does by default): the kernels, whose HOME is their own folder, are pointed at the

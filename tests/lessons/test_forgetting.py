@@ -8,6 +8,7 @@ story-lm against a held-out loss computed by hand with the model alone.
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -186,7 +187,11 @@ def test_findings_say_so_when_the_directions_do_not_hold():
     assert "LoRA r = 1 did not both learn less and forget less" in text
     flat = paper_like_table()
     flat.loc[flat["rank"] == 64, "completion_loss"] = 0.75  # the gap to full FT barely moves with the rank
-    assert "it barely moves with the rank, so it is not a rank limit" in findings(flat, base).markdown()
+    said = findings(flat, base).markdown()
+    gap = re.search(r"was ([0-9.]+) at r = 1 and ([0-9.]+) at r = 64: a 64 times larger rank narrowed it by (\d+)% "
+                    r"and left it open, so it is not a rank limit", said)
+    assert gap, said  # the narrowing is the run's own, formatted from the two gaps it prints
+    assert int(gap.group(3)) == round(100 * (1 - float(gap.group(2)) / float(gap.group(1))))
     assert "the one that forgot least is **LoRA r=8** (seed 0" in text and "at equal learning LoRA forgot less" in text
     one_lr = findings(table[table["lr"] != 1e-3], base)  # one full fine-tuning rate: no learning-rate sentence
     assert one_lr.lr_gap is None and one_lr.method_gap is None and "**The learning rate.**" not in one_lr.markdown()

@@ -135,6 +135,16 @@ def test_relative_links_resolve():
     assert not broken, "links to nothing:\n  " + "\n  ".join(broken)
 
 
+def test_no_project_tracker_words_in_the_pages():
+    """The pages are read by attendees and users, not by the project's tracker: no "issue 20", no "the
+    issue's call" (they had crept into docs/qlora.md and docs/benchmarks.md)."""
+    found = [f"{page.relative_to(ROOT)}:{i}: {line.strip()[:80]}"
+             for page in [*pages(), ROOT / "data" / "README.md"]
+             for i, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+             if re.search(r"\bissues? \d+|\bthe issue's\b|\(issue\b", line, re.I)]
+    assert not found, "tracker words:\n  " + "\n  ".join(found)
+
+
 # ----------------------------------------------------------------------- the blocks, run
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 
 import nbformat
 from traitlets.config.loader import PyFileConfigLoader
@@ -67,3 +68,32 @@ def test_jupyter_reads_the_file_as_a_config_that_sets_the_hook():
                                 path=str(ROOT / "workbench" / "ui")).load_config()
     hook = config.ContentsManager.pre_save_hook
     assert callable(hook) and hook.__name__ == "keep_clean"
+    manager = config.ServerApp.contents_manager_class
+    assert manager.__name__ == "CleanOnOpenContentsManager"
+
+
+def test_the_notebook_reaches_the_browser_with_the_details_its_kernel_will_write(tmp_path):
+    """Defect: opened in JupyterLab, the tracked notebook was marked changed before anything was
+    done, because the kernel wrote its language details (version, lexer...) over the committed
+    ``{"name": "python"}``.  The server now hands it out with exactly what ipykernel on this
+    Python reports, and the file on disk stays as committed."""
+    import asyncio
+
+    from ipykernel.ipkernel import IPythonKernel
+    from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
+
+    committed = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    assert committed["metadata"]["language_info"] == {"name": "python"}  # no machine's version in git
+    (tmp_path / "workbench.ipynb").write_text(NOTEBOOK.read_text(encoding="utf-8"), encoding="utf-8")
+    other = copy.deepcopy(committed)
+    del other["metadata"]["workbench"]
+    (tmp_path / "mine.ipynb").write_text(json.dumps(other), encoding="utf-8")
+
+    manager = lab_config.clean_contents_manager(AsyncLargeFileManager)(root_dir=str(tmp_path))
+    opened = asyncio.run(manager.get("workbench.ipynb"))
+    assert opened["content"]["metadata"]["language_info"] == IPythonKernel.language_info
+    assert opened["content"]["metadata"]["language_info"]["version"] == sys.version.split()[0]
+    assert asyncio.run(manager.get("mine.ipynb"))["content"]["metadata"]["language_info"] == {"name": "python"}
+    listing = asyncio.run(manager.get("", content=True))  # folders and listings pass through
+    assert {m["name"] for m in listing["content"]} == {"workbench.ipynb", "mine.ipynb"}
+    assert (tmp_path / "workbench.ipynb").read_text(encoding="utf-8") == NOTEBOOK.read_text(encoding="utf-8")

@@ -278,6 +278,10 @@ def test_the_view_in_generate_mode(tmp_path, tiny_layers):
     assert [v for _, v in panel.method.options] == ["lora", "full"] and "no head only" in panel.method_note.value
     assert panel.prompt.value == _skill_validation()[0]["prompt"]
     assert "exact match" in panel.table.value and "last answer" in panel.table.value and "Is A?" in panel.table.value
+    # The role names break after their commas first, in a label and a targets cell of at least 6em (the
+    # browser once squeezed them to a letter a line): every comma in the table is a break point.
+    assert "query,<wbr>key" in panel.table.value and "td:nth-child(5), " in panel.table.value
+    assert "td:last-child { min-width: 6em; }" in panel.table.value
     assert "step 200" in panel.samples.value and panel.samples_box.layout.display == "flex"
     # Toggling a role reaches the state; Try it shows both answers side by side.
     for key, box in panel.targets.items():

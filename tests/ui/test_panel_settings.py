@@ -183,6 +183,9 @@ def test_an_instructors_lock_sets_greys_and_keeps_settings_until_unlocked(tmp_pa
     assert panel.steps.disabled and panel.lr.disabled and not panel.rank.disabled
     assert panel.steps.tooltip == "locked for this exercise: exercise 2 compares ranks at one lr"
     assert "locked for this exercise: lr, steps — exercise 2 compares ranks at one lr" in panel.train_tab.locked_note.value
+    # the learning rate's note says it is fixed, not "change it freely" beside a greyed-out box
+    assert panel.lr_note.value and "freely" not in panel.lr_note.value
+    assert "Learning rate 0.002, fixed for this exercise: exercise 2 compares ranks at one lr." in panel.lr_note.value
     with pytest.raises(SettingsError, match="steps is locked for this exercise: exercise 2 compares ranks at one lr"):
         s.update(steps=9)
     s.update(steps="4", rank=2)  # the same value, typed, and an unlocked setting: fine
@@ -194,6 +197,7 @@ def test_an_instructors_lock_sets_greys_and_keeps_settings_until_unlocked(tmp_pa
         s.lock({"seed": 1}, " ")
     panel.unlock()
     assert s.locked == {} and not panel.steps.disabled and panel.train_tab.locked_note.value == ""
+    assert "fixed for this exercise" not in panel.lr_note.value
     assert panel.steps.tooltip != "locked for this exercise: exercise 2 compares ranks at one lr"
     s.update(steps=9)
     assert s.choices.steps == 9

@@ -316,6 +316,27 @@ def test_coinciding_curves_get_their_own_line_styles_so_none_hides_another(runs)
     assert all(np.array_equal(ln.get_ydata(), lines[0].get_ydata()) for ln in lines[:3])
 
 
+def test_curves_the_eye_cannot_tell_apart_get_their_own_line_styles(runs):
+    """Defect: in 02b's figure DoRA's curve, a hair from LoRA's (not equal to it), hid LoRA's entirely, and
+    rsLoRA's and PiSSA's lay on each other from step 45 on.  A curve within 1 % of the axis of an earlier
+    one over most of its steps gets the next line style; a curve that differs keeps the solid line."""
+    import dataclasses
+
+    base = runs[0]
+    near = base.history.copy()
+    near["train_loss"] = near["train_loss"] * (1 + 1e-3)  # a hair apart everywhere
+    late = base.history.copy()
+    half = len(late) // 3
+    late.loc[late.index[:half], "train_loss"] = late["train_loss"].iloc[:half] + 0.5  # apart for a third, then on it
+    apart = base.history.copy()
+    apart["train_loss"] = apart["train_loss"] + 0.3 * float(np.ptp(base.history["train_loss"].dropna()))
+    made = [dataclasses.replace(fake_run(RunConfig(method="lora", seed=k), 100, None, 0.6, 0.8), history=h)
+            for k, h in enumerate((base.history, near, late, apart))]
+    lines = run_figures.loss_curves(made).axes[0].get_lines()
+    assert [ln.get_linestyle() for ln in lines] == ["-", "--", ":", "-"]
+    assert not np.array_equal(lines[0].get_ydata(), lines[1].get_ydata())  # not equal, yet told apart
+
+
 def test_live_curve_plots_exact_match_and_keeps_title_and_legend_off_the_data(runs):
     """The live plot of a generative run: exact match at each evaluation on a right-hand axis (it was not
     plotted live); the legend above the axes, so it covers no step and no evaluation marker; the title

@@ -85,8 +85,10 @@ def table(times: Mapping[str, Mapping[str, Any]], what: Mapping[str, str]) -> st
     cpus = sorted({t["cpu"] for t in times.values()})
     threads = sorted({str(t.get("threads", "torch's default")) for t in times.values()})
     head = (f"Measured on {' and '.join(cpus)}, each notebook at its defaults in a fresh kernel, one at a time "
-            f"(OMP_NUM_THREADS {' or '.join(threads)}). The load column is the 1-minute load average before and after "
-            "the notebook: above 1, other jobs shared the two cores and the time is longer than on an idle machine. "
+            f"(OMP_NUM_THREADS {' or '.join(threads)}). The load column is the 1-minute load average just before and "
+            "just after the notebook. A notebook alone, training with torch's threads, holds it near the number of "
+            "threads (about 2 here), and the figure before still carries the previous notebook's load; well above 2, "
+            "other jobs shared the two cores and the time is longer than on an idle machine. "
             f"Total {_minutes(sum(t['seconds'] for t in times.values()))}.")
     rows = ["| notebook | printed run time | load before, after | measured | what takes the time |",
             "|---|---|---|---|---|"]

@@ -60,19 +60,22 @@ class Room:
 
     @classmethod
     def create(cls, folder: str | Path, instructor: str, limit: int | None = None, ray: bool = True,
-               address: str | None = None) -> "Room":
-        """Make a room at ``folder`` with ``instructor`` as its instructor (the instructor, once)."""
-        store = RoomStore(folder, create=True)
+               address: str | None = None, db: str | None = None) -> "Room":
+        """Make a room at ``folder`` with ``instructor`` as its instructor (the instructor, once);
+        ``db``: the ledger's PostgreSQL URL (``None``: ``WORKBENCH_ROOM_DB``, else ``<folder>/room.db``)."""
+        store = RoomStore(folder, create=True, db=db)
         store.add_instructor(instructor)
         return cls(store, RoomQueue(RayQueue(limit, address) if ray else LocalQueue(limit)))
 
     @classmethod
-    def join(cls, folder: str | Path, ray: bool | None = None, address: str | None = None) -> "Room":
+    def join(cls, folder: str | Path, ray: bool | None = None, address: str | None = None,
+             db: str | None = None) -> "Room":
         """An existing room (an attendee's kernel): the store must be there; the queue is the room's
         Ray actor at ``address`` (shared by name), or - without an address - one in this process,
-        which orders only this process's runs (``ray=True`` without an address: a Ray started here)."""
+        which orders only this process's runs (``ray=True`` without an address: a Ray started here).
+        ``db`` as for ``create``: a hub sets ``WORKBENCH_ROOM_DB`` beside ``WORKBENCH_ROOM``."""
         use_ray = address is not None if ray is None else ray
-        return cls(RoomStore(folder), RoomQueue(RayQueue(None, address) if use_ray else LocalQueue()))
+        return cls(RoomStore(folder, db=db), RoomQueue(RayQueue(None, address) if use_ray else LocalQueue()))
 
     # ------------------------------------------------------------------ exercises and locks
 

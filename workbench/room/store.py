@@ -3,7 +3,9 @@
 Layout of a room folder (made by the instructor, ``RoomStore(folder, create=True)``)::
 
     <room>/
-      room.db               the ledger (workbench.room.ledger): owners, times, exercises
+      room.db               the ledger (workbench.room.ledger): owners, times, exercises;
+                            or, for a hub over several machines, a PostgreSQL database
+                            (``db=`` or WORKBENCH_ROOM_DB), the runs then on a shared volume
       runs/<attendee>/<run id>/run.json, history.csv, adapter/   (workbench.records.store)
 
 An attendee's runs are the project's ordinary run store under ``runs/<attendee>``, so the
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -39,11 +41,12 @@ class NotYours(PermissionError):
 
 
 class RoomStore:
-    """The room's runs at ``folder``.  ``create=True``: make the room (the instructor, once)."""
+    """The room's runs at ``folder``.  ``create=True``: make the room (the instructor, once).
+    ``db``: the ledger's PostgreSQL URL (``None``: ``WORKBENCH_ROOM_DB``, else ``<folder>/room.db``)."""
 
-    def __init__(self, folder: str | Path, create: bool = False) -> None:
+    def __init__(self, folder: str | Path, create: bool = False, db: str | None = None) -> None:
         self.folder = Path(folder)
-        self.ledger = Ledger(self.folder, create=create)
+        self.ledger = Ledger(self.folder, create=create, db=db)
 
     # ------------------------------------------------------------------ people
 
@@ -75,7 +78,7 @@ class RoomStore:
 
     def sink(self, attendee: str, exercise: int, queued: float, started: float) -> "RoomSink":
         """The listener that enters a run in the ledger when it starts and when it ends."""
-        return RoomSink(str(self.folder), check_name(attendee), exercise, queued, started)
+        return RoomSink(str(self.folder), check_name(attendee), exercise, queued, started, self.ledger.db or "")
 
     # ------------------------------------------------------------------ reading and deleting
 
@@ -115,21 +118,24 @@ class RoomStore:
 class RoomSink(RunSink):
     """Enters a run in the room's ledger: at its start (with its queue times) and at its end.
 
-    It comes after the run store's sink, which has named the run and saved it by then."""
+    It comes after the run store's sink, which has named the run and saved it by then.  ``db`` is the
+    ledger's PostgreSQL URL as the store resolved it ("": the room's SQLite file), so a run's rows go
+    to the store's ledger whatever the environment of the process that trains it says."""
 
     folder: str
     attendee: str
     exercise: int
     queued: float
     started: float
+    db: str = field(default="", repr=False)  # a URL may hold a password: never in a repr or a log
 
     def on_start(self, result: RunResult) -> None:
-        Ledger(self.folder).record_start(result.run_id, self.attendee, self.exercise, result.config.label(),
+        Ledger(self.folder, db=self.db).record_start(result.run_id, self.attendee, self.exercise, result.config.label(),
                                          self.queued, self.started, str(result.path))
 
     def on_finish(self, result: RunResult, model: object) -> None:
         if result.run_id:
-            Ledger(self.folder).record_end(result.run_id, result.status, time.time())
+            Ledger(self.folder, db=self.db).record_end(result.run_id, result.status, time.time())
 
 
 __all__ = ["RoomStore", "RoomSink", "NotYours", "RoomStoreUnavailable", "ROOM_COLUMNS", "INSTRUCTOR", "ATTENDEE"]

@@ -45,8 +45,15 @@ table.workbench-runs td.bad { color: #8a5a00; font-weight: bold; }
 _TABLE_CSS = _TABLE_CSS.replace("</style>", (
     f"table.workbench-runs.generate td:nth-child({GENERATE_COLUMNS.index('last answer') + 1}) "
     "{ white-space: normal; text-align: left; min-width: 6em; max-width: 20em; }\n"
-    # a language model's labels and targets name up to six roles: let them break anywhere to fit the width
-    "table.workbench-runs.generate td { overflow-wrap: anywhere; }\n</style>"))
+    # a language model's labels and targets name up to six roles: the cells may break anywhere, so the table
+    # always fits the panel, but the label and the targets keep 6em and break after a comma first
+    # (``_COMMA_BREAK``): without that floor the browser squeezed them to a letter a line.  The run id, which
+    # breaks anywhere anyway, gives up the width they take (6em here, 9em in a classifier's table).
+    "table.workbench-runs.generate td { overflow-wrap: anywhere; }\n"
+    "table.workbench-runs.generate td:nth-child(1), table.workbench-runs.generate td:nth-child(5), "
+    "table.workbench-runs.generate td:last-child { min-width: 6em; }\n</style>"))
+#: A line may break after a comma in a text cell ("query,key,value,..."); number cells do not wrap (nowrap).
+_COMMA_BREAK = ",<wbr>"
 
 
 class RunsTab:
@@ -135,6 +142,8 @@ class RunsTab:
             classes = ["workbench-runs"] + (["generate"] if s.task == "causal-lm" else [])
             table = shown.to_html(index=False, escape=True, border=0, classes=classes)
             table = re.sub(r"<td>(did not learn|diverged|failed|stopped)</td>", r"<td class='bad'>\1</td>", table)
+            if s.task == "causal-lm":  # six role names in the label and the targets
+                table = table.replace(",", _COMMA_BREAK)
             self.table.value = (_TABLE_CSS + f"<div style='max-height:300px;overflow:auto'>{table}</div>"
                                 "<div style='white-space:normal;line-height:1.3'>"  # the footnote wraps
                                 f"<small>{len(visible)} run(s) shown{hidden}, in {html.escape(str(s.runs_dir))}"

@@ -83,14 +83,33 @@ def _history_xy(history: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndar
 
 def _coincident_styles(runs: Sequence[RunResult]) -> list[str]:
     """A line style per run: a new one each time the colours repeat (as ``palette_cues``), moved on by one
-    for each earlier run whose training curve is the same, so coinciding curves (LoRA, rsLoRA and DoRA of
-    a tiny run) show as solid, dashed, dotted lines over one another instead of the last hiding the rest."""
+    for each earlier run whose training curve the eye cannot tell from it (``_coincide``), so coinciding
+    curves (LoRA and DoRA start alike; rsLoRA and PiSSA of 02b end alike) show as solid, dashed, dotted
+    lines over one another instead of the last hiding the rest."""
     curves = [_history_xy(r.history, "train_loss") for r in runs]
+    finite = [y[np.isfinite(y)] for _, y in curves]
+    span = float(np.ptp(np.concatenate(finite))) if any(len(y) for y in finite) else 0.0
     out = []
     for i, (x, y) in enumerate(curves):
-        same = sum(1 for px, py in curves[:i] if len(x) and np.array_equal(px, x) and np.array_equal(py, y))
+        same = sum(1 for px, py in curves[:i] if _coincide(px, py, x, y, span))
         out.append(LINESTYLES[(i // len(RUN_PALETTE) + same) % len(LINESTYLES)])
     return out
+
+
+# Two curves "coincide" where they are closer than this share of the loss axis's span (about 3 pixels
+# of a 300-pixel axis: closer than a line's width and a half), over at least COINCIDE_SHARE of their steps.
+COINCIDE_TOLERANCE = 0.01
+COINCIDE_SHARE = 0.5
+
+
+def _coincide(px: np.ndarray, py: np.ndarray, x: np.ndarray, y: np.ndarray, span: float) -> bool:
+    """The two curves lie on top of each other for most of their common steps (within
+    ``COINCIDE_TOLERANCE`` of the axis ``span``, on at least ``COINCIDE_SHARE`` of them)."""
+    common, i, j = np.intersect1d(px, x, return_indices=True)
+    if not len(common):
+        return False
+    close = np.abs(py[i] - y[j]) <= COINCIDE_TOLERANCE * span
+    return bool(close.mean() >= COINCIDE_SHARE)
 
 
 def loss_curves(results: Iterable[RunResult], eval: bool = False,  # noqa: A002

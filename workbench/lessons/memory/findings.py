@@ -111,7 +111,9 @@ class QLoRAWeights:
                              + f"), and training added {q_add / MB:.0f} MB to QLoRA's against {l_add / MB:.0f} MB to "
                              f"LoRA's ({(q_add - l_add) / MB:+.0f} MB"
                              + ("; every step turns each NF4 layer's codes back into float weights for its matmuls"
-                                if q_add > l_add else "") + "). ")
+                                if q_add > l_add else "") + "). These repeats are processes of their own, so their "
+                             "figures need not add up to the peaks above; "
+                             "read each as the difference between QLoRA and LoRA. ")
                 text += "The saving is in the weights bar, not in this CPU process peak."
             else:
                 text += "QLoRA's is the lower one, as its smaller weights suggest."
