@@ -130,8 +130,9 @@ class RoomSink(RunSink):
     db: str = field(default="", repr=False)  # a URL may hold a password: never in a repr or a log
 
     def on_start(self, result: RunResult) -> None:
-        Ledger(self.folder, db=self.db).record_start(result.run_id, self.attendee, self.exercise, result.config.label(),
-                                         self.queued, self.started, str(result.path))
+        Ledger(self.folder, db=self.db).record_start(result.run_id, self.attendee, self.exercise,
+                                                     result.config.label(), self.queued, self.started,
+                                                     str(result.path))
 
     def on_finish(self, result: RunResult, model: object) -> None:
         if result.run_id:

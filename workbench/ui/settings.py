@@ -293,13 +293,13 @@ class Settings:
         if method not in METHODS:
             return ""
         start, lr = self.starting_lr(method), self.choices.lr
+        number = isinstance(lr, (int, float)) and not isinstance(lr, bool)
+        shown = f"{lr:g}" if number else repr(lr)
         if "lr" in self.locked:  # an exercise fixed it: no invitation to change what cannot be changed
-            shown = f"{lr:g}" if isinstance(lr, (int, float)) and not isinstance(lr, bool) else repr(lr)
             return f"Learning rate {shown}, fixed for this exercise: {self.locked['lr']}."
-        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr == start:
+        if number and lr == start:
             return (f"Learning rate set to {start:g} for {_method_label(method)}: {LR_WHY[method]}. "
                     "Switching the method resets it; change it freely.")
-        shown = f"{lr:g}" if isinstance(lr, (int, float)) and not isinstance(lr, bool) else repr(lr)
         return (f"Learning rate {shown} as typed; {_method_label(method)} starts at {start:g}: {LR_WHY[method]}. "
                 "Switching the method resets it.")
 
