@@ -36,6 +36,26 @@ from workbench.lora.params import ParamCounts, ParameterReport, count_parameters
 
 __version__ = "0.1.0"
 
+
+def _warm_the_worker_in_a_notebook() -> None:
+    """In a notebook's kernel, start the training worker now, in the background.
+
+    A CPU run trains in a process forked from a server that must first import torch and
+    transformers (``workbench.engine.fork_server``: about 7 s on 2 cores).  Started here, at
+    the notebook's first ``import workbench``, it is ready before the panel is drawn, so the
+    first Train click does not wait for it.  Only in an IPython kernel (where someone will
+    click); a script, the CLI or a test starts it when its first run asks.  Starting it costs
+    this import a thread and a ``subprocess.Popen``: it runs beside it, on another core."""
+    import sys
+
+    if "ipykernel" in sys.modules:
+        from workbench.engine.fork_server import prewarm
+
+        prewarm()
+
+
+_warm_the_worker_in_a_notebook()
+
 # Public name -> the module that defines it (loaded on first use).
 _LAZY: dict[str, str] = {
     "METHODS": "workbench.engine.config",

@@ -47,6 +47,8 @@ def test_each_evaluation_is_announced_before_it_runs_with_the_prompts_it_answers
     assert steps.count(2) == 2 and steps.count(4) == 4
     t = result.timing
     assert 0 < t.eval_seconds < t.total_seconds and 0 < t.train_seconds < t.total_seconds - t.eval_seconds
+    # Loading is measured apart too (set_up: the model, the data, the LoRA layers), before any step.
+    assert 0 < t.load_seconds < t.total_seconds - t.eval_seconds - t.train_seconds
     assert math.isfinite(t.seconds_per_step)
 
 

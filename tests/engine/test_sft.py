@@ -113,3 +113,31 @@ def test_a_single_file_holds_out_a_seeded_share(tmp_path):
     again = load_prompt_task(path, seed=3)[1]
     assert len(train) == 18 and len(held) == 2 and held.prompts == again.prompts
     assert not set(train.prompts) & set(held.prompts)
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt2", "story-lm"])
+def test_prompts_tokenized_together_are_the_tokenizer_called_on_each(model):
+    # The run's data tokenizes all its prompts in one call; the reference is the tokenizer
+    # called on one text at a time, with the prompt rule applied by hand (BOS first, no
+    # closing EOS, an empty plain prompt gets BOS), chat prompts as the template wrote them.
+    from workbench.engine.models import load_tokenizer
+    from workbench.engine.sft import batch_prompt_ids
+
+    tok = load_tokenizer(model)
+    prompts = ["the cat is", "", "a dog that barks at the mail man", "<s> as the template wrote it", "x"]
+    chat = [False, False, False, True, False]
+
+    def by_hand(text: str, is_chat: bool) -> list[int]:
+        if is_chat:
+            return tok(text, add_special_tokens=False)["input_ids"]
+        ids = tok(text, add_special_tokens=True)["input_ids"] if text else []
+        if len(ids) > 1 and ids[-1] == tok.eos_token_id:
+            ids = ids[:-1]
+        return ids or ([tok.bos_token_id] if tok.bos_token_id is not None else [])
+
+    assert batch_prompt_ids(tok, prompts, chat) == [by_hand(p, c) for p, c in zip(prompts, chat)]
+    ds = PromptDataset(prompts, [" happy", " on", " again and again", " yes", ""], chat=chat)
+    tokens = tokenize_prompts(ds, tok, max_length=64)
+    for i, (p, c) in enumerate(zip(prompts, chat)):
+        completion = tok(ds.completions[i], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert tokens.input_ids[i] == (by_hand(p, c) or [tok.bos_token_id or tok.eos_token_id]) + completion

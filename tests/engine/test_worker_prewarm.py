@@ -1,4 +1,4 @@
-"""``worker.prewarm()``: the fork server starts in the background, and the next run uses it.
+"""``fork_server.prewarm()``: the fork server starts in the background, and the next run uses it.
 
 No timing is asserted (the machine is shared); what is checked is which process the run's
 worker was forked from, and that warming twice starts one server."""
@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from workbench.engine import worker
+from workbench.engine import fork_server
 from workbench.engine.config import preset
 from workbench.engine.launch import train
 
@@ -22,17 +22,17 @@ def _children(pid: int) -> list[int]:
 
 
 def test_prewarm_returns_at_once_and_the_next_run_is_forked_from_its_server():
-    worker.close_fork_server()
-    thread = worker.prewarm()
+    fork_server.close_fork_server()
+    thread = fork_server.prewarm()
     assert isinstance(thread, threading.Thread) and thread.daemon
     assert thread.is_alive()  # returned while the server still imports torch (seconds): it did not wait
     # Asked again while it starts: the same thread, not a second server.
-    assert worker.prewarm() in (thread, None)
+    assert fork_server.prewarm() in (thread, None)
     thread.join(timeout=120)
     assert not thread.is_alive()
-    server = worker._server
+    server = fork_server._server
     assert server is not None and server.usable() and server.busy == 0
-    assert worker.prewarm() is None  # warm already: nothing to do
+    assert fork_server.prewarm() is None  # warm already: nothing to do
 
     parents = []
 
@@ -42,20 +42,35 @@ def test_prewarm_returns_at_once_and_the_next_run_is_forked_from_its_server():
     result = train(preset("tiny", bf16=False, steps=2, eval_every=0), on_step=who_runs_me, progress=False,
                    fresh_process=True)
     assert result.status == "completed"
-    assert worker._server is server and server.proc.poll() is None  # the same server, still up
+    assert fork_server._server is server and server.proc.poll() is None  # the same server, still up
     assert len(parents) == 2 and all(len(p) == 1 for p in parents)
 
 
 def test_a_run_asked_for_while_the_server_starts_waits_for_that_server():
-    worker.close_fork_server()
-    thread = worker.prewarm()
+    fork_server.close_fork_server()
+    thread = fork_server.prewarm()
     assert thread is not None
     result = train(preset("tiny", bf16=False, steps=1, eval_every=0), progress=False, fresh_process=True)
     thread.join(timeout=120)
     assert result.status == "completed"
-    assert worker._retired == []  # one server was started, not two
+    assert fork_server._retired == []  # one server was started, not two
 
 
 def test_prewarm_on_a_platform_without_the_worker_does_nothing(monkeypatch):
-    monkeypatch.setattr(worker.sys, "platform", "darwin")
-    assert worker.prewarm() is None
+    monkeypatch.setattr(fork_server.sys, "platform", "darwin")
+    assert fork_server.prewarm() is None
+
+
+def test_a_notebook_kernel_starts_the_worker_at_import_and_a_script_does_not():
+    # In a notebook (ipykernel loaded) ``import workbench`` starts the fork server in the
+    # background, so the first Train click finds it warm; a script starts it at its first run.
+    import subprocess
+
+    probe = ("{pre}import workbench; from workbench.engine import fork_server; "
+             "t = fork_server._prewarming; print(t is not None and t.daemon); t and t.join(120); "
+             "print(fork_server._server is not None and fork_server._server.usable())")
+    for pre, expected in (("import ipykernel; ", ["True", "True"]), ("", ["False", "False"])):
+        out = subprocess.run([sys.executable, "-c", probe.format(pre=pre)], capture_output=True, text=True,
+                             timeout=240)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == expected, (pre, out.stdout, out.stderr[-2000:])

@@ -47,7 +47,7 @@ def _result(config: RunConfig | None = None, n: int = 6, status: str = "complete
         params=ParamCounts(trainable=74_498, total=22_788_484),
         memory=MemoryBreakdown(86_900_000, 280_000, 570_000, 161_000_000, 798_000_000, "process"),
         timing=Timing(seconds_per_step=0.492, tokens_per_second=1234.5, total_seconds=61.0, eval_seconds=3.5,
-                      train_seconds=50.25),  # every field a number: NaN != NaN would hide a lost one
+                      train_seconds=50.25, load_seconds=1.75),  # every field a number: NaN != NaN would hide a lost one
         **kw,
     )
 

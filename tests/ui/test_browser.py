@@ -315,7 +315,7 @@ def _generate_and_try(page, runs_dir: Path, name: str, steps: str | None = "4") 
                                ".textContent)", timeout=60_000)
         said = _message(page)
         took = re.search(r"took [0-9.]+ s: [0-9.]+ s training \([0-9.]+ s/step\), [0-9.]+ s evaluating, "
-                         r"[0-9.]+ s loading", said)
+                         r"[0-9.]+ s loading, [0-9.]+ s between steps", said)
         assert took, said
         print(f"\n[{name}] a default generate run (250 steps), as the panel measured it: {took.group(0)}")
         _shot(page, f"{name}-generate-done")

@@ -57,12 +57,16 @@ def test_a_learned_run_is_done_and_says_where_its_adapter_is(tmp_path):
     text, kind, details = PanelState.verdict(run, Outcome("did not learn", "did not learn: loss rose from 0.69 to 24.3"))
     assert kind == "warn" and text.startswith("Finished, but it did not learn: loss rose from 0.69 to 24.3.")
     assert details == ""
-    # Measured apart: the message says what each part of the time counts; the rest is loading.
+    # Measured apart: the message says what each part of the time counts; the rest is between the steps.
     from workbench.engine.config import Timing
 
+    run.timing = Timing(0.05, 1000.0, 36.4, eval_seconds=9.1, train_seconds=21.3, load_seconds=1.2)
+    text, _, _ = PanelState.verdict(run, Outcome("learned", "learned"))
+    assert "took 36.4 s: 21.3 s training (0.050 s/step), 9.1 s evaluating, 1.2 s loading, 4.8 s between steps" in text
+    # A record from before loading was measured: the rest is not called loading alone.
     run.timing = Timing(0.05, 1000.0, 36.4, eval_seconds=9.1, train_seconds=21.3)
     text, _, _ = PanelState.verdict(run, Outcome("learned", "learned"))
-    assert "took 36.4 s: 21.3 s training (0.050 s/step), 9.1 s evaluating, 6.0 s loading" in text
+    assert "took 36.4 s: 21.3 s training (0.050 s/step), 9.1 s evaluating, 6.0 s loading and between steps" in text
 
 
 def test_typed_numbers_are_read_or_refused_never_rewritten(tmp_path, tiny_layers):
@@ -225,3 +229,17 @@ def test_the_header_gives_measured_run_times(stored):
     assert state.timing_note() == "Runs of 6 steps took 7.5–9.5 s here from Train to done (3 measured)."
     panel = Workbench(state=state)
     assert "Runs of 6 steps took 7.5–9.5 s here from Train to done (3 measured)." in panel.header.value
+
+
+def test_the_header_splits_run_times_into_what_each_part_counts(stored):
+    from workbench.engine.config import Timing
+
+    state, ids = stored
+    runs = [r for r in state.results if r.run_id in ids]
+    for i, r in enumerate(runs):  # totals 7.5, 8.5, 9.5 s (fake_run), parts measured apart
+        r.timing = Timing(0.05, 1000.0, r.timing.total_seconds, eval_seconds=1.0 + i, train_seconds=4.0 + i,
+                          load_seconds=1.25 + i / 2)
+    assert state.timing_note() == ("Runs of 6 steps took 7.5–9.5 s here from Train to done: 4.0–6.0 s training, "
+                                   "1.0–3.0 s evaluating, 1.2–2.2 s loading, the rest between steps (3 measured).")
+    runs[0].timing = Timing(0.05, 1000.0, runs[0].timing.total_seconds, eval_seconds=1.0, train_seconds=4.0)
+    assert state.timing_note().endswith("evaluating, the rest loading and between steps (3 measured).")

@@ -35,7 +35,7 @@ def _phased_train(seen: list):
             history.append({"step": step, "train_loss": 0.7 - 0.2 * step, "lr": cfg.lr})
             on_step(StepInfo(step, 2, 0.7 - 0.2 * step, cfg.lr, 0.1 * step, history=list(history)))
         run = fake_run(cfg, [0.5, 0.3], 0.9)
-        run.timing = Timing(0.05, 1000.0, 36.4, eval_seconds=9.1, train_seconds=21.3)
+        run.timing = Timing(0.05, 1000.0, 36.4, eval_seconds=9.1, train_seconds=21.3, load_seconds=1.2)
         return run
 
     return train
@@ -52,8 +52,9 @@ def test_an_evaluation_is_shown_as_a_phase_and_the_time_says_what_it_counts(tmp_
     # While it evaluated: the progress text and the message said so, with the prompts and the step.
     assert shown and shown[0][1] == "evaluating 20 held-out prompts, step 2…"
     assert shown[0][2] == "Step 2 of 2: evaluating 20 held-out prompts (the final evaluation answers every prompt)…"
-    # The done message: the total, and what it is made of (measured apart; the rest is loading).
-    assert "took 36.4 s: 21.3 s training (0.050 s/step), 9.1 s evaluating, 6.0 s loading" in s.message.text
+    # The done message: the total, and what it is made of (measured apart; the rest is between the steps).
+    assert ("took 36.4 s: 21.3 s training (0.050 s/step), 9.1 s evaluating, 1.2 s loading, 4.8 s between steps"
+            in s.message.text)
     assert s.phase == "" and panel.progress_text.value.startswith("2 / 2")
 
 

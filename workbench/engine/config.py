@@ -256,7 +256,10 @@ class Timing:
     tokens_per_second: float  # non-padding tokens per second of training
     total_seconds: float  # wall time of the run, loading and evaluation included
     eval_seconds: float = float("nan")  # of which evaluating (NaN: a record written before it was measured)
-    train_seconds: float = float("nan")  # of which in training steps (the rest: loading the model and data)
+    train_seconds: float = float("nan")  # of which in training steps
+    # of which loading the model and the data, before the first step; the rest is between the
+    # steps: the next batch, and what listens to the run (a panel's live curve, the record)
+    load_seconds: float = float("nan")
 
 
 @dataclass

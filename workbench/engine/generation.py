@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from workbench.engine.sft import prompt_ids
+from workbench.engine.sft import batch_prompt_ids
 from workbench.lora.serving import adapters_per_row, check_row_adapters
 from workbench.util.checks import check_integer, check_number, check_positive_int
 
@@ -88,7 +88,7 @@ def _encode(tokenizer: Any, prompts: list[str], chat: bool | Sequence[bool]) -> 
     flags = [chat] * len(prompts) if isinstance(chat, bool) else list(chat)
     if len(flags) != len(prompts) or not all(isinstance(f, bool) for f in flags):
         raise ValueError(f"chat must be True/False or one bool per prompt ({len(prompts)}), got {chat!r}")
-    ids = [prompt_ids(tokenizer, p, f) for p, f in zip(prompts, flags)]
+    ids = batch_prompt_ids(tokenizer, prompts, flags)
     empty = [i for i, x in enumerate(ids) if not x]
     if empty:
         raise ValueError(f"prompt {empty[0]} is empty and the tokenizer has no BOS token to start from; "

@@ -253,14 +253,30 @@ def shortest_first(tokens: PromptTokens) -> PromptTokens:
 def prompt_ids(tokenizer: Any, prompt: str, chat: bool = False) -> list[int]:
     """The prompt's token ids as the model will see them: the tokenizer's special start
     tokens (BOS) first, unless a chat template already wrote them into the text."""
-    if chat:
-        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"]) if prompt else []
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if ids and eos is not None and ids[-1] == eos and len(ids) > 1:
-        ids = ids[:-1]  # tokenizers that close every text with EOS: the prompt is not finished
-    if not ids and getattr(tokenizer, "bos_token_id", None) is not None:
-        ids = [tokenizer.bos_token_id]  # plain text: condition the first token on BOS
+    return batch_prompt_ids(tokenizer, [prompt], [chat])[0]
+
+
+def batch_prompt_ids(tokenizer: Any, prompts: list[str], chat: list[bool]) -> list[list[int]]:
+    """``prompt_ids`` of many prompts, with one tokenizer call per kind (plain, chat).
+
+    One call for all the texts lets a fast tokenizer encode them in one go; a call per
+    text spent most of a run's loading time in the tokenizer's Python wrapper (0.6 s of
+    the generate preset's 0.9 s to its first step, AMD EPYC Zen 3)."""
+    ids: list[list[int]] = [[] for _ in prompts]
+    for is_chat in (False, True):
+        picked = [i for i, (p, c) in enumerate(zip(prompts, chat)) if bool(c) == is_chat and (p or is_chat)]
+        if picked:
+            encoded = tokenizer([prompts[i] for i in picked], add_special_tokens=not is_chat)["input_ids"]
+            for i, e in zip(picked, encoded):
+                ids[i] = list(e)
+    eos, bos = getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "bos_token_id", None)
+    for i, is_chat in enumerate(chat):
+        if is_chat:
+            continue
+        if len(ids[i]) > 1 and eos is not None and ids[i][-1] == eos:
+            ids[i] = ids[i][:-1]  # tokenizers that close every text with EOS: the prompt is not finished
+        if not ids[i] and bos is not None:
+            ids[i] = [bos]  # plain text: condition the first token on BOS
     return ids
 
 
@@ -280,9 +296,11 @@ def tokenize_prompts(ds: PromptDataset, tokenizer: Any, max_length: int, complet
         raise DataError("the tokenizer has no end-of-sequence token; a generative run appends EOS to every "
                         "completion so that the model learns to stop (set tokenizer.eos_token)")
     all_ids, lengths = [], []
-    for i, (prompt, completion) in enumerate(zip(ds.prompts, ds.completions)):
-        p = prompt_ids(tokenizer, prompt, bool(ds.chat and ds.chat[i]))
-        c = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [eos]
+    chat = [bool(ds.chat and ds.chat[i]) for i in range(len(ds))]
+    prompts = batch_prompt_ids(tokenizer, list(ds.prompts), chat)
+    completions = tokenizer(list(ds.completions), add_special_tokens=False)["input_ids"]
+    for p, completion_ids in zip(prompts, completions):
+        c = list(completion_ids) + [eos]
         if len(c) > max_length - 1:
             c = c[: max_length - 1]
         p = p[len(p) - min(len(p), max_length - len(c)):]

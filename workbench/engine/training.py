@@ -240,6 +240,7 @@ class RunLog:
     step_times: list[float] = field(default_factory=list)
     tokens: int = 0
     eval_seconds: float = 0.0  # wall time spent in evaluations (a generative one answers prompts: seconds)
+    load_seconds: float = float("nan")  # wall time of loading the model and the data (set_up)
 
     def curve(self) -> pd.DataFrame:
         return history_frame(self.history)
@@ -254,6 +255,7 @@ class RunLog:
             total_seconds=time.perf_counter() - started,
             eval_seconds=self.eval_seconds,
             train_seconds=train_time,
+            load_seconds=self.load_seconds,
         )
 
 
@@ -272,6 +274,7 @@ def train_here(cfg: RunConfig, sinks: RunSink | None = None, stop: threading.Eve
     run = set_up(cfg)
     log = RunLog()
     probe = MemoryProbe(run.model, run.optimizer, run.device, own_process=own_process)  # measures the first step
+    log.load_seconds = time.perf_counter() - started
     result = RunResult(config=cfg, status="running", history=log.curve(), params=run.params, memory=probe.memory,
                        timing=log.timing(started), environment=run.environment)
     error: Exception | None = None

@@ -9,18 +9,8 @@ default; the choice is ``workbench.engine.launch``'s) runs each run in a fresh w
 process and reports that process's peak.  This module knows the loop
 (``workbench.engine.training.train_here``), and the loop knows nothing of it.
 
-A fresh interpreter per run would cost several seconds (importing torch and
-transformers), more than a tiny run takes.  Instead, once per session, a *fork server*
-starts: a process that imports the libraries and then only waits.  Each run is a child
-forked from it: every run starts from the same state, nothing that ran before is in it,
-and the start costs a few tens of milliseconds.  (The fork server never runs a torch
-operation, so no thread pool exists when it forks.)  It lives until the session ends,
-and starts again when the package's source files change.
-
-Its own start (importing torch and transformers) took about 6 s on these CPUs, paid by the
-first run of a session.  ``prewarm()`` starts it in a background thread beforehand (the
-panel calls it when it opens), so that the first Train click finds it ready; a run asked
-for while it is still starting waits for that start instead of beginning another.
+Each run's process is a child of the session's fork server (``workbench.engine.fork_server``),
+which has imported torch and transformers once, so a run starts in tens of milliseconds.
 
 The run itself is ``train_here`` in the child.  What it tells its sinks travels to this
 process over a socket, where the caller's sinks (``on_step``, the progress bar, the run
@@ -30,44 +20,35 @@ here failed).  At the end the child sends the result, and the trained model when
 wanted (``keep_model``, or a sink that asks for it: the run store saves a LoRA adapter).
 
 Ctrl-C here is passed on to the child, which ends its run as "stopped", as in-process; a
-second Ctrl-C ends the child.  A child that dies (killed for memory, say) leaves a run
+second Ctrl-C ends the child.  While a run is followed, Ctrl-C is not raised here as a
+KeyboardInterrupt (raised between a message's header and its body, it would leave the
+next read out of step): it is noted, passed on at once as SIGINT, and said again as the
+answer to the child's next event, so that a signal the child lost still stops the run.  A child that dies (killed for memory, say) leaves a run
 recorded as "failed" with its curve so far.  Warnings in the child are raised again here.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
 import os
 import pickle
 import signal
 import socket
-import struct
-import subprocess
 import sys
 import threading
 import traceback
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from workbench.engine.config import RunConfig, RunResult, history_frame
 from workbench.engine.events import RunSink, StepInfo
+from workbench.engine.fork_server import ForkServer, WorkerDied, fork_server
 from workbench.lora.quantize import restore_quantized_weights
 
-__all__ = ["train_in_worker", "WorkerDied", "close_fork_server", "prewarm"]
-
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]
-_COMMAND = struct.Struct("!cq")  # to the fork server: b"F" (fork; a socket attached) or b"W" + pid (wait)
-_NUMBER = struct.Struct("!q")  # from the fork server: a pid, or an exit code (-N: killed by signal N)
-_BOOT = ("import json, sys; sys.path[:0] = json.loads(sys.argv[2]); "
-         "from workbench.engine.worker import serve; serve(int(sys.argv[1]))")
-
-
-class WorkerDied(RuntimeError):
-    """The worker process of a run ended without reporting how the run ended."""
+__all__ = ["train_in_worker", "WorkerDied"]
 
 
 class CallerSinkFailed(RuntimeError):
@@ -116,7 +97,7 @@ def _probe_wanted(cfg: RunConfig, threads: int) -> bool:
 
 def _follow_child(job: _Job, sinks: RunSink, stop: threading.Event | None) -> RunResult:
     """Fork a child for ``job`` and follow it to its end."""
-    server = _fork_server()
+    server = fork_server()
     ours, theirs = socket.socketpair()
     try:
         pid = server.fork(theirs)
@@ -140,7 +121,7 @@ def _follow_child(job: _Job, sinks: RunSink, stop: threading.Event | None) -> Ru
 class _Follower:
     """The calling side of one run: hands the child's events to the sinks and answers it."""
 
-    def __init__(self, conn: Connection, pid: int, server: _ForkServer, sinks: RunSink,
+    def __init__(self, conn: Connection, pid: int, server: ForkServer, sinks: RunSink,
                  stop: threading.Event | None, job: _Job) -> None:
         self.conn, self.pid, self.server, self.sinks, self.stop, self.job = conn, pid, server, sinks, stop, job
         self.result: RunResult | None = None
@@ -151,10 +132,14 @@ class _Follower:
         self.exit_code: int | None = None
 
     def follow(self) -> RunResult:
+        with _ctrl_c_passed_on(self._interrupt_child):
+            return self._follow()
+
+    def _follow(self) -> RunResult:
         while True:
             try:
                 kind, payload = self._receive()
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # only where Ctrl-C could not be taken over (a custom handler)
                 self._interrupt_child()
                 continue
             except (EOFError, OSError):
@@ -198,6 +183,8 @@ class _Follower:
         except Exception as e:  # noqa: BLE001 - the run ends as "failed" in the child, then this is raised
             self.sink_error = e
             return ("fail", f"{type(e).__name__}: {e}")
+        if self.interrupts:  # a Ctrl-C here already went to the child as SIGINT; say it again in words
+            return "interrupt"
         return "stop" if self.stop is not None and self.stop.is_set() else "go"
 
     def _finish(self, result: RunResult, model: Any) -> None:
@@ -261,6 +248,25 @@ class _Follower:
         raise WorkerDied(self.result.message)
 
 
+@contextmanager
+def _ctrl_c_passed_on(pass_on: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, Ctrl-C calls ``pass_on`` instead of raising KeyboardInterrupt here.
+
+    Only in the main thread (the only one Python's signal handlers run in), and only in place
+    of Python's own handler (``default_int_handler``, which a notebook kernel also uses), so a
+    handler the user installed is left alone.  The previous handler is back afterwards.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: pass_on())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _adopt(mine: RunResult, theirs: RunResult) -> None:
     """Copy what the child measured into this side's result, keeping what sinks here set on it."""
     for f in fields(RunResult):
@@ -278,218 +284,6 @@ def _rebuild(exc_bytes: bytes | None, text: str, trace: str) -> BaseException:
     if hasattr(exc, "add_note"):
         exc.add_note("raised in the training worker process:\n" + trace.rstrip())
     return exc
-
-
-# --------------------------------------------------------------------------- the fork server, from here
-
-
-def _source_stamp() -> int:
-    """The newest modification time of the package's source files: a change restarts the server."""
-    return max((p.stat().st_mtime_ns for p in _PACKAGE_DIR.rglob("*.py")), default=0)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError("the fork server closed its socket")
-        data += chunk
-    return data
-
-
-class _ForkServer:
-    """The fork server as seen from the calling process: start it, ask for a child, wait for one."""
-
-    def __init__(self) -> None:
-        ours, theirs = socket.socketpair()
-        self.sock = ours
-        self.owner = os.getpid()
-        self.stamp = _source_stamp()
-        self.lock = threading.Lock()
-        self.busy = 0  # runs in flight
-        # Its own session: a Ctrl-C in a terminal reaches this process only, which passes it on.
-        self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, str(theirs.fileno()), json.dumps(sys.path)],
-                                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
-        theirs.close()
-        try:
-            ready = _recv_exact(self.sock, 1)
-        except (EOFError, OSError):
-            ready = b""
-        if ready != b"R":
-            self.close()
-            raise WorkerDied(f"the training worker could not start (exit code {self.proc.wait()}; its error is "
-                             "printed above); fresh_process=False trains in this process instead")
-
-    def usable(self) -> bool:
-        return self.owner == os.getpid() and self.proc.poll() is None and self.stamp == _source_stamp()
-
-    def fork(self, child_end: socket.socket) -> int:
-        """A fresh child with ``child_end`` as its socket to us; its pid."""
-        with self.lock:
-            socket.send_fds(self.sock, [_COMMAND.pack(b"F", 0)], [child_end.fileno()])
-            return _NUMBER.unpack(_recv_exact(self.sock, _NUMBER.size))[0]
-
-    def wait(self, pid: int) -> int | None:
-        """Wait for a child to end: its exit code, minus the signal that killed it, or None if unknown."""
-        with self.lock:
-            try:
-                self.sock.sendall(_COMMAND.pack(b"W", pid))
-                return _NUMBER.unpack(_recv_exact(self.sock, _NUMBER.size))[0]
-            except (OSError, EOFError):
-                return None
-
-    def close(self) -> None:
-        self.sock.close()  # the server sees the end of its socket and leaves
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-_server: _ForkServer | None = None
-_retired: list[_ForkServer] = []  # out of date, closed once their runs have ended
-_server_lock = threading.Lock()
-
-
-def _fork_server() -> _ForkServer:
-    """The session's fork server, started (or started again) when needed; counted as busy."""
-    global _server
-    with _server_lock:
-        if _server is not None and not _server.usable():
-            if _server.owner == os.getpid():
-                _retired.append(_server)
-            _server = None
-        for old in [s for s in _retired if s.busy == 0]:
-            old.close()
-            _retired.remove(old)
-        if _server is None:
-            _server = _ForkServer()
-        _server.busy += 1
-        return _server
-
-
-def _start_server_if_needed() -> None:
-    """Start the session's fork server unless a usable one is there (not counted as busy)."""
-    global _server
-    with _server_lock:
-        if _server is not None and _server.usable():
-            return
-        if _server is not None and _server.owner == os.getpid():
-            _retired.append(_server)
-        _server = None
-        _server = _ForkServer()
-
-
-_prewarming: threading.Thread | None = None
-_prewarm_lock = threading.Lock()  # not _server_lock: that one is held while a server starts
-
-
-def prewarm(wait: bool = False) -> threading.Thread | None:
-    """Start the worker's fork server now, in a background thread, so that the first run
-    does not wait for it to import torch and transformers (about 6 s on these CPUs).
-
-    Returns the thread (``wait=True`` joins it first), or None when there is nothing to
-    warm: not on Linux, where runs are not forked, or a usable server is already up.
-    Calling it again while it starts returns the same thread.  It does not raise: a server
-    that fails to start is tried again by the next run, which raises its error.
-    ``launch.train`` decides per run whether a worker is used (on CUDA it is not); warming
-    costs one idle process either way.
-    """
-    global _prewarming
-    if not sys.platform.startswith("linux"):
-        return None
-    with _prewarm_lock:
-        if _prewarming is not None and _prewarming.is_alive():
-            thread = _prewarming
-        elif _server is not None and _server.usable():
-            return None
-        else:
-            thread = _prewarming = threading.Thread(target=_prewarm_quietly, name="workbench-prewarm", daemon=True)
-            thread.start()
-    if wait:
-        thread.join()
-    return thread
-
-
-def _prewarm_quietly() -> None:
-    try:
-        _start_server_if_needed()
-    except BaseException:  # noqa: BLE001 - the next run starts the server itself, and raises
-        pass
-
-
-def close_fork_server() -> None:
-    """End the fork server now (it also ends with this process); the next run starts a new one."""
-    global _server
-    with _server_lock:
-        for server in [_server, *_retired]:
-            if server is not None and server.owner == os.getpid():
-                server.close()
-        _server = None
-        _retired.clear()
-
-
-atexit.register(close_fork_server)
-
-
-# --------------------------------------------------------------------------- the fork server itself
-
-
-def _preload() -> None:
-    """Import what every run needs, once, so that a forked child starts with it."""
-    import torch  # noqa: F401
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
-
-    import workbench.engine.generation  # noqa: F401
-    import workbench.engine.training  # noqa: F401
-    import workbench.lora.adapters  # noqa: F401
-
-    transformers.logging.set_verbosity_error()
-    for module in ("transformers.models.bert.modeling_bert", "transformers.models.gpt2.modeling_gpt2",
-                   "transformers.models.llama.modeling_llama",  # the bundled story-lm
-                   "transformers.models.bert.tokenization_bert", "transformers.tokenization_utils_fast"):
-        try:
-            __import__(module)
-        except ImportError:
-            pass
-
-
-def serve(fd: int) -> None:
-    """The fork server's loop: fork a child per request, wait for children when asked."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)  # Python 3.12+: we know
-    sock = socket.socket(fileno=fd)
-    _preload()
-    sock.sendall(b"R")
-    while True:
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(sock, _COMMAND.size, 1)
-            if not data:
-                return  # the calling process has gone
-            data += _recv_exact(sock, _COMMAND.size - len(data))
-        except (OSError, EOFError):
-            return
-        command, pid = _COMMAND.unpack(data)
-        if command == b"F":
-            child_pid = os.fork()
-            if child_pid == 0:
-                sock.close()
-                code = 1
-                try:
-                    code = _child(fds[0])
-                finally:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(code)
-            os.close(fds[0])
-            sock.sendall(_NUMBER.pack(child_pid))
-        elif command == b"W":
-            for extra in fds:
-                os.close(extra)
-            _, status = os.waitpid(pid, 0)
-            sock.sendall(_NUMBER.pack(os.waitstatus_to_exitcode(status)))
 
 
 # --------------------------------------------------------------------------- the child
@@ -510,7 +304,8 @@ class _Relay(RunSink):
         word = pickle.loads(self.conn.recv_bytes())
         if word == "stop":
             self.stop.set()
-        elif word == "interrupt":
+        elif word == "interrupt":  # Ctrl-C in the caller, whether or not its SIGINT reached this process
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             raise KeyboardInterrupt
         elif isinstance(word, tuple) and word[0] == "fail":
             raise CallerSinkFailed(f"a sink in the calling process failed: {word[1]}")
@@ -546,8 +341,8 @@ def _interrupt_once(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _child(fd: int) -> int:
-    """Run one job in this freshly forked process; the exit code."""
+def run_child(fd: int) -> int:
+    """Run one job in this freshly forked process (the fork server calls it); the exit code."""
     conn = Connection(fd)
     try:
         job: _Job = pickle.loads(conn.recv_bytes())

@@ -104,7 +104,7 @@ class Workbench:
         self.state = state or PanelState(model=model, preset=preset, runs_dir=runs_dir, reports_dir=reports_dir,
                                          background=background, train=train)
         if self.state.control.background:  # a panel for people: the first Train click need not wait for the worker
-            from workbench.engine.worker import prewarm
+            from workbench.engine.fork_server import prewarm
 
             prewarm()
         self._syncing = False

@@ -3,9 +3,11 @@
 The message after a run, the Runs table and the header all say a run's time and memory
 with these functions, so a figure always says what it counts:
 
-* **time**: "36.4 s: 21.3 s training (0.085 s/step), 9.1 s evaluating, 6.0 s loading"
-  (``Timing.total_seconds`` is click to done; its training and evaluation parts are
-  measured apart by the loop, the rest is loading the model and the data);
+* **time**: "36.4 s: 21.3 s training (0.085 s/step), 9.1 s evaluating, 1.2 s loading,
+  4.8 s between steps" (``Timing.total_seconds`` is click to done; training, evaluating and
+  loading the model and data are measured apart by the loop, and the rest is between the
+  steps: the next batch and what listens to the run, such as the panel's live curve; a
+  record from before loading was measured says "loading and between steps" for that rest);
 * **memory**: the peak *and* the weights ("peak 789.8 MB (own process VmHWM), weights
   44.1 MB"): a QLoRA run's weights go down while a CPU process's peak goes up, and only
   the two side by side (with ``QLORA_CPU_WHY``) do not contradict each other.
@@ -34,7 +36,7 @@ def _finite(x: float | None) -> bool:
 
 
 def time_text(timing: Timing | None) -> str:
-    """A run's time, split into what it counts: total, training, evaluating, loading (what is measured)."""
+    """A run's time, split into what it counts: total, training, evaluating, loading, between steps."""
     if timing is None or not _finite(timing.total_seconds):
         return ""
     total = timing.total_seconds
@@ -45,7 +47,12 @@ def time_text(timing: Timing | None) -> str:
     if _finite(timing.eval_seconds):
         parts.append(f"{timing.eval_seconds:.1f} s evaluating")
     if len(parts) == 2:
-        parts.append(f"{max(0.0, total - timing.train_seconds - timing.eval_seconds):.1f} s loading")
+        rest = max(0.0, total - timing.train_seconds - timing.eval_seconds)
+        if _finite(timing.load_seconds):
+            parts.append(f"{timing.load_seconds:.1f} s loading")
+            parts.append(f"{max(0.0, rest - timing.load_seconds):.1f} s between steps")
+        else:  # a record from before loading was measured apart
+            parts.append(f"{rest:.1f} s loading and between steps")
     if not parts:  # a record from before the split: the total is all there is
         per_step = f" ({timing.seconds_per_step:.3f} s/step)" if _finite(timing.seconds_per_step) else ""
         return f"{total:.1f} s from start to end{per_step}"

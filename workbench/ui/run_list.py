@@ -243,8 +243,11 @@ class RunList:
             return f"{values[0]:.1f} s" if len(values) == 1 else f"{values[0]:.1f}–{values[-1]:.1f} s"
 
         split = [r.timing for r in runs if math.isfinite(r.timing.train_seconds) and math.isfinite(r.timing.eval_seconds)]
+        loads = [t.load_seconds for t in split if math.isfinite(t.load_seconds)]
+        rest = (f", {span(loads)} loading, the rest between steps" if loads and len(loads) == len(split) else
+                ", the rest loading and between steps")
         parts = (f": {span([t.train_seconds for t in split])} training, {span([t.eval_seconds for t in split])} "
-                 "evaluating, the rest loading" if split else "")
+                 f"evaluating{rest}" if split else "")
         return (f"Runs of {steps} steps took {span([r.timing.total_seconds for r in runs])} here from Train to done"
                 f"{parts} ({len(runs)} measured).")
 
