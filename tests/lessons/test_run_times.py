@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,10 @@ def test_records_round_trip_into_the_page_keeping_what_takes_the_time(tmp_path):
     assert "| `06_planner` | 22 s | 0.2, 0.8 | 2026-12-07 | the plans |" in page  # 'what' kept from the old row
     assert "| `05_planted_rank` | 55 s | not recorded | 2026-12 |  |" in page
     assert "9 min 9 s" not in page and "Total 2 min 24 s" in page  # 67 + 22 + 55 s
+    threads = os.environ.get("OMP_NUM_THREADS")  # what the two new records ran with, and "1" for the older one
+    said = "torch's default threads" if threads is None else f"OMP_NUM_THREADS={threads}"
+    assert (f"one at a time ({said})" if threads == "1" else
+            f"one at a time ({' or '.join(sorted(['OMP_NUM_THREADS=1', said]))})") in page
     assert rt.update_doc(doc, data) == page  # the new layout reads back its own 'what' column
 
 

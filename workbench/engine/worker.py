@@ -23,8 +23,9 @@ Ctrl-C here is passed on to the child, which ends its run as "stopped", as in-pr
 second Ctrl-C ends the child.  While a run is followed, Ctrl-C is not raised here as a
 KeyboardInterrupt (raised between a message's header and its body, it would leave the
 next read out of step): it is noted, passed on at once as SIGINT, and said again as the
-answer to the child's next event, so that a signal the child lost still stops the run.  A child that dies (killed for memory, say) leaves a run
-recorded as "failed" with its curve so far.  Warnings in the child are raised again here.
+answer to the child's next event, so that a signal the child lost still stops the run.
+A child that dies (killed for memory, say) leaves a run recorded as "failed" with its
+curve so far.  Warnings in the child are raised again here.
 """
 
 from __future__ import annotations

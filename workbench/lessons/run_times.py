@@ -84,8 +84,9 @@ def table(times: Mapping[str, Mapping[str, Any]], what: Mapping[str, str]) -> st
         raise ValueError("no recorded run times")
     cpus = sorted({t["cpu"] for t in times.values()})
     threads = sorted({str(t.get("threads", "torch's default")) for t in times.values()})
+    threads = ["torch's default threads" if n == "torch's default" else f"OMP_NUM_THREADS={n}" for n in threads]
     head = (f"Measured on {' and '.join(cpus)}, each notebook at its defaults in a fresh kernel, one at a time "
-            f"(OMP_NUM_THREADS {' or '.join(threads)}). The load column is the 1-minute load average just before and "
+            f"({' or '.join(threads)}). The load column is the 1-minute load average just before and "
             "just after the notebook. A notebook alone, training with torch's threads, holds it near the number of "
             "threads (about 2 here), and the figure before still carries the previous notebook's load; well above 2, "
             "other jobs shared the two cores and the time is longer than on an idle machine. "
