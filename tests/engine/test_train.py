@@ -429,15 +429,19 @@ def test_ctrl_c_while_waiting_for_the_worker_stops_it_even_if_its_signal_is_lost
 
     job = worker._Job(config=start.config, keep_model=False, send_model=False, threads=1, cwd=".", env={}, sys_path=[])
     follower = worker._Follower(caller_end, lost.pid, Server(), CtrlCAtStepTwo(), None, job)
+    # Python's own Ctrl-C handler, as a terminal or a notebook has it: a test run started in
+    # the background (``make test &``) inherits SIGINT ignored, and no Ctrl-C could arrive.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         child.start()
         result = follower.follow()
         child.join(timeout=10)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
     finally:
+        signal.signal(signal.SIGINT, inherited)
         lost.kill()
         lost.wait()
         lost.stdout.close()
     assert lost.returncode == -signal.SIGKILL  # it lived on after the SIGINT: the signal was sent and lost
     assert result.status == "stopped" and child.steps == 3
     assert follower.interrupts == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
