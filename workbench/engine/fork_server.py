@@ -9,9 +9,10 @@ operation, so no thread pool exists when it forks.)  It lives until the session 
 and starts again when the package's source files change.
 
 Its own start (importing torch and transformers) took about 6 s on these CPUs, paid by the
-first run of a session.  ``prewarm()`` starts it in a background thread beforehand (the
-panel calls it when it opens), so that the first Train click finds it ready; a run asked
-for while it is still starting waits for that start instead of beginning another.
+first run of a session.  ``prewarm()`` starts it in a background thread beforehand
+(``import workbench`` calls it in a notebook kernel, and the panel when it opens), so that
+the first Train click finds it ready; a run asked for while it is still starting waits for
+that start instead of beginning another.
 
 What a child does with its run is ``workbench.engine.worker``'s (``run_child``); this
 module only starts children and waits for them.

@@ -272,9 +272,8 @@ def train_here(cfg: RunConfig, sinks: RunSink | None = None, stop: threading.Eve
     started = time.perf_counter()
     sinks = sinks if sinks is not None else RunSink()
     run = set_up(cfg)
-    log = RunLog()
     probe = MemoryProbe(run.model, run.optimizer, run.device, own_process=own_process)  # measures the first step
-    log.load_seconds = time.perf_counter() - started
+    log = RunLog(load_seconds=time.perf_counter() - started)
     result = RunResult(config=cfg, status="running", history=log.curve(), params=run.params, memory=probe.memory,
                        timing=log.timing(started), environment=run.environment)
     error: Exception | None = None
