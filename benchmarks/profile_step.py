@@ -9,11 +9,12 @@ arithmetic (``docs/benchmarks.md``: 13x the FLOP floor).  This script sets a run
 as ``wb.train`` does (``workbench.engine.training.set_up``: the preset's model, LoRA layers,
 batches, optimizer) and compares, in one process, interleaved in rounds of 5 steps:
 
-* **before**: the LoRA forward as it was (B's matmul, the scaling and the sum as three
-  kernels; ``old_lora_forward`` below) and a decoder's training forward that builds a
-  key/value cache it never reads;
-* **after**: the engine as it is (``use_cache=False``; the LoRA forward stays the plain formula, see
-  ``docs/benchmarks.md`` on the fused ``addmm`` that was measured and taken back out).
+* **before**: the LoRA forward as it was (``s * B(A x)``: the scaling multiplies the
+  out_features numbers of every token, forward and backward; ``old_lora_forward`` below)
+  and a decoder's training forward that builds a key/value cache it never reads;
+* **after**: the engine as it is (``use_cache=False``; the LoRA forward ``B(s * A x)``,
+  the scaling on the rank-r numbers; see ``docs/benchmarks.md`` on the fused ``addmm``
+  that was measured and taken back out).
 
 It prints the machine (CPU model and flags, torch threads, load), the median step time each
 way, the operator calls per step, the top operations by self CPU time each way, and an
@@ -53,8 +54,8 @@ def step_fn(run, cfg):
 
 
 def old_lora_forward(self, x):
-    """``LoRALayer.forward`` as it was before issue 20 (three kernels for the update: B's matmul,
-    the scaling, the sum), kept here to measure the change against, interleaved."""
+    """``LoRALayer.forward`` as it was before issue 20 (the scaling applied to B's output, of
+    out_features numbers a token), kept here to measure the change against, interleaved."""
     result = self.base_layer(x)
     if self.merged:
         return result

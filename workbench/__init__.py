@@ -25,7 +25,40 @@ stays what it is however often it is used and whatever was imported before.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import sys
+from typing import Any, Sequence
+
+#: ``python -m workbench COMMAND``: the commands that train (each run in the worker).
+_TRAINING_COMMANDS = ("train", "sweep", "search")
+
+
+def _worker_wanted_soon(argv: Sequence[str], modules: Any) -> bool:
+    """Whether this process will soon ask for a training run: a notebook's kernel (where
+    someone will click Train), or the command line started for a command that trains.
+
+    While ``python -m workbench`` imports this package, ``sys.argv`` is ``["-m", COMMAND,
+    ...]`` (Python names the module's file only once the package is imported)."""
+    return "ipykernel" in modules or (argv[:1] == ["-m"] and argv[1:2] != [] and argv[1] in _TRAINING_COMMANDS)
+
+
+def _warm_the_worker_early() -> None:
+    """Start the training worker now, in the background, where a run will soon be asked for.
+
+    A CPU run trains in a process forked from a server that must first import torch and
+    transformers (``workbench.engine.fork_server``: about 8 s on 2 cores).  Started here,
+    before this package's own imports of torch and transformers (about 4 s), the two
+    imports run side by side on two cores: in a notebook the worker is ready before the
+    panel is drawn, and on the command line a first run waits about 4 s less.  A script or
+    a test starts it when its first run asks.  The cost here is a thread and a
+    ``subprocess.Popen`` (the fork server's module imports only the standard library); a
+    process that ends before the worker is ready kills it rather than wait."""
+    if _worker_wanted_soon(sys.argv, sys.modules):
+        from workbench.engine.fork_server import prewarm
+
+        prewarm()
+
+
+_warm_the_worker_early()  # first: the imports below take seconds, and the worker starts beside them
 
 from workbench.lora.adapters import AdapterError, load_adapter, read_adapter, save_adapter
 from workbench.lora.config import LoRAConfig, lora_scaling
@@ -37,24 +70,6 @@ from workbench.lora.params import ParamCounts, ParameterReport, count_parameters
 __version__ = "0.1.0"
 
 
-def _warm_the_worker_in_a_notebook() -> None:
-    """In a notebook's kernel, start the training worker now, in the background.
-
-    A CPU run trains in a process forked from a server that must first import torch and
-    transformers (``workbench.engine.fork_server``: about 7 s on 2 cores).  Started here, at
-    the notebook's first ``import workbench``, it is ready before the panel is drawn, so the
-    first Train click does not wait for it.  Only in an IPython kernel (where someone will
-    click); a script, the CLI or a test starts it when its first run asks.  Starting it costs
-    this import a thread and a ``subprocess.Popen``: it runs beside it, on another core."""
-    import sys
-
-    if "ipykernel" in sys.modules:
-        from workbench.engine.fork_server import prewarm
-
-        prewarm()
-
-
-_warm_the_worker_in_a_notebook()
 
 # Public name -> the module that defines it (loaded on first use).
 _LAZY: dict[str, str] = {

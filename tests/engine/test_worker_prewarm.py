@@ -74,3 +74,59 @@ def test_a_notebook_kernel_starts_the_worker_at_import_and_a_script_does_not():
                              timeout=240)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.split() == expected, (pre, out.stdout, out.stderr[-2000:])
+
+
+@pytest.mark.parametrize("argv, modules, wanted", [
+    (["-m", "train", "--preset", "generate"], {}, True),  # python -m workbench train ...
+    (["-m", "sweep"], {}, True),
+    (["-m", "search", "--trials", "4"], {}, True),
+    (["-m", "runs"], {}, False),  # lists runs: trains nothing
+    (["-m"], {}, False),
+    (["/home/me/script.py", "train"], {}, False),  # a script's own arguments are not the CLI's
+    (["-c", "train"], {}, False),
+    ([], {"ipykernel": object()}, True),  # a notebook kernel: someone will click Train
+])
+def test_the_worker_is_warmed_at_import_only_where_a_run_will_be_asked_for(argv, modules, wanted):
+    import workbench
+
+    assert workbench._worker_wanted_soon(argv, modules) is wanted
+
+
+def test_the_command_line_warms_the_worker_before_importing_torch():
+    # While ``python -m workbench train`` imports the package, the worker's server is started
+    # before torch is imported, so the two imports run side by side.
+    import subprocess
+
+    probe = ("import sys\n"
+             "order = []\n"
+             "class Log:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        order.append(name)\n"
+             "sys.meta_path.insert(0, Log())\n"
+             "sys.argv = ['-m', 'train']\n"
+             "import workbench\n"
+             "from workbench.engine import fork_server\n"
+             "t = fork_server._prewarming\n"
+             "print(t is not None)\n"
+             "print(order.index('workbench.engine.fork_server') < order.index('torch'))\n"
+             "t.join(240)\n"
+             "print(fork_server._server is not None and fork_server._server.usable())\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True", "True"], (out.stdout, out.stderr[-2000:])
+
+
+def test_closing_while_the_server_still_imports_kills_it_instead_of_waiting():
+    fork_server.close_fork_server()
+    thread = fork_server.prewarm()
+    assert thread is not None
+    for _ in range(2000):  # until its Popen is made (milliseconds; the imports take seconds)
+        if fork_server._starting:
+            break
+        threading.Event().wait(0.005)
+    starting = list(fork_server._starting)
+    assert len(starting) == 1 and starting[0].poll() is None  # importing, not ready
+    fork_server.close_fork_server()
+    assert starting[0].wait(timeout=30) == -9  # killed (SIGKILL), not left to finish its imports
+    thread.join(timeout=30)
+    assert not thread.is_alive() and fork_server._server is None and not fork_server._starting

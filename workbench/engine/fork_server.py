@@ -8,11 +8,12 @@ and the start costs a few tens of milliseconds.  (The fork server never runs a t
 operation, so no thread pool exists when it forks.)  It lives until the session ends,
 and starts again when the package's source files change.
 
-Its own start (importing torch and transformers) took about 6 s on these CPUs, paid by the
+Its own start (importing torch and transformers) took 6 to 8.5 s on these CPUs, paid by the
 first run of a session.  ``prewarm()`` starts it in a background thread beforehand
-(``import workbench`` calls it in a notebook kernel, and the panel when it opens), so that
-the first Train click finds it ready; a run asked for while it is still starting waits for
-that start instead of beginning another.
+(``import workbench`` calls it, before its own imports, in a notebook kernel and for the
+command line's training commands; the panel calls it when it opens), so that the first
+Train click finds it ready; a run asked for while it is still starting waits for that
+start instead of beginning another.
 
 What a child does with its run is ``workbench.engine.worker``'s (``run_child``); this
 module only starts children and waits for them.
@@ -77,10 +78,13 @@ class ForkServer:
         self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, str(theirs.fileno()), json.dumps(sys.path)],
                                      pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
         theirs.close()
+        _starting.add(self.proc)  # close_fork_server() kills it there rather than wait for its imports
         try:
             ready = _recv_exact(self.sock, 1)
         except (EOFError, OSError):
             ready = b""
+        finally:
+            _starting.discard(self.proc)
         if ready != b"R":
             self.close()
             raise WorkerDied(f"the training worker could not start (exit code {self.proc.wait()}; its error is "
@@ -113,6 +117,7 @@ class ForkServer:
 
 
 _server: ForkServer | None = None
+_starting: set[subprocess.Popen] = set()  # servers still importing: not yet usable, killed on close
 _retired: list[ForkServer] = []  # out of date, closed once their runs have ended
 _server_lock = threading.Lock()
 
@@ -185,8 +190,14 @@ def _prewarm_quietly() -> None:
 
 
 def close_fork_server() -> None:
-    """End the fork server now (it also ends with this process); the next run starts a new one."""
+    """End the fork server now (it also ends with this process); the next run starts a new one.
+
+    A server still importing is killed first, without the lock its start holds: a process
+    that warmed the worker and then ends at once (``python -m workbench train --help``)
+    does not wait seconds for imports it will never use."""
     global _server
+    for proc in list(_starting):
+        proc.kill()  # its start then fails (WorkerDied), which a background warm-up ignores
     with _server_lock:
         for server in [_server, *_retired]:
             if server is not None and server.owner == os.getpid():

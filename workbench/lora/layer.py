@@ -123,7 +123,8 @@ class LoRALayer(nn.Module):
             return result
         if self.variant is not None:  # DoRA computes y its own way
             return self.variant.forward(self, x, result)
-        update = self.lora_B(self.lora_A(self.lora_input(x))) * self.scaling
+        # s B A x = B (s A x): s multiplies r numbers per token, not out_features (bit-equal when s is a power of 2)
+        update = self.lora_B(self.lora_A(self.lora_input(x)) * self.scaling)
         # In the base output's dtype: on a bf16 model with a quantized base (QLoRA) A and B are fp32
         # (float_dtype), and an fp32 update would turn the hidden state fp32 (PEFT casts back too).
         return result + update.to(result.dtype)

@@ -64,7 +64,7 @@ class NamedAdapter(nn.Module):
         self.lora_B = nn.Linear(self.rank, out_features, bias=False, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lora_B(self.lora_A(x)) * self.scaling
+        return self.lora_B(self.lora_A(x) * self.scaling)  # s B A x, scaled at rank r as LoRALayer does
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.config.alpha:g}, scaling={self.scaling:.4g}"
@@ -137,7 +137,7 @@ class ServingLayer(LoRALayer):
         if name is not None and name == self.adapter_name:
             if self.variant is not None:
                 raise RuntimeError(f"a {self.config.kind} adapter serves alone: named adapters are plain LoRA")
-            return lambda x: self.lora_B(self.lora_A(x)) * self.scaling
+            return lambda x: self.lora_B(self.lora_A(x) * self.scaling)
         return self.extra_adapters[name] if name in self.extra_adapters else None
 
     def check_merge(self) -> None:
