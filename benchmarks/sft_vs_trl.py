@@ -21,6 +21,11 @@ greedy exact match.  (Ours evaluates inside its run; the TRL ways are evaluated 
 code right after training, inside their timed region.)  Targets: ours at least
 2x faster in total time, final completion loss within 2 %, exact match within 2 points.
 
+``--fresh-processes N`` also times each way's first run the way a user meets it: a new
+Python process per run, from its start to its end (the interpreter, every import, the worker's
+start for ours, the run and its evaluation), N rounds, interleaved.  In the repeats above
+TRL's imports happened before its clock started; here both ways pay their own.
+
 It also reports the LoRA step time against this CPU's floor: the FLOPs of one step
 (forward 2·P·T, backward through the activations 2·P·T: the frozen weights get no
 gradient; attention scores add 4·L·T·S·d per pass) divided by the faster of the bf16 and
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import statistics
 import sys
@@ -133,15 +139,48 @@ def step_flops(cfg, tokens_per_step: float) -> float:
     return 2 * (2 * matmul_params * tokens_per_step + attention)  # forward + backward through activations
 
 
+def fresh_processes(args, ways: list[str]) -> None:
+    """Each way's first run in a process of its own, timed from the process's start to its end."""
+    import subprocess
+
+    extra = (["--steps", str(args.steps)] if args.steps else []) + (["--threads", str(args.threads)]
+                                                                    if args.threads else [])
+    seconds: dict[str, list[float]] = {w: [] for w in ways}
+    print(f"\nfresh processes ({args.fresh_processes} rounds, interleaved; start to end, imports included):")
+    for rnd in range(args.fresh_processes):
+        for way in ways:
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, __file__, "--one", way, *extra], capture_output=True, text=True)
+            seconds[way].append(time.perf_counter() - t0)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if out.returncode != 0 or line is None:
+                raise RuntimeError(f"the fresh process of {way} failed:\n{out.stderr[-2000:]}")
+            r = json.loads(line[len("RESULT "):])
+            print(f"  round {rnd + 1} {way:9s} {seconds[way][-1]:6.1f} s  loss {r['loss']:.4f}  "
+                  f"exact match {r['exact_match']:.3f}", flush=True)
+    ours = statistics.median(seconds["ours"])
+    for way in [w for w in ways if w != "ours"]:
+        theirs = statistics.median(seconds[way])
+        print(f"fresh process, start to end: ours {ours:.1f} s against {way} {theirs:.1f} s: {theirs / ours:.2f}x")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="default: the preset's")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every CPU)")
     parser.add_argument("--ways", default="ours,TRL fp32,TRL bf16", help="comma-separated: ours, TRL fp32, TRL bf16")
+    parser.add_argument("--fresh-processes", type=int, default=0,
+                        help="also time each way's first run in a new process, start to end, this many rounds")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a fresh process's single run
     args = parser.parse_args(argv)
     cfg = wb.preset("generate") if args.steps is None else wb.preset("generate", steps=args.steps)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    if args.one is not None:
+        r = {"ours": lambda: ours_run(cfg), "TRL fp32": lambda: trl_run(cfg, False),
+             "TRL bf16": lambda: trl_run(cfg, True)}[args.one]()
+        print("RESULT " + json.dumps({"loss": r["loss"], "exact_match": r["exact_match"]}))
+        return 0
     print("\n".join(machine_lines()))
     print(f"# {cfg.label()} on {cfg.model}, data {cfg.data}: {cfg.steps} steps, batch {cfg.batch_size}, lr {cfg.lr:g}; "
           f"{torch.get_num_threads()} threads; {args.repeats} interleaved repeats; ours' first repeat is the "
@@ -177,6 +216,9 @@ def main(argv=None) -> int:
         de = abs(med["ours"]["exact_match"] - med[k]["exact_match"]) * 100
         print(f"ours vs {k}: {med[k]['seconds'] / med['ours']['seconds']:.2f}x faster (target >= 2x); "
               f"loss differs by {dl:.1%} (target <= 2 %); exact match by {de:.1f} points (target <= 2)")
+
+    if args.fresh_processes:
+        fresh_processes(args, [w for w in ways])
 
     step = statistics.median(r["step"] for r in got["ours"])
     tokens_per_step = statistics.median(r["tokens"] for r in got["ours"]) * step

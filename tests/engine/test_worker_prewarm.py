@@ -130,3 +130,18 @@ def test_closing_while_the_server_still_imports_kills_it_instead_of_waiting():
     assert starting[0].wait(timeout=30) == -9  # killed (SIGKILL), not left to finish its imports
     thread.join(timeout=30)
     assert not thread.is_alive() and fork_server._server is None and not fork_server._starting
+
+
+def test_the_worker_has_its_own_process_group_in_the_callers_session():
+    # Its own group: a terminal's Ctrl-C reaches the caller only, which passes it on.  The
+    # caller's session: Linux schedules each session as one group (autogroup), and a worker in
+    # a session of its own trained several times slower on a loaded machine.
+    import os
+
+    server = fork_server.fork_server()
+    try:
+        pid = server.proc.pid
+        assert os.getpgid(pid) == pid != os.getpgid(0)
+        assert os.getsid(pid) == os.getsid(0)
+    finally:
+        server.busy -= 1

@@ -38,7 +38,7 @@ __all__ = ["WorkerDied", "prewarm", "close_fork_server"]
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _COMMAND = struct.Struct("!cq")  # to the fork server: b"F" (fork; a socket attached) or b"W" + pid (wait)
 _NUMBER = struct.Struct("!q")  # from the fork server: a pid, or an exit code (-N: killed by signal N)
-_BOOT = ("import json, sys; sys.path[:0] = json.loads(sys.argv[2]); "
+_BOOT = ("import os; os.setpgid(0, 0); import json, sys; sys.path[:0] = json.loads(sys.argv[2]); "
          "from workbench.engine.fork_server import serve; serve(int(sys.argv[1]))")
 
 
@@ -74,9 +74,12 @@ class ForkServer:
         self.stamp = _source_stamp()
         self.lock = threading.Lock()
         self.busy = 0  # runs in flight
-        # Its own session: a Ctrl-C in a terminal reaches this process only, which passes it on.
+        # Its own process group (_BOOT's first statement): a Ctrl-C in a terminal reaches this process
+        # only, which passes it on.  Not its own session: Linux shares the CPUs out between sessions
+        # (autogroups), so on a loaded machine a run in a session of its own got a share too small for
+        # its OpenMP threads, which then waited for each other (a story-lm step 3.1 s, 0.39 s here).
         self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, str(theirs.fileno()), json.dumps(sys.path)],
-                                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
+                                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
         _starting.add(self.proc)  # close_fork_server() kills it there rather than wait for its imports
         try:
