@@ -218,7 +218,7 @@ def main(argv=None) -> int:
               f"loss differs by {dl:.1%} (target <= 2 %); exact match by {de:.1f} points (target <= 2)")
 
     if args.fresh_processes:
-        fresh_processes(args, [w for w in ways])
+        fresh_processes(args, list(ways))
 
     step = statistics.median(r["step"] for r in got["ours"])
     tokens_per_step = statistics.median(r["tokens"] for r in got["ours"]) * step

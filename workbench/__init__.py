@@ -38,7 +38,7 @@ def _worker_wanted_soon(argv: Sequence[str], modules: Any) -> bool:
 
     While ``python -m workbench`` imports this package, ``sys.argv`` is ``["-m", COMMAND,
     ...]`` (Python names the module's file only once the package is imported)."""
-    return "ipykernel" in modules or (argv[:1] == ["-m"] and argv[1:2] != [] and argv[1] in _TRAINING_COMMANDS)
+    return "ipykernel" in modules or (len(argv) > 1 and argv[0] == "-m" and argv[1] in _TRAINING_COMMANDS)
 
 
 def _warm_the_worker_early() -> None:
@@ -68,7 +68,6 @@ from workbench.lora.targets import describe_layers, find_targets
 from workbench.lora.params import ParamCounts, ParameterReport, count_parameters, lora_parameter_count
 
 __version__ = "0.1.0"
-
 
 
 # Public name -> the module that defines it (loaded on first use).
