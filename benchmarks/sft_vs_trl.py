@@ -17,14 +17,17 @@ over ``--repeats``:
 
 Every way is timed from loading to its one evaluation at the end, and measured by the same
 code (``workbench.engine.evaluation``): completion loss on the validation prompts and
-greedy exact match.  (Ours evaluates inside its run; the TRL ways are evaluated by that
-code right after training, inside their timed region.)  Targets: ours at least
+greedy exact match.  (Ours evaluates inside its run, and its figures are the run's own; the
+TRL ways are evaluated by that code right after training, inside their timed region.)  Targets: ours at least
 2x faster in total time, final completion loss within 2 %, exact match within 2 points.
 
 ``--fresh-processes N`` also times each way's first run the way a user meets it: a new
 Python process per run, from its start to its end (the interpreter, every import, the worker's
 start for ours, the run and its evaluation), N rounds, interleaved.  In the repeats above
-TRL's imports happened before its clock started; here both ways pay their own.
+TRL's imports happened before its clock started; here both ways pay their own.  Ours runs
+twice there: as a script calling ``wb.train`` (its worker starts at that first call), and as
+``python -m workbench train --preset generate`` (the command line starts the worker while it
+imports, and stores the run).
 
 It also reports the LoRA step time against this CPU's floor: the FLOPs of one step
 (forward 2·P·T, backward through the activations 2·P·T: the frozen weights get no
@@ -107,13 +110,14 @@ def trl_run(cfg, bf16: bool) -> dict:
 
 
 def ours_run(cfg) -> dict:
+    """``wb.train`` as a user runs it; the loss and exact match are its own evaluation at the end
+    (the same ``workbench.engine.evaluation`` code as ``measure_after``), so the trained model
+    stays in the run's worker, as it does for a user: it is not copied back to be measured."""
     t0 = time.perf_counter()
-    result = train(cfg.with_changes(eval_every=0), runs_dir=None, progress=False, keep_model=True)
+    result = train(cfg.with_changes(eval_every=0), runs_dir=None, progress=False)
     seconds = time.perf_counter() - t0
-    _, tokenizer = load_base(cfg.model, task="causal-lm")
-    loss, em = measure_after(result.model.float(), tokenizer, cfg)
-    return {"seconds": seconds, "loss": loss, "exact_match": em, "step": result.timing.seconds_per_step,
-            "tokens": result.timing.tokens_per_second, "result": result}
+    return {"seconds": seconds, "loss": result.last("eval_loss"), "exact_match": result.eval_exact_match,
+            "step": result.timing.seconds_per_step, "tokens": result.timing.tokens_per_second, "result": result}
 
 
 def matmul_rate(dtype: torch.dtype, n: int = 1024, repeats: int = 20) -> float:
@@ -139,29 +143,44 @@ def step_flops(cfg, tokens_per_step: float) -> float:
     return 2 * (2 * matmul_params * tokens_per_step + attention)  # forward + backward through activations
 
 
+# Ours from the shell: the command line stores the run (its record and adapter), as a user's run does.
+SHELL = "ours, python -m workbench"
+
+
 def fresh_processes(args, ways: list[str]) -> None:
     """Each way's first run in a process of its own, timed from the process's start to its end."""
     import subprocess
 
     extra = (["--steps", str(args.steps)] if args.steps else []) + (["--threads", str(args.threads)]
                                                                     if args.threads else [])
+    ways = ways + [SHELL] if "ours" in ways else ways
     seconds: dict[str, list[float]] = {w: [] for w in ways}
     print(f"\nfresh processes ({args.fresh_processes} rounds, interleaved; start to end, imports included):")
     for rnd in range(args.fresh_processes):
         for way in ways:
-            t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, __file__, "--one", way, *extra], capture_output=True, text=True)
-            seconds[way].append(time.perf_counter() - t0)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if out.returncode != 0 or line is None:
-                raise RuntimeError(f"the fresh process of {way} failed:\n{out.stderr[-2000:]}")
-            r = json.loads(line[len("RESULT "):])
-            print(f"  round {rnd + 1} {way:9s} {seconds[way][-1]:6.1f} s  loss {r['loss']:.4f}  "
+            with tempfile.TemporaryDirectory() as runs:
+                command = ([sys.executable, "-m", "workbench", "train", "--preset", "generate", "--eval-every", "0",
+                            "--runs-dir", runs, "--quiet", *extra] if way == SHELL
+                           else [sys.executable, __file__, "--one", way, *extra])
+                t0 = time.perf_counter()
+                out = subprocess.run(command, capture_output=True, text=True)
+                seconds[way].append(time.perf_counter() - t0)
+                if out.returncode != 0:
+                    raise RuntimeError(f"the fresh process of {way} failed:\n{out.stderr[-2000:]}")
+                if way == SHELL:  # the stored run's own evaluation
+                    (run,) = wb.load_runs(runs)
+                    r = {"loss": run.last("eval_loss"), "exact_match": run.eval_exact_match}
+                else:
+                    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+                    r = json.loads(line[len("RESULT "):])
+            print(f"  round {rnd + 1} {way:26s} {seconds[way][-1]:6.1f} s  loss {r['loss']:.4f}  "
                   f"exact match {r['exact_match']:.3f}", flush=True)
-    ours = statistics.median(seconds["ours"])
-    for way in [w for w in ways if w != "ours"]:
-        theirs = statistics.median(seconds[way])
-        print(f"fresh process, start to end: ours {ours:.1f} s against {way} {theirs:.1f} s: {theirs / ours:.2f}x")
+    for mine in [w for w in ("ours", SHELL) if w in ways]:
+        ours = statistics.median(seconds[mine])
+        for way in [w for w in ways if w not in ("ours", SHELL)]:
+            theirs = statistics.median(seconds[way])
+            print(f"fresh process, start to end: {mine} {ours:.1f} s against {way} {theirs:.1f} s: "
+                  f"{theirs / ours:.2f}x")
 
 
 def main(argv=None) -> int:

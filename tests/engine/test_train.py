@@ -30,6 +30,7 @@ from workbench.engine.config import RunResult, history_frame, preset
 from workbench.engine import fork_server, worker
 from workbench.engine import launch as engine
 from workbench.engine.events import RunSink, StepInfo
+from workbench.lora.adapters import adapter_state_dict
 from workbench.records.recording import train
 from workbench.records.store import load_run, runs
 
@@ -283,6 +284,20 @@ def test_a_lora_run_stores_its_adapter_beside_its_record(tmp_path):
     assert trained and all(torch.equal(loaded[k], v) for k, v in trained.items())
 
 
+def test_a_worker_sends_the_store_the_adapter_not_the_model(tmp_path):
+    """The store needs only the adapter: the model stays in the worker, and the adapter saved
+    here is the one the same run trains in-process, bit for bit."""
+    cfg = tiny(method="lora", rank=2, alpha=4, steps=3, eval_every=0)
+    rec = Recorder()
+    there = train(cfg, runs_dir=str(tmp_path), progress=False, sinks=[rec], fresh_process=True)
+    here = engine.train(cfg, progress=False, fresh_process=False, keep_model=True)
+    assert rec.calls[-1] == ("finish", "completed", False)  # no model came through the socket
+    assert there.adapter is None and there.model is None  # the result does not hold on to them
+    _, saved = wb.read_adapter(Path(there.path) / "adapter")
+    expected = adapter_state_dict(here.model)
+    assert saved.keys() == expected.keys() and all(torch.equal(saved[k], expected[k]) for k in saved)
+
+
 def test_a_failing_sink_fails_the_run_and_keeps_its_record(tmp_path):
     class Broken(RuntimeError):
         pass
@@ -427,7 +442,8 @@ def test_ctrl_c_while_waiting_for_the_worker_stops_it_even_if_its_signal_is_lost
             if info.step == 2:  # the Ctrl-C comes while the caller waits for step 3
                 threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT)).start()
 
-    job = worker._Job(config=start.config, keep_model=False, send_model=False, threads=1, cwd=".", env={}, sys_path=[])
+    job = worker._Job(config=start.config, keep_model=False, send_model=False, send_adapter=False, threads=1, cwd=".",
+                      env={}, sys_path=[])
     follower = worker._Follower(caller_end, lost.pid, Server(), CtrlCAtStepTwo(), None, job)
     # Python's own Ctrl-C handler, as a terminal or a notebook has it: a test run started in
     # the background (``make test &``) inherits SIGINT ignored, and no Ctrl-C could arrive.

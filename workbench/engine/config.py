@@ -278,6 +278,9 @@ class RunResult:
     environment: dict[str, Any] = field(default_factory=dict)
     memory_estimate: MemoryBreakdown | None = None  # predicted from shapes alone, for the measured batch
     model: Any = field(default=None, repr=False)  # the trained model, when train(keep_model=True)
+    # The trained LoRA adapter's files (workbench.lora.adapters.AdapterFiles), only while the
+    # sinks' on_finish runs and only when one of them asked for it (RunSink.needs_adapter).
+    adapter: Any = field(default=None, repr=False)
     # Language models: at each evaluation a few prompts with the model's answers
     # (dicts: step, prompt, reference, answer), so a run shows how its answers changed.
     samples: list[dict[str, Any]] = field(default_factory=list)

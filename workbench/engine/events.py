@@ -69,6 +69,12 @@ class RunSink:
         """Whether ``on_finish`` needs the trained model (a run in a worker process then sends it back)."""
         return False
 
+    def needs_adapter(self, config: RunConfig) -> bool:
+        """Whether ``on_finish`` needs the trained LoRA adapter's files, as ``result.adapter``
+        (``workbench.lora.adapters.AdapterFiles``): a run in a worker process then sends those
+        (megabytes) instead of the whole model."""
+        return False
+
     def on_start(self, result: RunResult) -> None:
         """The model and the data are ready; no step has run yet."""
 
@@ -98,6 +104,9 @@ class SinkGroup(RunSink):
 
     def needs_model(self, config: RunConfig) -> bool:
         return any(s.needs_model(config) for s in self.sinks)
+
+    def needs_adapter(self, config: RunConfig) -> bool:
+        return any(s.needs_adapter(config) for s in self.sinks)
 
     def on_start(self, result: RunResult) -> None:
         for s in self.sinks:

@@ -263,6 +263,9 @@ class _Reporter(RunSink):
     def needs_model(self, config: RunConfig) -> bool:
         return self.sinks.needs_model(config)
 
+    def needs_adapter(self, config: RunConfig) -> bool:
+        return self.sinks.needs_adapter(config)
+
     def on_start(self, result: RunResult) -> None:
         self.sinks.on_start(result)
         _ray().get(self.board.start.remote(self.index, _pack(replace(result, model=None))))

@@ -70,6 +70,7 @@ from workbench.engine.memory import MemoryProbe
 from workbench.engine.models import load_base, load_tokenizer, set_model_dropout
 from workbench.engine.optim import make_optimizer
 from workbench.engine.provenance import environment
+from workbench.lora.adapters import adapter_files
 from workbench.lora.inject import add_lora
 from workbench.lora.params import count_parameters
 from workbench.lora.paths import head_names
@@ -293,7 +294,10 @@ def train_here(cfg: RunConfig, sinks: RunSink | None = None, stop: threading.Eve
         if run.frozen_in_bf16:
             restore_frozen_to_fp32(run.model)
         result.model = run.model.eval()
+    if cfg.method == "lora" and sinks.needs_adapter(cfg):
+        result.adapter = adapter_files(run.model)
     sinks.on_finish(result, run.model)
+    result.adapter = None  # the sinks have it; the result does not hold on to it
     if error is not None:
         raise error
     return result

@@ -16,8 +16,11 @@ The run itself is ``train_here`` in the child.  What it tells its sinks travels 
 process over a socket, where the caller's sinks (``on_step``, the progress bar, the run
 store) hear it, in the same order and between the same steps as in-process: after each
 event the child waits for a word back (go on, stop, interrupt, or fail because a sink
-here failed).  At the end the child sends the result, and the trained model when it is
-wanted (``keep_model``, or a sink that asks for it: the run store saves a LoRA adapter).
+here failed).  At the end the child sends the result, with the trained model only when it
+is wanted (``keep_model``, or a sink that asks for it) and the adapter's files when a sink
+asks for those (the run store saves a LoRA adapter): a whole model through the socket
+costs its copy, and this process the import of its classes to unpickle it (about 5 s for
+the story-lm's ``modeling_llama``, at the end of a command-line run).
 
 Ctrl-C here is passed on to the child, which ends its run as "stopped", as in-process; a
 second Ctrl-C ends the child.  While a run is followed, Ctrl-C is not raised here as a
@@ -63,6 +66,7 @@ class _Job:
     config: RunConfig
     keep_model: bool
     send_model: bool
+    send_adapter: bool
     threads: int
     cwd: str
     env: dict[str, str]
@@ -80,9 +84,11 @@ def train_in_worker(cfg: RunConfig, sinks: RunSink | None = None, stop: threadin
 
     sinks = sinks if sinks is not None else RunSink()
     job = _Job(config=cfg, keep_model=keep_model, send_model=keep_model or sinks.needs_model(cfg),
-               threads=torch.get_num_threads(), cwd=os.getcwd(), env=dict(os.environ), sys_path=list(sys.path))
+               send_adapter=sinks.needs_adapter(cfg), threads=torch.get_num_threads(), cwd=os.getcwd(),
+               env=dict(os.environ), sys_path=list(sys.path))
     if _probe_wanted(cfg, job.threads):  # in a child of its own, so that its copies of the model never count
-        _follow_child(replace(job, probe_only=True, keep_model=False, send_model=False), RunSink(), None)
+        _follow_child(replace(job, probe_only=True, keep_model=False, send_model=False, send_adapter=False),
+                      RunSink(), None)
     return _follow_child(job, sinks, stop)
 
 
@@ -199,6 +205,7 @@ class _Follower:
         if self.job.keep_model:
             self.result.model = model
         self.sinks.on_finish(self.result, model)
+        self.result.adapter = None  # as in-process: the sinks have had it
 
     def _interrupt_child(self) -> None:
         """Ctrl-C here: the first asks the child to stop (as Ctrl-C does in-process), the next ends it."""
@@ -293,9 +300,12 @@ def _rebuild(exc_bytes: bytes | None, text: str, trace: str) -> BaseException:
 class _Relay(RunSink):
     """The child's only sink: each event goes to the calling process, which answers it."""
 
-    def __init__(self, conn: Connection, send_model: bool) -> None:
-        self.conn, self.send_model = conn, send_model
+    def __init__(self, conn: Connection, send_model: bool, send_adapter: bool = False) -> None:
+        self.conn, self.send_model, self.send_adapter = conn, send_model, send_adapter
         self.stop = threading.Event()
+
+    def needs_adapter(self, config: RunConfig) -> bool:
+        return self.send_adapter  # train_here then puts the adapter's files on the result it sends
 
     def send(self, kind: str, payload: Any) -> None:
         self.conn.send_bytes(pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL))
@@ -349,7 +359,7 @@ def run_child(fd: int) -> int:
         job: _Job = pickle.loads(conn.recv_bytes())
     except (EOFError, OSError):
         return 2  # the caller went away before sending the job
-    relay = _Relay(conn, send_model=job.send_model)
+    relay = _Relay(conn, send_model=job.send_model, send_adapter=job.send_adapter)
     signal.signal(signal.SIGINT, _interrupt_once)
     try:
         os.chdir(job.cwd)

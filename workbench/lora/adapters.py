@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -107,28 +108,49 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_adapter(model: nn.Module, folder: str | os.PathLike) -> Path:
-    """Write the adapter (config, weights, a short README) atomically into ``folder``."""
-    from safetensors.torch import save_file
+@dataclass
+class AdapterFiles:
+    """An adapter's files, held in memory: what ``save_adapter`` writes, without the model.
 
-    folder = Path(folder)
+    A run in a worker process sends this back (megabytes of A and B) instead of the whole
+    trained model (the base too: a socket's worth of copying, and the caller importing the
+    model's classes to unpickle it) when only the adapter is to be saved."""
+
+    config: dict
+    state: dict[str, torch.Tensor]
+    readme: str
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        """Write the three files atomically into ``folder``."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(self.state, tmp, metadata={"format": "pt"}))
+        atomic_write_json(folder / CONFIG_FILE, self.config)
+        atomic_write_text(folder / "README.md", self.readme)
+        return folder
+
+
+def adapter_files(model: nn.Module) -> AdapterFiles:
+    """The model's adapter as files in memory: PEFT's config, the weights, a short README."""
     config = adapter_config(model)
-    state = adapter_state_dict(model)
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    atomic_write_json(folder / CONFIG_FILE, config)
     s = model.lora_settings
     c = s.config
-    atomic_write_text(
-        folder / "README.md",
+    readme = (
         f"# LoRA adapter\n\nWritten by LoRA Workbench in Hugging Face PEFT's format.\n\n"
         f"- base model: `{config['base_model_name_or_path']}`\n- {c.label()}, alpha {c.alpha:g}, dropout {c.dropout:g}\n"
         f"- targets: `{config['target_modules']}`"
         f"{f' in blocks {list(c.layers)}' if c.layers is not None else ''} ({len(s.wrapped)} layers)\n"
         f"- trained head: {', '.join(s.modules_to_save) or 'none'}\n\n"
         "Load with `workbench.load_adapter(base, folder)` or `peft.PeftModel.from_pretrained(base, folder)`.\n"
-        + (PISSA_NOTE if c.init == "pissa" else ""),
+        + (PISSA_NOTE if c.init == "pissa" else "")
     )
-    return folder
+    return AdapterFiles(config, adapter_state_dict(model), readme)
+
+
+def save_adapter(model: nn.Module, folder: str | os.PathLike) -> Path:
+    """Write the adapter (config, weights, a short README) atomically into ``folder``."""
+    return adapter_files(model).write(folder)
 
 
 def read_adapter(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:

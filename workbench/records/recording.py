@@ -29,7 +29,6 @@ from workbench.engine import launch as engine
 from workbench.engine.config import RunConfig, RunResult
 from workbench.engine.events import RunSink, StepInfo
 from workbench.engine.ray_sweep import check_backend
-from workbench.lora.adapters import save_adapter
 from workbench.records.store import ADAPTER_FOLDER, DEFAULT_ROOT, save_run
 
 __all__ = ["StoreSink", "train", "run_sweep", "check_store_visible", "ADAPTER_FOLDER"]
@@ -44,8 +43,8 @@ class StoreSink(RunSink):
     # run id from the start: a Ray sweep marks the run of a worker that died under that id.
     save_at_start: bool = False
 
-    def needs_model(self, config: RunConfig) -> bool:
-        return config.method == "lora"  # for the adapter
+    def needs_adapter(self, config: RunConfig) -> bool:
+        return config.method == "lora"
 
     def on_start(self, result: RunResult) -> None:
         if self.save_at_start:
@@ -56,8 +55,8 @@ class StoreSink(RunSink):
 
     def on_finish(self, result: RunResult, model: nn.Module | None) -> None:
         save_run(result, self.runs_dir)
-        if result.config.method == "lora" and model is not None and _steps_trained(result) > 0:
-            save_adapter(model, os.path.join(result.path, ADAPTER_FOLDER))
+        if result.adapter is not None and _steps_trained(result) > 0:
+            result.adapter.write(os.path.join(result.path, ADAPTER_FOLDER))
 
 
 def _steps_trained(result: RunResult) -> int:
