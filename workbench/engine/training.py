@@ -61,6 +61,7 @@ from torch import nn
 from workbench.engine.batches import run_batches
 from workbench.engine.bf16_probe import Bf16Choice, choose_bf16, measure_bf16, probe_key
 from workbench.engine.config import ParamCounts, RunConfig, RunResult, Timing, history_frame, history_row
+from workbench.engine.cpu_share import free_threads
 from workbench.engine.data import Batch, repeat_batches
 from workbench.engine.evaluation import WritingEval, evaluate, evaluate_writing
 from workbench.engine.events import RunSink, StepInfo
@@ -267,12 +268,19 @@ def train_here(cfg: RunConfig, sinks: RunSink | None = None, stop: threading.Eve
     ``sinks`` hear the run's edges (``workbench.engine.events``); ``stop`` ends it before
     the next step; ``keep_model`` hands the trained model back as ``result.model``.
     ``own_process``: this process exists for this run alone (a worker's child, chosen by
-    ``workbench.engine.launch``), so its resident peak is the run's own.  The config was
+    ``workbench.engine.launch``), so its resident peak is the run's own, and its thread count
+    may be lowered to the CPUs other processes leave free (``workbench.engine.cpu_share``).  The config was
     checked when it was made and again by ``launch.train``, the way in.
     """
     started = time.perf_counter()
     sinks = sinks if sinks is not None else RunSink()
+    threads_reason = ""
+    if own_process and not cfg.threads and resolve_device(cfg.device).type == "cpu":
+        threads, threads_reason = free_threads(torch.get_num_threads())  # see workbench.engine.cpu_share
+        torch.set_num_threads(threads)
     run = set_up(cfg)
+    if threads_reason:
+        run.environment["threads_reason"] = threads_reason
     probe = MemoryProbe(run.model, run.optimizer, run.device, own_process=own_process)  # measures the first step
     log = RunLog(load_seconds=time.perf_counter() - started)
     result = RunResult(config=cfg, status="running", history=log.curve(), params=run.params, memory=probe.memory,

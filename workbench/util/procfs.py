@@ -1,6 +1,6 @@
 """What Linux tells a process about itself in /proc: read in one place.
 
-Four facts come from /proc, and every reader of them lives here:
+Five facts come from /proc, and every reader of them lives here:
 
 * ``status_field("VmHWM")``, ``peak_resident_bytes()``: /proc/self/status, the process's
   peak resident memory (its "high water mark"), which the memory probe reports on CPU;
@@ -8,7 +8,9 @@ Four facts come from /proc, and every reader of them lives here:
 * ``reset_peak_resident()``: writing "5" to /proc/self/clear_refs sets the peak back to the
   current resident memory, so a run measures its own peak;
 * ``cpu_model_name()`` and ``cpu_flags()``: /proc/cpuinfo, for a run's provenance record
-  and for whether the CPU has fast bfloat16 units.
+  and for whether the CPU has fast bfloat16 units;
+* ``cpu_times()``: /proc/stat, each CPU's busy and total time so far, for how many CPUs
+  other processes keep busy (``workbench.engine.cpu_share``).
 
 Every reader returns None (or False, or an empty set) where /proc is missing or says
 something unexpected, so the caller decides what to do off Linux.
@@ -21,7 +23,7 @@ from workbench.util.units import KIB  # /proc/self/status gives memory in "kB", 
 STATUS = "/proc/self/status"
 CLEAR_REFS = "/proc/self/clear_refs"
 CPUINFO = "/proc/cpuinfo"
-
+STAT = "/proc/stat"
 
 
 def status_field(name: str) -> str | None:
@@ -100,3 +102,23 @@ def cpu_flags() -> set[str]:
         if sep and key.strip() in ("flags", "Features"):
             flags.update(value.split())
     return flags
+
+
+def cpu_times() -> dict[int, tuple[int, int]]:
+    """Each CPU's (busy, total) time since boot, in clock ticks, from /proc/stat; empty off Linux.
+
+    A ``cpuN`` line's columns are user, nice, system, idle, iowait, irq, softirq, steal, ...;
+    idle and iowait are the time the CPU had nothing to run, the rest is busy.
+    """
+    times: dict[int, tuple[int, int]] = {}
+    try:
+        with open(STAT, encoding="ascii") as f:
+            for line in f:
+                name, *columns = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    ticks = [int(c) for c in columns]
+                    total = sum(ticks[:8])  # guest time is counted in user already
+                    times[int(name[3:])] = (total - ticks[3] - ticks[4], total)
+    except (OSError, ValueError, IndexError):
+        return {}
+    return times
