@@ -21,6 +21,8 @@ import torch
 from workbench.engine import cpu_share
 from workbench.engine.config import preset
 from workbench.engine.launch import train
+from workbench.ui import cli
+from workbench.ui.run_control import RunControl
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/stat and CPU affinity are Linux's")
 
@@ -78,7 +80,12 @@ def test_a_worker_run_under_load_trains_with_the_free_cpus_and_says_why():
         torch.set_num_threads(before)
     assert result.status == "completed"
     assert result.environment["threads"] == 1
-    assert result.environment["threads_reason"].startswith("1 of 2 threads: other processes kept")
+    reason = result.environment["threads_reason"]
+    assert reason.startswith("1 of 2 threads: other processes kept")
+    # Said where the run's time is said: the panel's message and the command line's summary.
+    text, _, _ = RunControl.verdict(result)
+    assert f"(trained with {reason})" in text
+    assert f"tokens/s (trained with {reason})" in cli._summary(result)
 
 
 @pytest.mark.slow

@@ -38,6 +38,7 @@ from workbench.engine.sweep import DEFAULT_RANKS, FULL_LR, HEAD_LR, VARIANTS, sw
 from workbench.engine.ray_sweep import BACKENDS, RayUnavailable
 from workbench.lora.config import INITS, LoRAConfig
 from workbench.lora.quantize import QUANTIZE_CHOICES
+from workbench.ui.run_facts import threads_text
 from workbench.util.units import format_bytes
 
 # What each flag means (the flag itself is the field's name).  A field missing here still
@@ -345,13 +346,15 @@ def _score(result: RunResult) -> str:
 
 def _summary(result: RunResult) -> str:
     m = result.memory
+    threads = threads_text(result)
     return (
         f"{result.config.label()}: {result.status}"
         + (f" ({result.message})" if result.message else "")
         + f"\n  trainable {result.params.trainable:,} of {result.params.total:,} ({100 * result.params.share:.3f}%)"
         f"\n  final train loss {result.final_loss:.4f}, {_score(result)}"
         f"\n  {result.timing.seconds_per_step * 1000:.0f} ms/step, {result.timing.tokens_per_second:,.0f} tokens/s"
-        f"\n  memory: weights {format_bytes(m.weights)}, gradients {format_bytes(m.gradients)}, "
+        + (f" ({threads})" if threads else "")
+        + f"\n  memory: weights {format_bytes(m.weights)}, gradients {format_bytes(m.gradients)}, "
         f"optimizer {format_bytes(m.optimizer)}, activations {format_bytes(m.activations)}, "
         f"peak {format_bytes(m.peak)} ({m.peak_kind})\n  stored in {result.path}"
     )

@@ -21,7 +21,7 @@ from workbench.engine.config import RunConfig, RunResult
 from workbench.engine.events import RunSink
 from workbench.engine.outcome import Outcome, run_outcome
 from workbench.ui.events import MessageKind, Messages
-from workbench.ui.run_facts import memory_text, qlora_why, time_text
+from workbench.ui.run_facts import memory_text, qlora_why, threads_text, time_text
 from workbench.ui.settings import Settings
 
 TrainFn = Callable[..., RunResult]
@@ -188,6 +188,8 @@ class RunControl:
         outcome = outcome or run_outcome(result)
         took = time_text(result.timing)
         took = f"took {took}" if took else ""
+        threads = threads_text(result)
+        took = f"{took} ({threads})" if took and threads else took
         memory = memory_text(result)
         if result.status == "completed":
             if result.config.task == "causal-lm":

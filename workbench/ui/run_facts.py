@@ -8,6 +8,8 @@ with these functions, so a figure always says what it counts:
   loading the model and data are measured apart by the loop, and the rest is between the
   steps: the next batch and what listens to the run, such as the panel's live curve; a
   record from before loading was measured says "loading and between steps" for that rest);
+* **threads**: a run that trained with fewer threads than it was given, because other
+  processes kept CPUs busy, says so beside its time (``threads_text``);
 * **memory**: the peak *and* the weights ("peak 789.8 MB (own process VmHWM), weights
   44.1 MB"): a QLoRA run's weights go down while a CPU process's peak goes up, and only
   the two side by side (with ``QLORA_CPU_WHY``) do not contradict each other.
@@ -57,6 +59,13 @@ def time_text(timing: Timing | None) -> str:
         per_step = f" ({timing.seconds_per_step:.3f} s/step)" if _finite(timing.seconds_per_step) else ""
         return f"{total:.1f} s from start to end{per_step}"
     return f"{total:.1f} s: " + ", ".join(parts)
+
+
+def threads_text(result: RunResult) -> str:
+    """Why a run trained with fewer threads than it was given, or "" (``workbench.engine.cpu_share``):
+    "trained with 1 of 2 threads: other processes kept 1.0 of the 2 CPUs busy when the run started"."""
+    reason = result.environment.get("threads_reason") if result.environment else None
+    return f"trained with {reason}" if reason else ""
 
 
 def time_cell(timing: Timing | None) -> str:
