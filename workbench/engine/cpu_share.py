@@ -55,12 +55,12 @@ def free_threads(given: int, busy: float | None = None) -> tuple[int, str]:
     busy for more than half the window counts as taken."""
     if given <= 1:
         return given, ""
-    cpus = len(os.sched_getaffinity(0))
-    busy = busy_cpus() if busy is None else busy
+    cpus = os.sched_getaffinity(0)
+    busy = busy_cpus(cpus=cpus) if busy is None else busy
     if busy is None or round(busy) == 0:  # a thread count above the CPUs is the caller's choice, kept
         return given, ""
-    threads = max(1, min(given, cpus - round(busy)))
+    threads = max(1, min(given, len(cpus) - round(busy)))
     if threads == given:
         return given, ""
-    return threads, (f"{threads} of {given} threads: other processes kept {busy:.1f} of the {cpus} CPUs "
+    return threads, (f"{threads} of {given} threads: other processes kept {busy:.1f} of the {len(cpus)} CPUs "
                      "busy when the run started")

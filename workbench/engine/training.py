@@ -268,9 +268,9 @@ def train_here(cfg: RunConfig, sinks: RunSink | None = None, stop: threading.Eve
     ``sinks`` hear the run's edges (``workbench.engine.events``); ``stop`` ends it before
     the next step; ``keep_model`` hands the trained model back as ``result.model``.
     ``own_process``: this process exists for this run alone (a worker's child, chosen by
-    ``workbench.engine.launch``), so its resident peak is the run's own, and its thread count
-    may be lowered to the CPUs other processes leave free (``workbench.engine.cpu_share``).  The config was
-    checked when it was made and again by ``launch.train``, the way in.
+    ``workbench.engine.launch``), so its resident peak is the run's own, and its thread
+    count may be lowered to the CPUs other processes leave free (``workbench.engine.cpu_share``).
+    The config was checked when it was made and again by ``launch.train``, the way in.
     """
     started = time.perf_counter()
     sinks = sinks if sinks is not None else RunSink()
