@@ -31,8 +31,12 @@ def package_version(package: str) -> str | None:
 
 
 def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo on Linux, else whatever ``platform`` knows."""
-    return procfs.cpu_model_name() or platform.processor() or platform.machine()
+    """The CPU model from /proc/cpuinfo on Linux with its family and model numbers
+    (``"AMD EPYC (family 25, model 17)"``: the name alone does not tell a generation from the
+    next), else whatever ``platform`` knows."""
+    name = procfs.cpu_model_name() or platform.processor() or platform.machine()
+    numbers = procfs.cpu_family_model()
+    return f"{name} (family {numbers[0]}, model {numbers[1]})" if numbers else name
 
 
 def environment(device: Any = None, threads: int | None = None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from workbench.engine import provenance
 from workbench.util.fileio import atomic_write_text
 
 PRINTED = re.compile(r"notebook (\w+) ran in ((?:\d+ min )?\d+ s)")
@@ -44,19 +45,9 @@ def seconds(printed: str) -> int:
 
 
 def cpu_name() -> str:
-    """The CPU's model name, family and model from /proc/cpuinfo (a virtual machine's name can be as short as
-    "AMD EPYC": the family and model say which generation), and how many cores this process may use."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name", "unknown CPU")
-    if "cpu family" in fields and "model" in fields:
-        name += f" (family {fields['cpu family']}, model {fields['model']})"
-    return f"{name}, {len(os.sched_getaffinity(0))} cores"
+    """The CPU's model name with its family and model numbers (``workbench.engine.provenance.cpu_name``),
+    and how many cores this process may use."""
+    return f"{provenance.cpu_name()}, {len(os.sched_getaffinity(0))} cores"
 
 
 def load_average() -> float:

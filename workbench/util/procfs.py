@@ -7,10 +7,11 @@ Five facts come from /proc, and every reader of them lives here:
 * ``umask()``: the Umask line of the same file, for atomic writes (``util.fileio``);
 * ``reset_peak_resident()``: writing "5" to /proc/self/clear_refs sets the peak back to the
   current resident memory, so a run measures its own peak;
-* ``cpu_model_name()`` and ``cpu_flags()``: /proc/cpuinfo, for a run's provenance record
-  and for whether the CPU has fast bfloat16 units;
-* ``cpu_times()``: /proc/stat, each CPU's busy and total time so far, for how many CPUs
-  other processes keep busy (``workbench.engine.cpu_share``).
+* ``cpu_model_name()``, ``cpu_family_model()`` and ``cpu_flags()``: /proc/cpuinfo, for a
+  run's provenance record and for whether the CPU has fast bfloat16 units;
+* ``cpu_times()`` and ``own_cpu_ticks()``: /proc/stat, each CPU's busy and total time so far,
+  and /proc/self/stat, this process's own, for how many CPUs other processes keep busy
+  (``workbench.engine.cpu_share``).
 
 Every reader returns None (or False, or an empty set) where /proc is missing or says
 something unexpected, so the caller decides what to do off Linux.
@@ -24,6 +25,7 @@ STATUS = "/proc/self/status"
 CLEAR_REFS = "/proc/self/clear_refs"
 CPUINFO = "/proc/cpuinfo"
 STAT = "/proc/stat"
+SELF_STAT = "/proc/self/stat"
 
 
 def status_field(name: str) -> str | None:
@@ -91,6 +93,22 @@ def cpu_model_name() -> str | None:
     return None
 
 
+def cpu_family_model() -> tuple[str, str] | None:
+    """The first CPU's ``cpu family`` and ``model`` numbers in /proc/cpuinfo (x86), or None.
+
+    A virtual machine's model name can be as short as "AMD EPYC"; these numbers say which
+    generation it is (AMD family 25 model 1: Zen 3; family 25 model 17: Zen 4; family 26: Zen 5),
+    and the generations differ in speed and in bf16 units."""
+    fields: dict[str, str] = {}
+    for line in _cpuinfo_lines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("cpu family", "model"):
+            fields.setdefault(key.strip(), value.strip())
+    if "cpu family" in fields and "model" in fields:
+        return fields["cpu family"], fields["model"]
+    return None
+
+
 def cpu_flags() -> set[str]:
     """The instruction-set flags of the CPUs in /proc/cpuinfo (``{"avx512_bf16", ...}``); empty off Linux.
 
@@ -122,3 +140,17 @@ def cpu_times() -> dict[int, tuple[int, int]]:
     except (OSError, ValueError, IndexError):
         return {}
     return times
+
+
+def own_cpu_ticks() -> int | None:
+    """The CPU time this process has used so far, all its threads, user and system, in clock
+    ticks (the unit of ``cpu_times``), from /proc/self/stat; None where it cannot be read.
+
+    Fields 14 and 15 of that line (utime, stime); they are counted after the command name's
+    closing parenthesis, since the name itself may hold spaces."""
+    try:
+        with open(SELF_STAT, encoding="ascii", errors="replace") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12])  # fields[0] is field 3 (the state)
+    except (OSError, ValueError, IndexError):
+        return None
