@@ -48,9 +48,31 @@ def test_a_process_spinning_on_a_cpu_is_seen_busy():
     assert busy is not None and busy > 0.7
 
 
+def test_this_process_own_work_is_not_counted_as_load():
+    # While a run loads, its own process keeps a CPU busy: that is not another process's load.
+    cpu = min(os.sched_getaffinity(0))
+    watch = cpu_share.CpuWatch(cpus=[cpu])
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        end = time.monotonic() + 0.4
+        while time.monotonic() < end:  # this process spinning on that CPU
+            pass
+    finally:
+        os.sched_setaffinity(0, before)
+    others = watch.others()
+    assert others is not None and others < 0.3
+    with busy_on([cpu]):  # and another process spinning there is
+        watch = cpu_share.CpuWatch(cpus=[cpu])
+        busy = watch.others(0.3)
+    assert busy is not None and busy > 0.7
+
+
 @pytest.mark.parametrize("given,busy,cpus,expected", [
     (2, 0.0, 2, 2),    # quiet: every thread given
     (2, 0.3, 2, 2),    # a CPU busy less than half the time is not taken
+    (2, 0.6, 2, 2),    # nor one busy 0.6 of it (a click's drawing and painting, not a competing run)
+    (2, 0.8, 2, 1),    # busy from three quarters of the time: taken
     (2, 1.0, 2, 1),    # one of two taken: one thread
     (2, 2.0, 2, 1),    # both taken: still one
     (8, 3.0, 8, 5),    # the CPUs left

@@ -61,7 +61,7 @@ from torch import nn
 from workbench.engine.batches import run_batches
 from workbench.engine.bf16_probe import Bf16Choice, choose_bf16, measure_bf16, probe_key
 from workbench.engine.config import ParamCounts, RunConfig, RunResult, Timing, history_frame, history_row
-from workbench.engine.cpu_share import free_threads
+from workbench.engine.cpu_share import CpuWatch, free_threads
 from workbench.engine.data import Batch, repeat_batches
 from workbench.engine.evaluation import WritingEval, evaluate, evaluate_writing
 from workbench.engine.events import RunSink, StepInfo
@@ -274,13 +274,15 @@ def train_here(cfg: RunConfig, sinks: RunSink | None = None, stop: threading.Eve
     """
     started = time.perf_counter()
     sinks = sinks if sinks is not None else RunSink()
-    threads_reason = ""
-    if own_process and not cfg.threads and resolve_device(cfg.device).type == "cpu":
-        threads, threads_reason = free_threads(torch.get_num_threads())  # see workbench.engine.cpu_share
-        torch.set_num_threads(threads)
+    # A run in its own process trains with the CPUs other processes leave free, as they were while it loaded.
+    watch = CpuWatch() if own_process and not cfg.threads and resolve_device(cfg.device).type == "cpu" else None
     run = set_up(cfg)
-    if threads_reason:
-        run.environment["threads_reason"] = threads_reason
+    if watch is not None:
+        threads, threads_reason = free_threads(torch.get_num_threads(), busy=watch.others())
+        torch.set_num_threads(threads)
+        run.environment["threads"] = threads
+        if threads_reason:
+            run.environment["threads_reason"] = threads_reason
     probe = MemoryProbe(run.model, run.optimizer, run.device, own_process=own_process)  # measures the first step
     log = RunLog(load_seconds=time.perf_counter() - started)
     result = RunResult(config=cfg, status="running", history=log.curve(), params=run.params, memory=probe.memory,

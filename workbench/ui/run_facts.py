@@ -63,7 +63,7 @@ def time_text(timing: Timing | None) -> str:
 
 def threads_text(result: RunResult) -> str:
     """Why a run trained with fewer threads than it was given, or "" (``workbench.engine.cpu_share``):
-    "trained with 1 of 2 threads: other processes kept 1.0 of the 2 CPUs busy when the run started"."""
+    "trained with 1 of 2 threads: other processes kept 1.0 of the 2 CPUs busy while the run loaded"."""
     reason = result.environment.get("threads_reason") if result.environment else None
     return f"trained with {reason}" if reason else ""
 
