@@ -8,6 +8,7 @@ the peak, a bad value marked at its box with Train off, the task switch, Try it'
 from __future__ import annotations
 
 import math
+import time
 import subprocess
 import sys
 
@@ -219,3 +220,42 @@ def test_qlora_why_holds_bitsandbytes_kernels_bring_the_compiler_modules_and_deq
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "True", "True"], out.stdout
     assert "compiler modules" in QLORA_CPU_WHY and "turns the codes back into float weights" in QLORA_CPU_WHY
+
+
+def _fast_train(steps: int, stop_at: int | None = None):
+    """A train function whose steps take 2 ms each; with ``stop_at`` the run ends there, stopped."""
+    import time
+
+    def train(cfg, on_step=None, sinks=(), **kwargs):
+        history = []
+        last = stop_at or steps
+        for step in range(1, last + 1):
+            time.sleep(0.002)
+            history.append({"step": step, "train_loss": 1.0 / step, "lr": cfg.lr})
+            on_step(StepInfo(step, steps, 1.0 / step, cfg.lr, 0.002 * step, history=list(history)))
+        run = fake_run(cfg, [1.0 / s for s in range(1, last + 1)], 0.9,
+                       status="stopped" if stop_at else "completed")
+        return run
+
+    return train
+
+
+@pytest.mark.parametrize("stop_at", [None, 297])
+def test_the_bar_moves_a_few_times_a_second_and_ends_at_the_last_step(tmp_path, tiny_layers, stop_at):
+    # Each move is a message to the browser, which paints on the CPUs the run trains on (train_tab's
+    # PROGRESS_MIN_INTERVAL_S): 300 steps of 2 ms move it at the first step, about 2 or 3 times
+    # more, and at the end, whether the run completed or stopped between two moves.
+    from workbench.ui.train_tab import PROGRESS_MIN_INTERVAL_S
+
+    panel = make_panel(tmp_path, tiny_layers, train=_fast_train(300, stop_at))
+    panel.steps.value = "300"  # the bar's length
+    labels: list[str] = []
+    panel.progress_text.observe(lambda change: labels.append(change["new"]), names="value")
+    start = time.monotonic()
+    assert panel.state.start() is True
+    took = time.monotonic() - start
+    moves = [t for t in labels if "/ 300" in t and not t.startswith("0 /")]
+    assert moves[0].startswith("1 / 300, loss 1.0000")
+    last = stop_at or 300
+    assert moves[-1].startswith(f"{last} / 300, loss {1.0 / last:.4f}") and panel.progress.value == last
+    assert len(moves) <= took / PROGRESS_MIN_INTERVAL_S + 3, (len(moves), took)

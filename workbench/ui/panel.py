@@ -336,6 +336,8 @@ class Workbench:
     def _show_running(self) -> None:
         if self.train_tab.show_start():  # a run has just started: the live curve is on the Train tab
             self.tabs.selected_index = 0
+        else:
+            self.train_tab.show_end()
         self._update_enabled()
 
     def _show_runs(self) -> None:
