@@ -357,3 +357,6 @@ def test_live_curve_plots_exact_match_and_keeps_title_and_legend_off_the_data(ru
     title = ax.title if ax.get_title() else ax._left_title
     box, whole = title.get_window_extent(renderer), fig.bbox
     assert box.x0 >= whole.x0 and box.x1 <= whole.x1 + 1 and box.y1 <= whole.y1 + 1
+    # The legend clears the title: beside it, the three entries ran into the panel's titles.
+    assert legend.y1 <= box.y0 + 1 or legend.x0 >= box.x1 - 1, (legend, box)
+    assert legend.x1 <= whole.x1 + 1

@@ -36,7 +36,8 @@ from workbench.viz.style import (
 )
 
 # Fixed margins of the live curve (fractions of the figure), sized for its title and labels.
-_LIVE_MARGINS = {"left": 0.115, "right": 0.88, "bottom": 0.165, "top": 0.80}
+_LIVE_MARGINS = {"left": 0.115, "right": 0.88, "bottom": 0.165, "top": 0.74}
+_LIVE_LEGEND_LINE_PT = 22.0  # the title's distance above the axes: the legend's line fits under it
 
 # --------------------------------------------------------------------------- names in legends
 
@@ -426,8 +427,8 @@ def live_loss(
     right instead of the axis rescaling at every redraw.  Evaluation losses, once there
     are any, appear as hollow markers; a language model's exact match at each evaluation
     (``eval_exact_match``, the score its answers get) as squares on a right-hand axis in
-    percent.  The legend sits above the axes, right of the (short) title, so it covers
-    no step and no marker.  An empty history gives a "waiting" placeholder.
+    percent.  The legend has its own line above the axes, under the title, so it covers
+    no step, no marker and no part of the title.  An empty history gives a "waiting" placeholder.
     """
     if not isinstance(history, pd.DataFrame):
         raise TypeError(f"history must be a pandas DataFrame, got {type(history).__name__}")
@@ -468,11 +469,13 @@ def live_loss(
         right.set_ylabel("exact match", fontsize=STYLE["label_size"], color=EXACT_MATCH_COLOR)
         more_handles, more_labels = right.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
-    if handles:
+    if handles:  # its own line above the axes, under the title (beside it, a long title ran into it)
         opts = legend_options()
-        opts.update(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(handles), frameon=False,
-                    borderaxespad=0.2, handlelength=1.6, columnspacing=1.0)
+        opts.update(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=len(handles), frameon=False,
+                    borderaxespad=0.1, handlelength=1.6, columnspacing=1.0)
         ax.legend(handles, labels, **opts)
+        ax.set_title(title, fontsize=STYLE["title_size"], color=STYLE["text_color"], loc="left",
+                     pad=_LIVE_LEGEND_LINE_PT)
     return fig
 
 
