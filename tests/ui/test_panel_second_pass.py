@@ -8,9 +8,9 @@ the peak, a bad value marked at its box with Train off, the task switch, Try it'
 from __future__ import annotations
 
 import math
-import time
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -224,7 +224,6 @@ def test_qlora_why_holds_bitsandbytes_kernels_bring_the_compiler_modules_and_deq
 
 def _fast_train(steps: int, stop_at: int | None = None):
     """A train function whose steps take 2 ms each; with ``stop_at`` the run ends there, stopped."""
-    import time
 
     def train(cfg, on_step=None, sinks=(), **kwargs):
         history = []

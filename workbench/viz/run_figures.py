@@ -450,7 +450,7 @@ def live_loss(
         ax.set_xlim(0, total_steps)
     else:
         ax.set_xlim(left=0)
-    label_axes(ax, title, "training step", "loss (nats)")
+    label_axes(ax, title, "training step", "loss (nats)", title_pad=_LIVE_LEGEND_LINE_PT)  # the legend's line under it
     limit = robust_loss_limit([y])
     if limit is not None and len(y) and float(y.max()) > limit:
         ax.set_ylim(0, limit)
@@ -474,8 +474,6 @@ def live_loss(
         opts.update(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=len(handles), frameon=False,
                     borderaxespad=0.1, handlelength=1.6, columnspacing=1.0)
         ax.legend(handles, labels, **opts)
-        ax.set_title(title, fontsize=STYLE["title_size"], color=STYLE["text_color"], loc="left",
-                     pad=_LIVE_LEGEND_LINE_PT)
     return fig
 
 

@@ -242,9 +242,10 @@ def style_axes(ax: Axes, grid_axis: str | None = "both") -> None:
     ax.tick_params(labelsize=STYLE["tick_size"], colors=STYLE["text_color"])
 
 
-def label_axes(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
-    """Title (left-aligned) and axis labels in the house style."""
-    ax.set_title(title, fontsize=STYLE["title_size"], color=STYLE["text_color"], loc="left")
+def label_axes(ax: Axes, title: str, xlabel: str, ylabel: str, title_pad: float | None = None) -> None:
+    """Title (left-aligned; ``title_pad`` points above the axes, default matplotlib's) and axis labels
+    in the house style."""
+    ax.set_title(title, fontsize=STYLE["title_size"], color=STYLE["text_color"], loc="left", pad=title_pad)
     ax.set_xlabel(xlabel, fontsize=STYLE["label_size"], color=STYLE["text_color"])
     ax.set_ylabel(ylabel, fontsize=STYLE["label_size"], color=STYLE["text_color"])
 
